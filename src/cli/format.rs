@@ -1,0 +1,147 @@
+//! `vecfs format`: checks the object store (write, read back, delete a probe)
+//! before anything is written to Redis, then records the volume. Formatting
+//! again with the same layout only updates the tunable settings.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use vecfs::codec::Compression;
+use vecfs::meta::{Format, Meta};
+use vecfs::object::{build_store, BlockStore, Credentials, StorageKind};
+use vecfs::util::{check_volume_name, parse_size};
+
+#[derive(Args, Debug)]
+pub struct FormatArgs {
+    /// Redis URL: redis://[user:pass@]host[:port][/db], rediss://, unix:///path, or a host.
+    meta_url: String,
+    /// Volume name: 3-63 characters from a-z, 0-9 and '-'.
+    name: String,
+    /// Object storage kind: file, s3 or azure (wasb).
+    #[arg(long, default_value = "file")]
+    storage: String,
+    /// A directory for file; http(s)://ENDPOINT/BUCKET for s3;
+    /// http(s)://ENDPOINT/ACCOUNT/CONTAINER or https://ACCOUNT.blob.core.windows.net/CONTAINER for azure.
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Access key (S3) or account name (Azure); also ACCESS_KEY / AWS_ACCESS_KEY_ID.
+    #[arg(long, env = "ACCESS_KEY", hide_env_values = true)]
+    access_key: Option<String>,
+    /// Secret key (S3) or account key (Azure); also SECRET_KEY / AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Block size: a power of two from 64K to 16M (plain numbers are KiB).
+    #[arg(long, default_value = "4M")]
+    block_size: String,
+    /// Block compression: lz4 or none.
+    #[arg(long, default_value = "lz4")]
+    compress: String,
+    /// Days deleted data is kept before its objects are removed (0: soon after deletion).
+    #[arg(long, default_value_t = 1)]
+    trash_days: u32,
+    /// Space limit in GiB (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    capacity: u64,
+    /// Inode limit (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    inodes: u64,
+    /// Overwrite an existing volume with a different layout.
+    #[arg(long)]
+    force: bool,
+}
+
+fn default_bucket(name: &str) -> String {
+    let base = if nix_is_root() {
+        "/var/lib/vecfs".to_string()
+    } else {
+        format!(
+            "{}/.vecfs/local",
+            std::env::var("HOME").unwrap_or_else(|_| ".".into())
+        )
+    };
+    format!("{base}/{name}")
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
+    check_volume_name(&a.name).map_err(anyhow::Error::msg)?;
+    let storage: StorageKind = a.storage.parse().map_err(anyhow::Error::msg)?;
+    let compression: Compression = a.compress.parse().map_err(anyhow::Error::msg)?;
+    let block_size =
+        parse_size(&a.block_size, 1024).map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
+    if !block_size.is_power_of_two() || !(64 << 10..=16 << 20).contains(&block_size) {
+        bail!(
+            "--block-size {} is not a power of two between 64K and 16M: use e.g. 1M or 4M",
+            a.block_size
+        );
+    }
+    let bucket = match (&a.bucket, storage) {
+        (Some(b), _) => b.clone(),
+        (None, StorageKind::File) => default_bucket(&a.name),
+        (None, other) => bail!("--bucket is required for {other} storage"),
+    };
+    let u = crate::cli::meta_url_arg(&a.meta_url)?;
+    let meta = Meta::connect(&u, &a.name).await?;
+    let old = meta.load_format().await?;
+    let creds = Credentials {
+        access_key: a.access_key.clone(),
+        secret_key: a.secret_key.clone(),
+    };
+    let new = Format {
+        name: a.name.clone(),
+        uuid: old
+            .as_ref()
+            .map(|o| o.uuid.clone())
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>())),
+        storage,
+        bucket: bucket.clone(),
+        block_size: block_size as u32,
+        compression,
+        trash_days: a.trash_days,
+        capacity: a.capacity << 30,
+        inodes: a.inodes,
+        meta_version: 1,
+    };
+    if let Some(o) = &old {
+        if !o.same_layout(&new) && !a.force {
+            bail!(
+                "volume '{}' already exists in {} with storage {} bucket {} block size {}: \
+                 formatting it differently would orphan its data; use --force to overwrite",
+                o.name,
+                u.redacted,
+                o.storage,
+                o.bucket,
+                o.block_size
+            );
+        }
+    }
+    let store = build_store(storage, &bucket, &creds)
+        .with_context(|| format!("cannot use {storage} bucket {bucket}"))?;
+    BlockStore::new(store, &a.name)
+        .probe()
+        .await
+        .with_context(|| {
+            format!(
+                "object store check failed for {storage} bucket {bucket} \
+                 (does the bucket exist and do the credentials allow writing?)"
+            )
+        })?;
+    meta.init(&new).await?;
+    println!(
+        "{} volume '{}' in {} (storage {} bucket {}, block size {} KiB, compression {})",
+        if old.is_some() {
+            "updated"
+        } else {
+            "formatted"
+        },
+        new.name,
+        u.redacted,
+        new.storage,
+        new.bucket,
+        new.block_size >> 10,
+        new.compression
+    );
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Command-line surface, mirroring what JuiceFS users know: format, mount,
+//! umount, status. Each subcommand lives in its own file.
+
+mod format;
+mod mount;
+mod status;
+mod umount;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use vecfs::meta::{url, Format, Meta};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vecfs",
+    version,
+    about = "A shared POSIX file system for vector databases"
+)]
+pub struct Cli {
+    /// Log more (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create (or update) a volume: records it in Redis after checking the object store.
+    Format(format::FormatArgs),
+    /// Mount a volume with FUSE.
+    Mount(mount::MountArgs),
+    /// Unmount a mounted volume.
+    Umount(umount::UmountArgs),
+    /// Show the volume record and its live sessions.
+    Status(status::StatusArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Command::Format(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(format::run(a))
+        }
+        Command::Mount(a) => mount::run(a, cli.verbose),
+        Command::Umount(a) => {
+            init_logging(cli.verbose, None)?;
+            umount::run(a)
+        }
+        Command::Status(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(status::run(a))
+        }
+    }
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vecfs-worker")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn init_logging(verbose: u8, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let default = match verbose {
+        0 => "vecfs=info,warn",
+        1 => "vecfs=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let r = match file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open log file {}", p.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    r.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// The META-URL, or, for `@env`, the one the parent process handed over in
+/// VECFS_META_URL (so background daemons keep passwords out of `ps`).
+pub fn meta_url_arg(raw: &str) -> anyhow::Result<url::MetaUrl> {
+    let s = if raw == "@env" {
+        std::env::var("VECFS_META_URL").context("VECFS_META_URL is not set")?
+    } else {
+        raw.to_string()
+    };
+    Ok(url::parse(&s)?)
+}
+
+/// Connects to the volume recorded in this Redis database.
+pub async fn open_volume(
+    u: &url::MetaUrl,
+    name: Option<&str>,
+) -> anyhow::Result<(Arc<Meta>, Format)> {
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => match Meta::find_volume(u).await? {
+            Some(n) => n,
+            None => bail!(
+                "no volume is formatted in {}: run `vecfs format {} NAME` first",
+                u.redacted,
+                u.redacted
+            ),
+        },
+    };
+    let meta = Meta::connect(u, &name).await?;
+    let Some(fmt) = meta.load_format().await? else {
+        bail!(
+            "volume '{name}' is not formatted in {}: run `vecfs format {} {name}` first",
+            u.redacted,
+            u.redacted
+        );
+    };
+    Ok((Arc::new(meta), fmt))
+}

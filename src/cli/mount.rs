@@ -1,0 +1,447 @@
+//! `vecfs mount`: checks everything that can be checked before touching the
+//! kernel (mountpoint, Redis, volume record, object store, subdir), then
+//! mounts and serves until unmounted or signalled. With `-d` the command
+//! starts itself again as a daemon and returns once the mount is ready, or
+//! fails with the daemon's own error line.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use vecfs::cache::{BlockCache, DiskCache};
+use vecfs::data::DataStore;
+use vecfs::fuse::FuseFs;
+use vecfs::meta::{FileKind, Meta, ROOT_INO};
+use vecfs::object::{build_store, BlockStore, Credentials};
+use vecfs::session;
+use vecfs::util::{mounted_fstype, parse_size};
+use vecfs::vfs::{Vfs, VfsConfig};
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Redis URL of the volume (the password may come from META_PASSWORD).
+    meta_url: String,
+    /// An existing, empty directory to mount on.
+    mountpoint: PathBuf,
+    /// Run in the background; return once the mount is ready.
+    #[arg(short = 'd', long)]
+    background: bool,
+    /// Mount read-only: every write answers EROFS.
+    #[arg(long)]
+    read_only: bool,
+    /// Mount only this subdirectory of the volume.
+    #[arg(long)]
+    subdir: Option<String>,
+    /// Let other users (and containers) use the mount [default: on for root].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    allow_other: Option<bool>,
+    /// Directory of the local block cache ("memory" for none).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Disk cache size in MiB (suffixes K, M, G accepted).
+    #[arg(long, default_value = "10240")]
+    cache_size: String,
+    /// Memory block cache in MiB.
+    #[arg(long, default_value = "512")]
+    mem_cache_size: String,
+    /// Memory for write buffers in MiB.
+    #[arg(long, default_value = "300")]
+    buffer_size: String,
+    /// Attribute cache timeout in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    attr_cache: f64,
+    /// File entry cache timeout in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    entry_cache: f64,
+    /// Directory entry cache timeout in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    dir_entry_cache: f64,
+    /// Seconds a deleted file's objects are kept when the volume has no trash days.
+    #[arg(long, default_value_t = 60)]
+    delete_delay: u64,
+    /// Log file (default for -d: /var/log/vecfs.log as root, else ~/.vecfs/vecfs.log).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Volume name, when the database holds more than one.
+    #[arg(long)]
+    name: Option<String>,
+    /// Extra FUSE mount options, comma separated (e.g. -o noatime,nodev).
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// Access key / account name for the object store (or ACCESS_KEY).
+    #[arg(long, env = "ACCESS_KEY", hide_env_values = true)]
+    access_key: Option<String>,
+    /// Secret key / account key for the object store (or SECRET_KEY).
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn default_log() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/log/vecfs.log")
+    } else {
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        let dir = PathBuf::from(home).join(".vecfs");
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join("vecfs.log")
+    }
+}
+
+fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    let md = std::fs::metadata(mp).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "mountpoint {} does not exist: create it with mkdir -p",
+                mp.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot use mountpoint {}: {e}", mp.display())
+        }
+    })?;
+    if !md.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    let canon = std::fs::canonicalize(mp)
+        .with_context(|| format!("cannot resolve mountpoint {}", mp.display()))?;
+    if let Some(t) = mounted_fstype(&canon) {
+        bail!(
+            "{} is already mounted ({t}): unmount it first with `vecfs umount {}`",
+            canon.display(),
+            canon.display()
+        );
+    }
+    Ok(canon)
+}
+
+pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
+    let mp = check_mountpoint(&a.mountpoint)?;
+    if a.background {
+        return spawn_daemon(&a, &mp, verbose);
+    }
+    let log = a.log.clone();
+    crate::cli::init_logging(verbose, log.as_deref())?;
+    let rt = crate::cli::runtime()?;
+    let prepared = rt.block_on(prepare(&a, &mp));
+    let (vfs, bg) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("mount failed: {e:#}");
+            return Err(e);
+        }
+    };
+    serve(&rt, vfs.clone(), &a, &mp)?;
+    rt.block_on(async {
+        for h in bg {
+            h.abort();
+        }
+        vfs.flush_all().await;
+        let sid = vfs.sid.load(std::sync::atomic::Ordering::Relaxed);
+        if sid != 0 {
+            if let Err(e) = vfs.meta.unregister_session(sid).await {
+                tracing::warn!(error = %e, "cannot deregister session");
+            }
+        }
+    });
+    tracing::info!(mountpoint = %mp.display(), "unmounted");
+    Ok(())
+}
+
+/// Resolves `--subdir` to the inode shown as the mount's root.
+async fn resolve_subdir(meta: &Meta, subdir: &str) -> anyhow::Result<u64> {
+    let mut ino = ROOT_INO;
+    for part in subdir.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        let (next, attr) = meta
+            .lookup(ino, part.as_bytes())
+            .await
+            .map_err(|e| anyhow::anyhow!("--subdir {subdir}: '{part}': {e}; create it first"))?;
+        if attr.kind != FileKind::Dir {
+            bail!("--subdir {subdir}: '{part}' is not a directory");
+        }
+        ino = next;
+    }
+    Ok(ino)
+}
+
+type Background = Vec<tokio::task::JoinHandle<()>>;
+
+async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Background)> {
+    let u = crate::cli::meta_url_arg(&a.meta_url)?;
+    let (meta, fmt) = crate::cli::open_volume(&u, a.name.as_deref()).await?;
+    let creds = Credentials {
+        access_key: a.access_key.clone(),
+        secret_key: a.secret_key.clone(),
+    };
+    let store = build_store(fmt.storage, &fmt.bucket, &creds)
+        .with_context(|| format!("cannot use {} bucket {}", fmt.storage, fmt.bucket))?;
+    let blocks = Arc::new(BlockStore::new(store, &fmt.name));
+    if !a.read_only {
+        blocks.probe().await.with_context(|| {
+            format!(
+                "object store check failed for {} bucket {} (does it exist, do the credentials allow writing?)",
+                fmt.storage, fmt.bucket
+            )
+        })?;
+    }
+    let mib =
+        |s: &str, what: &str| parse_size(s, 1 << 20).map_err(|e| anyhow::anyhow!("--{what}: {e}"));
+    let disk = match &a.cache_dir {
+        Some(d) if d.as_os_str() == "memory" => None,
+        dir => {
+            let d = dir.clone().unwrap_or_else(|| {
+                if is_root() {
+                    PathBuf::from("/var/cache/vecfs")
+                } else {
+                    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+                        .join(".vecfs/cache")
+                }
+            });
+            let d = d.join(&fmt.uuid);
+            Some(
+                DiskCache::open(&d, mib(&a.cache_size, "cache-size")?)
+                    .with_context(|| format!("cannot use cache directory {}", d.display()))?,
+            )
+        }
+    };
+    let cache = Arc::new(BlockCache::new(
+        mib(&a.mem_cache_size, "mem-cache-size")?,
+        disk,
+    ));
+    let data = Arc::new(DataStore::new(
+        meta.clone(),
+        blocks,
+        cache,
+        fmt.block_size,
+        fmt.compression,
+        mib(&a.buffer_size, "buffer-size")?,
+        fmt.capacity,
+    ));
+    let root = match &a.subdir {
+        Some(s) => resolve_subdir(&meta, s).await?,
+        None => ROOT_INO,
+    };
+    let secs = |v: f64, what: &str| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(anyhow::anyhow!("--{what} must be a number of seconds >= 0"))
+        }
+    };
+    let cfg = VfsConfig {
+        attr_ttl: secs(a.attr_cache, "attr-cache")?,
+        entry_ttl: secs(a.entry_cache, "entry-cache")?,
+        dir_entry_ttl: secs(a.dir_entry_cache, "dir-entry-cache")?,
+        read_only: a.read_only,
+        root,
+        ..VfsConfig::default()
+    };
+    let trash = fmt.trash_days;
+    let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
+    let mut bg = Vec::new();
+    if !a.read_only {
+        let info = session::session_info(&mp.to_string_lossy(), false);
+        let sid = meta.register_session(info.clone()).await?;
+        vfs.sid.store(sid, std::sync::atomic::Ordering::Relaxed);
+        bg.push(session::spawn_heartbeat(
+            meta.clone(),
+            vecfs::meta::SessionInfo { sid, ..info },
+        ));
+        let grace = if trash > 0 {
+            Duration::from_secs(trash as u64 * 86400)
+        } else {
+            Duration::from_secs(a.delete_delay)
+        };
+        bg.push(session::spawn_deleter(data, grace));
+    }
+    Ok((vfs, bg))
+}
+
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    vfs: Arc<Vfs>,
+    a: &MountArgs,
+    mp: &Path,
+) -> anyhow::Result<()> {
+    use fuser::{Config, MountOption, SessionACL};
+    let mut cfg = Config::default();
+    let name = vfs.format.name.clone();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("vecfs:{name}")),
+        MountOption::Subtype("vecfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if a.read_only {
+        cfg.mount_options.push(MountOption::RO);
+    }
+    for group in &a.options {
+        for o in group.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            cfg.mount_options.push(match o {
+                "ro" => MountOption::RO,
+                "rw" => MountOption::RW,
+                "nodev" => MountOption::NoDev,
+                "nosuid" => MountOption::NoSuid,
+                "noexec" => MountOption::NoExec,
+                "noatime" => continue,
+                "allow_other" | "allow_root" | "default_permissions" => continue,
+                other => MountOption::CUSTOM(other.to_string()),
+            });
+        }
+    }
+    let allow_other = a.allow_other.unwrap_or_else(is_root);
+    cfg.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(4);
+    cfg.clone_fd = true;
+    let fs = FuseFs::new(vfs, rt.handle().clone());
+    let mut session = fuser::Session::new(fs, mp, &cfg).with_context(|| {
+        format!(
+            "cannot mount {} with FUSE (is /dev/fuse available and fuse3 installed?)",
+            mp.display()
+        )
+    })?;
+    let mut unmounter = session.unmount_callable();
+    tracing::info!(mountpoint = %mp.display(), volume = %name, "mounted");
+    println!("vecfs: mounted volume {name} at {}", mp.display());
+    // A signal unmounts; the session loop then ends and we clean up.
+    let mp2 = mp.to_path_buf();
+    rt.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!(mountpoint = %mp2.display(), "signal received, unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount on signal failed; try vecfs umount --force");
+        }
+    });
+    session.run().context("FUSE session ended with an error")?;
+    Ok(())
+}
+
+/// Starts `vecfs mount` again without -d, detached, and waits for the mount.
+fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the vecfs executable")?;
+    let log = a.log.clone().unwrap_or_else(default_log);
+    let mut args: Vec<String> = vec!["mount".into(), "@env".into(), mp.to_string_lossy().into()];
+    for _ in 0..verbose {
+        args.push("-v".into());
+    }
+    if a.read_only {
+        args.push("--read-only".into());
+    }
+    let mut opt = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            args.push(format!("--{k}={v}"));
+        }
+    };
+    opt("subdir", a.subdir.clone());
+    opt("allow-other", a.allow_other.map(|b| b.to_string()));
+    opt(
+        "cache-dir",
+        a.cache_dir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    opt("cache-size", Some(a.cache_size.clone()));
+    opt("mem-cache-size", Some(a.mem_cache_size.clone()));
+    opt("buffer-size", Some(a.buffer_size.clone()));
+    opt("attr-cache", Some(a.attr_cache.to_string()));
+    opt("entry-cache", Some(a.entry_cache.to_string()));
+    opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
+    opt("delete-delay", Some(a.delete_delay.to_string()));
+    opt("log", Some(log.to_string_lossy().into_owned()));
+    opt("name", a.name.clone());
+    for o in &a.options {
+        args.push("-o".into());
+        args.push(o.clone());
+    }
+    let meta_url = if a.meta_url == "@env" {
+        std::env::var("VECFS_META_URL").unwrap_or_default()
+    } else {
+        a.meta_url.clone()
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .env("VECFS_META_URL", meta_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // Secrets travel in the environment, never on the command line.
+    if let Some(k) = &a.access_key {
+        cmd.env("ACCESS_KEY", k);
+    }
+    if let Some(k) = &a.secret_key {
+        cmd.env("SECRET_KEY", k);
+    }
+    let mut child = cmd.spawn().context("cannot start the vecfs daemon")?;
+    let stderr = child.stderr.take();
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let errs2 = errors.clone();
+    std::thread::spawn(move || {
+        if let Some(s) = stderr {
+            for line in BufReader::new(s).lines().map_while(Result::ok) {
+                if let Ok(mut v) = errs2.lock() {
+                    v.push(line);
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(t) = mounted_fstype(mp) {
+            if t.starts_with("fuse") {
+                println!(
+                    "vecfs: mounted at {} (daemon pid {}, log {}); unmount with `vecfs umount {}`",
+                    mp.display(),
+                    child.id(),
+                    log.display(),
+                    mp.display()
+                );
+                return Ok(());
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            std::thread::sleep(Duration::from_millis(100));
+            let lines = errors.lock().map(|v| v.clone()).unwrap_or_default();
+            let msg = lines
+                .iter()
+                .rev()
+                .find_map(|l| l.strip_prefix("vecfs: error: "))
+                .map(String::from)
+                .unwrap_or_else(|| {
+                    format!("the daemon exited with {status}; see {}", log.display())
+                });
+            bail!("{msg}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the mount did not become ready within 60 s; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,376 @@
+//! The data path. Writers turn application writes into slices: each slice
+//! buffers its bytes, and every block that fills is encoded and uploaded at
+//! once (bounded in parallel) while the application goes on writing. A flush
+//! uploads the tails, waits for every upload, and only then commits the
+//! slice records to metadata: upload before commit, so metadata never names
+//! missing data. Readers replay a chunk's slice list and fetch the blocks they
+//! need through the shared cache, prefetching ahead of sequential readers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::cache::BlockCache;
+use crate::codec::{self, Compression};
+use crate::meta::{build_pieces, Meta, MetaError, Piece, Slice, CHUNK_SIZE};
+use crate::object::BlockStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("object store: {0}")]
+    Store(String),
+}
+
+impl DataError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            DataError::Meta(m) => m.errno(),
+            DataError::Store(_) => libc::EIO,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+pub struct DataStore {
+    pub meta: Arc<Meta>,
+    pub blocks: Arc<BlockStore>,
+    pub cache: Arc<BlockCache>,
+    pub block_size: u32,
+    pub compression: Compression,
+    /// Bytes of write buffers allowed in flight, in KiB permits.
+    buffer_budget: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
+    fetches: Arc<Semaphore>,
+    pub capacity: u64,
+}
+
+impl DataStore {
+    pub fn new(
+        meta: Arc<Meta>,
+        blocks: Arc<BlockStore>,
+        cache: Arc<BlockCache>,
+        block_size: u32,
+        compression: Compression,
+        buffer_bytes: u64,
+        capacity: u64,
+    ) -> DataStore {
+        let kib = (buffer_bytes / 1024).clamp(4096, u32::MAX as u64 / 2) as usize;
+        DataStore {
+            meta,
+            blocks,
+            cache,
+            block_size,
+            compression,
+            buffer_budget: Arc::new(Semaphore::new(kib)),
+            uploads: Arc::new(Semaphore::new(16)),
+            fetches: Arc::new(Semaphore::new(32)),
+            capacity,
+        }
+    }
+
+    async fn fetch_block(&self, key: String) -> Result<Bytes> {
+        let blocks = self.blocks.clone();
+        let fetches = self.fetches.clone();
+        let k = key.clone();
+        self.cache
+            .get(&key, move || async move {
+                let _permit = fetches.acquire_owned().await.map_err(|e| e.to_string())?;
+                blocks.get(&k).await.map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| DataError::Store(e.to_string()))
+    }
+
+    /// The blocks of `piece` that cover bytes [from, to) of the piece.
+    fn piece_blocks(&self, p: &Piece, from: u32, to: u32) -> Vec<(String, u32, u32, u32)> {
+        // (key, block start within slice, copy start within block, copy len)
+        let bs = self.block_size;
+        let mut out = Vec::new();
+        let mut s = p.off + from;
+        let end = p.off + to;
+        while s < end {
+            let bi = s / bs;
+            let bstart = bi * bs;
+            let blen = bs.min(p.size - bstart);
+            let n = (end - s).min(bstart + blen - s);
+            out.push((self.blocks.block_key(p.id, bi, blen), bstart, s - bstart, n));
+            s += n;
+        }
+        out
+    }
+
+    /// Reads [off, off+len) of a chunk described by `pieces` into `buf`.
+    pub async fn read_chunk_range(&self, pieces: &[Piece], off: u32, buf: &mut [u8]) -> Result<()> {
+        let end = off + buf.len() as u32;
+        buf.fill(0);
+        let mut jobs = Vec::new();
+        for p in pieces {
+            let (ps, pe) = (p.pos, p.pos + p.len);
+            if pe <= off || ps >= end || p.id == 0 {
+                continue;
+            }
+            let s = ps.max(off);
+            let e = pe.min(end);
+            let mut dst = (s - off) as usize;
+            for (key, _bstart, inblock, n) in self.piece_blocks(p, s - ps, e - ps) {
+                jobs.push((key, inblock as usize, n as usize, dst));
+                dst += n as usize;
+            }
+        }
+        // Blocks are fetched concurrently (each through the single-flight cache).
+        let futs = jobs
+            .iter()
+            .map(|(key, _, _, _)| self.fetch_block(key.clone()));
+        let results = futures::future::join_all(futs).await;
+        for ((_, inblock, n, dst), r) in jobs.iter().zip(results) {
+            let block = r?;
+            if inblock + n > block.len() {
+                return Err(DataError::Store(format!(
+                    "block shorter than its key says ({} < {})",
+                    block.len(),
+                    inblock + n
+                )));
+            }
+            buf[*dst..*dst + *n].copy_from_slice(&block[*inblock..*inblock + *n]);
+        }
+        Ok(())
+    }
+
+    /// Starts fetching the blocks that cover chunk range [off, off+len) into
+    /// the cache without waiting for them.
+    pub fn prefetch(self: &Arc<Self>, pieces: &[Piece], off: u32, len: u32) {
+        let end = off.saturating_add(len);
+        for p in pieces {
+            let (ps, pe) = (p.pos, p.pos + p.len);
+            if pe <= off || ps >= end || p.id == 0 {
+                continue;
+            }
+            let s = ps.max(off);
+            let e = pe.min(end);
+            for (key, _, _, _) in self.piece_blocks(p, s - ps, e - ps) {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if me.cache.contains(&key).await {
+                        return;
+                    }
+                    if let Err(e) = me.fetch_block(key.clone()).await {
+                        tracing::debug!(key, error = %e, "prefetch failed");
+                    }
+                });
+            }
+        }
+    }
+
+    pub async fn chunk_pieces(&self, ino: u64, indx: u64) -> Result<Vec<Piece>> {
+        Ok(build_pieces(&self.meta.read_chunk(ino, indx).await?))
+    }
+
+    /// Deletes the objects of slices nobody refers to any more.
+    pub async fn delete_slice_objects(&self, slices: &[Slice]) -> Result<()> {
+        for s in slices {
+            if s.id == 0 {
+                continue;
+            }
+            let bs = self.block_size;
+            let n = s.size.div_ceil(bs);
+            for bi in 0..n {
+                let blen = bs.min(s.size - bi * bs);
+                self.blocks
+                    .delete(&self.blocks.block_key(s.id, bi, blen))
+                    .await
+                    .map_err(|e| DataError::Store(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One slice being written: bytes buffered since the last uploaded block.
+struct SliceBuf {
+    indx: u64,
+    pos: u32,
+    id: u64,
+    len: u32,
+    uploaded: u32,
+    buf: Vec<u8>,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// Pending writes of one inode on this node, shared by all its handles.
+pub struct FileWriter {
+    ino: u64,
+    slices: Vec<SliceBuf>,
+    uploads: Vec<JoinHandle<Result<()>>>,
+    /// Highest end offset written but not yet committed.
+    pub pending_len: u64,
+    buffered: u64,
+}
+
+const MAX_PENDING_SLICES: usize = 64;
+
+impl FileWriter {
+    pub fn new(ino: u64) -> FileWriter {
+        FileWriter {
+            ino,
+            slices: Vec::new(),
+            uploads: Vec::new(),
+            pending_len: 0,
+            buffered: 0,
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.slices.is_empty()
+    }
+
+    /// Buffers `data` at file offset `off`; uploads blocks as they fill.
+    /// Returns true when the caller should flush (too many small slices).
+    pub async fn write(&mut self, ds: &Arc<DataStore>, off: u64, data: &[u8]) -> Result<bool> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos_in_file = off + done as u64;
+            let indx = pos_in_file / CHUNK_SIZE;
+            let cpos = (pos_in_file % CHUNK_SIZE) as u32;
+            let room = (CHUNK_SIZE - cpos as u64) as usize;
+            let n = room.min(data.len() - done);
+            let part = &data[done..done + n];
+            let append = matches!(self.slices.last(),
+                Some(s) if s.indx == indx && s.pos + s.len == cpos);
+            if !append {
+                let id = ds.meta.new_slice_id().await?;
+                self.slices.push(SliceBuf {
+                    indx,
+                    pos: cpos,
+                    id,
+                    len: 0,
+                    uploaded: 0,
+                    buf: Vec::new(),
+                    permits: Vec::new(),
+                });
+            }
+            let kib = (n as u32).div_ceil(1024);
+            let permit = ds
+                .buffer_budget
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|e| DataError::Store(e.to_string()))?;
+            let bs = ds.block_size;
+            let mut spawned = Vec::new();
+            if let Some(s) = self.slices.last_mut() {
+                s.buf.extend_from_slice(part);
+                s.len += n as u32;
+                s.permits.push(permit);
+                // Upload every block that is now full.
+                while s.len - s.uploaded >= bs {
+                    let raw: Vec<u8> = s.buf.drain(..bs as usize).collect();
+                    let bi = s.uploaded / bs;
+                    s.uploaded += bs;
+                    // Permits are released once this block is in the store.
+                    let held = std::mem::take(&mut s.permits);
+                    spawned.push(spawn_upload(ds, s.id, bi, raw, held));
+                }
+            }
+            self.uploads.extend(spawned);
+            self.buffered += n as u64;
+            self.pending_len = self.pending_len.max(pos_in_file + n as u64);
+            done += n;
+        }
+        Ok(self.slices.len() >= MAX_PENDING_SLICES)
+    }
+
+    /// Uploads the tails, waits for all uploads, commits all slices in order.
+    pub async fn flush(&mut self, ds: &Arc<DataStore>) -> Result<Option<crate::meta::Attr>> {
+        if self.slices.is_empty() {
+            return Ok(None);
+        }
+        let bs = ds.block_size;
+        for s in self.slices.iter_mut() {
+            if s.len > s.uploaded {
+                let raw = std::mem::take(&mut s.buf);
+                let bi = s.uploaded / bs;
+                s.uploaded = s.len;
+                let held = std::mem::take(&mut s.permits);
+                self.uploads.push(spawn_upload(ds, s.id, bi, raw, held));
+            }
+        }
+        let mut first_err = None;
+        for h in self.uploads.drain(..) {
+            let r = match h.await {
+                Ok(r) => r,
+                Err(e) => Err(DataError::Store(format!("upload task failed: {e}"))),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            // The data never reached the store: drop it rather than commit a
+            // slice that points at missing blocks.
+            self.slices.clear();
+            self.pending_len = 0;
+            return Err(e);
+        }
+        let records: Vec<(u64, Slice)> = self
+            .slices
+            .iter()
+            .map(|s| {
+                (
+                    s.indx,
+                    Slice {
+                        pos: s.pos,
+                        id: s.id,
+                        size: s.len,
+                        off: 0,
+                        len: s.len,
+                    },
+                )
+            })
+            .collect();
+        self.slices.clear();
+        self.buffered = 0;
+        self.pending_len = 0;
+        let attr = ds
+            .meta
+            .write_slices(self.ino, &records, ds.capacity)
+            .await?;
+        Ok(Some(attr))
+    }
+}
+
+fn spawn_upload(
+    ds: &Arc<DataStore>,
+    id: u64,
+    index: u32,
+    raw: Vec<u8>,
+    held: Vec<OwnedSemaphorePermit>,
+) -> JoinHandle<Result<()>> {
+    let ds = ds.clone();
+    tokio::spawn(async move {
+        let _held = held;
+        let _slot = ds
+            .uploads
+            .acquire()
+            .await
+            .map_err(|e| DataError::Store(e.to_string()))?;
+        let key = ds.blocks.block_key(id, index, raw.len() as u32);
+        let compression = ds.compression;
+        let raw = Bytes::from(raw);
+        let r2 = raw.clone();
+        let encoded = tokio::task::spawn_blocking(move || codec::encode(&r2, compression))
+            .await
+            .map_err(|e| DataError::Store(e.to_string()))?;
+        let encoded = Bytes::from(encoded);
+        ds.blocks
+            .put(&key, encoded.clone())
+            .await
+            .map_err(|e| DataError::Store(e.to_string()))?;
+        ds.cache.insert(&key, raw, encoded).await;
+        Ok(())
+    })
+}

@@ -1,0 +1,620 @@
+//! The thin FUSE adapter: each fuser callback decodes its request, hands it
+//! to the tokio runtime and returns at once, so session threads never wait on
+//! the network. Replies are sent from the task. All file-system logic is in
+//! `vfs`; this file only converts types and errnos.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::meta::{to_system, Attr, FileKind, SetAttr, TimeSet};
+use crate::vfs::{Ctx, Entry, Vfs};
+
+pub struct FuseFs {
+    vfs: Arc<Vfs>,
+    rt: Handle,
+    /// Bounds requests in flight, so a flood cannot exhaust memory.
+    inflight: Arc<Semaphore>,
+}
+
+impl FuseFs {
+    pub fn new(vfs: Arc<Vfs>, rt: Handle) -> FuseFs {
+        FuseFs {
+            vfs,
+            rt,
+            inflight: Arc::new(Semaphore::new(1024)),
+        }
+    }
+
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let sem = self.inflight.clone();
+        self.rt.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            f.await
+        });
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.length,
+        blocks: a.length.div_ceil(512),
+        atime: to_system(a.atime),
+        mtime: to_system(a.mtime),
+        ctime: to_system(a.ctime),
+        crtime: to_system(a.ctime),
+        kind: kind(a.kind),
+        perm: a.mode,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<Entry, i32>) {
+    match r {
+        Ok(e) => reply.entry_with_ttls(
+            &e.attr_ttl,
+            &e.entry_ttl,
+            &file_attr(e.ino, &e.attr),
+            Generation(0),
+        ),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), i32>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(crate::meta::from_system(t)),
+    }
+}
+
+fn bytes(s: &OsStr) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, i32>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let want = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        let have = config.capabilities();
+        let _ = config.add_capabilities(want & have);
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let vfs = self.vfs.clone();
+        let _ = self.rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(60), vfs.flush_all()).await
+        });
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
+        self.spawn(async move { reply_entry(reply, vfs.lookup(&c, parent.0, &name).await) });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.getattr(ino.0).await {
+                Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (vfs, c) = (self.vfs.clone(), ctx(req));
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(crate::meta::from_system),
+        };
+        self.spawn(async move {
+            match vfs.setattr(&c, ino.0, &set, size).await {
+                Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
+        self.spawn(async move {
+            reply_entry(
+                reply,
+                vfs.mknod(&c, parent.0, &name, mode, umask, rdev, b"").await,
+            )
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
+        self.spawn(
+            async move { reply_entry(reply, vfs.mkdir(&c, parent.0, &name, mode, umask).await) },
+        );
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
+        self.spawn(async move { reply_empty(reply, vfs.unlink(&c, parent.0, &name).await) });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
+        self.spawn(async move { reply_empty(reply, vfs.rmdir(&c, parent.0, &name).await) });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(link_name));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(
+            async move { reply_entry(reply, vfs.symlink(&c, parent.0, &name, &target).await) },
+        );
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (vfs, c) = (self.vfs.clone(), ctx(req));
+        let (name, newname) = (bytes(name), bytes(newname));
+        let flags = flags.bits();
+        self.spawn(async move {
+            reply_empty(
+                reply,
+                vfs.rename(&c, parent.0, &name, newparent.0, &newname, flags)
+                    .await,
+            )
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(newname));
+        self.spawn(
+            async move { reply_entry(reply, vfs.link(&c, ino.0, newparent.0, &name).await) },
+        );
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (vfs, c) = (self.vfs.clone(), ctx(req));
+        self.spawn(async move {
+            match vfs.open(&c, ino.0, flags.0).await {
+                Ok(o) => {
+                    let f = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), f)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.read(fh.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let vfs = self.vfs.clone();
+        let data = data.to_vec();
+        self.spawn(async move {
+            match vfs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move { reply_empty(reply, vfs.flush(fh.0).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move { reply_empty(reply, vfs.release(fh.0).await) });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move { reply_empty(reply, vfs.fsync(fh.0).await) });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.opendir(ino.0, true).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.vfs.readdir(fh.0, offset) {
+            Ok(items) => {
+                for (off, it) in items {
+                    if reply.add(
+                        INodeNo(it.ino),
+                        off,
+                        kind(it.kind),
+                        OsStr::from_bytes(&it.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.vfs.readdir(fh.0, offset) {
+            Ok(items) => {
+                for (off, it) in items {
+                    let full = match self.vfs.entry_for_item(&it) {
+                        Some(e) => reply.add(
+                            INodeNo(it.ino),
+                            off,
+                            OsStr::from_bytes(&it.name),
+                            &e.entry_ttl,
+                            &file_attr(e.ino, &e.attr),
+                            Generation(0),
+                        ),
+                        // ".." without attributes: a zero TTL keeps the kernel asking.
+                        None => {
+                            let blank = FileAttr {
+                                ino: INodeNo(it.ino),
+                                size: 0,
+                                blocks: 0,
+                                atime: SystemTime::UNIX_EPOCH,
+                                mtime: SystemTime::UNIX_EPOCH,
+                                ctime: SystemTime::UNIX_EPOCH,
+                                crtime: SystemTime::UNIX_EPOCH,
+                                kind: FileType::Directory,
+                                perm: 0o755,
+                                nlink: 2,
+                                uid: 0,
+                                gid: 0,
+                                rdev: 0,
+                                blksize: 4096,
+                                flags: 0,
+                            };
+                            reply.add(
+                                INodeNo(0),
+                                off,
+                                OsStr::from_bytes(&it.name),
+                                &Duration::ZERO,
+                                &blank,
+                                Generation(0),
+                            )
+                        }
+                    };
+                    if full {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are committed to Redis before each reply.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, 255, s.bsize,
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (vfs, name, value) = (self.vfs.clone(), bytes(name), value.to_vec());
+        self.spawn(
+            async move { reply_empty(reply, vfs.setxattr(ino.0, &name, &value, flags).await) },
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (vfs, name) = (self.vfs.clone(), bytes(name));
+        self.spawn(async move { reply_xattr(reply, size, vfs.getxattr(ino.0, &name).await) });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move { reply_xattr(reply, size, vfs.listxattr(ino.0).await) });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (vfs, name) = (self.vfs.clone(), bytes(name));
+        self.spawn(async move { reply_empty(reply, vfs.removexattr(ino.0, &name).await) });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let (vfs, c) = (self.vfs.clone(), ctx(req));
+        let mask = mask.bits();
+        self.spawn(async move { reply_empty(reply, vfs.access(&c, ino.0, mask).await) });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
+        self.spawn(async move {
+            match vfs.create(&c, parent.0, &name, mode, umask, flags).await {
+                Ok((e, o)) => reply.created(
+                    &e.entry_ttl,
+                    &file_attr(e.ino, &e.attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(
+            async move { reply_empty(reply, vfs.fallocate(fh.0, offset, length, mode).await) },
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! vecfs: a shared POSIX file system for vector databases. Metadata lives in
+//! Redis (one atomic Lua step per operation), file data in object storage as
+//! immutable, checksummed, optionally compressed blocks.
+//!
+//! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
+//! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
+//! (memory + disk, single-flight) -> `object` (object_store backends) with
+//! `codec` (block envelope). `session` runs per-mount background work.
+
+pub mod cache;
+pub mod codec;
+pub mod data;
+pub mod fuse;
+pub mod meta;
+pub mod object;
+pub mod session;
+pub mod util;
+pub mod vfs;

@@ -1,0 +1,14 @@
+//! The `vecfs` command: parses the command line and hands each subcommand to
+//! its module under `cli/`. Errors end as one line on stderr and exit code 1.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::run(args) {
+        eprintln!("vecfs: error: {e:#}");
+        std::process::exit(1);
+    }
+}

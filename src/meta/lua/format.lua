@@ -1,0 +1,15 @@
+-- ARGV[4] setting JSON, 5 force: creates the volume record and root inode.
+local cur = redis.call("GET", P .. "setting")
+redis.call("SET", P .. "setting", ARGV[4])
+if not cur then
+  local root = {flags = 0, typ = T_DIR, mode = 511, uid = 0, gid = 0, atime = NOW, atimens = NOWNS,
+    mtime = NOW, mtimens = NOWNS, ctime = NOW, ctimens = NOWNS, nlink = 2, length = 4096, rdev = 0, parent = 1}
+  if redis.call("EXISTS", key("i", 1)) == 0 then
+    put_attr(1, root)
+    redis.call("SET", P .. "totalInodes", 1)
+    redis.call("SET", P .. "usedSpace", 4096)
+  end
+  redis.call("SETNX", P .. "nextinode", 1)
+  redis.call("SETNX", P .. "nextslice", 0)
+end
+return {0}

@@ -1,0 +1,59 @@
+-- Shared by every script. ARGV[1] is the volume's key prefix ("{name}"),
+-- ARGV[2..3] the caller's clock (seconds, nanoseconds). Scripts return
+-- {0, ...} on success or {errno} on failure. Attributes are packed as in
+-- src/meta/attr.rs (72 bytes, little endian).
+local P = ARGV[1]
+local NOW, NOWNS = tonumber(ARGV[2]), tonumber(ARGV[3])
+local AFMT = "<BBHI4I4i8I4i8I4i8I4I4I8I4I8"
+local CHUNK = 67108864
+local T_FILE, T_DIR, T_SYMLINK = 1, 2, 3
+local ENODEV = 19
+local ENOENT, EEXIST, ENOTDIR, EISDIR, EINVAL, ENOSPC, ENOTEMPTY, EPERM, ENODATA, EAGAIN, EOPNOTSUPP =
+  2, 17, 20, 21, 22, 28, 39, 1, 61, 11, 95
+local function key(kind, ino) return P .. kind .. string.format("%d", ino) end
+local function get_attr(ino)
+  local s = redis.call("GET", key("i", ino))
+  if not s then return nil end
+  local a = {}
+  a.flags, a.typ, a.mode, a.uid, a.gid, a.atime, a.atimens, a.mtime, a.mtimens,
+    a.ctime, a.ctimens, a.nlink, a.length, a.rdev, a.parent = struct.unpack(AFMT, s)
+  return a
+end
+local function pack_attr(a)
+  return struct.pack(AFMT, a.flags, a.typ, a.mode, a.uid, a.gid, a.atime, a.atimens,
+    a.mtime, a.mtimens, a.ctime, a.ctimens, a.nlink, a.length, a.rdev, a.parent)
+end
+local function put_attr(ino, a)
+  local s = pack_attr(a)
+  redis.call("SET", key("i", ino), s)
+  return s
+end
+local function touch_m(a) a.mtime, a.mtimens, a.ctime, a.ctimens = NOW, NOWNS, NOW, NOWNS end
+local function touch_c(a) a.ctime, a.ctimens = NOW, NOWNS end
+local function entry(typ, ino) return struct.pack("<BI8", typ, ino) end
+local function parse_entry(s) local t, i = struct.unpack("<BI8", s); return t, i end
+local function space(len) return math.floor((len + 4095) / 4096) * 4096 end
+local function used_delta(d) if d ~= 0 then redis.call("INCRBY", P .. "usedSpace", d) end end
+local function check_space(delta, cap)
+  if cap > 0 and delta > 0 then
+    local used = tonumber(redis.call("GET", P .. "usedSpace") or "0")
+    if used + delta > cap then return false end
+  end
+  return true
+end
+-- Removes an inode whose last link is gone. Regular files keep their chunks
+-- until the background deleter frees them (journaled in delfiles).
+local function drop_inode(ino, a, keep_open, sid)
+  if keep_open == 1 and a.typ == T_FILE then
+    redis.call("SADD", P .. "sustained" .. sid, string.format("%d", ino))
+    put_attr(ino, a)
+    return
+  end
+  redis.call("DEL", key("i", ino), key("x", ino))
+  if a.typ == T_SYMLINK then redis.call("DEL", key("s", ino)) end
+  if a.typ == T_FILE and a.length > 0 then
+    redis.call("ZADD", P .. "delfiles", NOW, string.format("%d:%d", ino, a.length))
+  end
+  redis.call("DECR", P .. "totalInodes")
+  used_delta(-space(a.length))
+end

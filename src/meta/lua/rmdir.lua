@@ -1,0 +1,18 @@
+-- ARGV[4] parent, 5 name -> {0}
+local parent, name = tonumber(ARGV[4]), ARGV[5]
+local e = redis.call("HGET", key("d", parent), name)
+if not e then return {ENOENT} end
+local typ, ino = parse_entry(e)
+if typ ~= T_DIR then return {ENOTDIR} end
+if redis.call("HLEN", key("d", ino)) > 0 then return {ENOTEMPTY} end
+local pa = get_attr(parent)
+redis.call("HDEL", key("d", parent), name)
+redis.call("DEL", key("i", ino), key("d", ino), key("x", ino))
+if pa then
+  pa.nlink = pa.nlink - 1
+  touch_m(pa)
+  put_attr(parent, pa)
+end
+redis.call("DECR", P .. "totalInodes")
+used_delta(-4096)
+return {0}

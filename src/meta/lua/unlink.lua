@@ -1,0 +1,22 @@
+-- ARGV[4] parent, 5 name, 6 expected ino, 7 keep_open, 8 sid -> {0, nlink}
+local parent, name, want = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local keep_open, sid = tonumber(ARGV[7]), ARGV[8]
+local e = redis.call("HGET", key("d", parent), name)
+if not e then return {ENOENT} end
+local typ, ino = parse_entry(e)
+if ino ~= want then return {EAGAIN} end
+if typ == T_DIR then return {EISDIR} end
+local pa = get_attr(parent)
+local a = get_attr(ino)
+redis.call("HDEL", key("d", parent), name)
+if pa then touch_m(pa); put_attr(parent, pa) end
+if not a then return {0, 0} end
+a.nlink = a.nlink - 1
+touch_c(a)
+if a.nlink <= 0 then
+  a.nlink = 0
+  drop_inode(ino, a, keep_open, sid)
+else
+  put_attr(ino, a)
+end
+return {0, a.nlink}

@@ -1,0 +1,803 @@
+//! The Redis engine. Key layout (every key carries the volume's hash tag, so
+//! a Redis Cluster keeps a volume in one slot and the Lua scripts stay legal):
+//!
+//! | key                 | type   | holds                                        |
+//! |---------------------|--------|----------------------------------------------|
+//! | `{v}setting`        | string | the volume record (JSON, no secrets)         |
+//! | `{v}i<ino>`         | string | packed attributes (72 bytes)                 |
+//! | `{v}d<ino>`         | hash   | name -> type(1) + ino(8)                     |
+//! | `{v}c<ino>_<chunk>` | list   | slice records (24 bytes each), oldest first  |
+//! | `{v}s<ino>`         | string | symlink target                               |
+//! | `{v}x<ino>`         | hash   | extended attributes                          |
+//! | `{v}delfiles`       | zset   | `ino:length` of deleted files, by due time   |
+//! | `{v}delslices`      | zset   | slice records no file uses, by drop time     |
+//! | `{v}sessions`       | zset   | session id -> heartbeat expiry               |
+//! | `{v}session<sid>`   | string | session info (JSON)                          |
+//! | `{v}sustained<sid>` | set    | unlinked inodes the session still has open   |
+//!
+//! Counters: `nextinode`, `nextslice`, `nextsession`, `usedSpace`, `totalInodes`.
+//! Per file this costs one 72-byte string plus a 9-byte directory field.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+
+use super::url::MetaUrl;
+use super::{
+    now, Attr, DirEntry, FileKind, Format, MetaError, Result, SetAttr, Slice, TimeSet, CHUNK_SIZE,
+};
+
+/// Flattens script arguments of mixed types into Redis argument bytes.
+macro_rules! args {
+    ($($x:expr),* $(,)?) => {{
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        $( v.extend(redis::ToRedisArgs::to_redis_args($x)); )*
+        v
+    }};
+}
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+struct Scripts {
+    lookup: Script,
+    mknod: Script,
+    unlink: Script,
+    rmdir: Script,
+    rename: Script,
+    link: Script,
+    setattr: Script,
+    truncate: Script,
+    write: Script,
+    fallocate: Script,
+    setxattr: Script,
+    release: Script,
+    claim: Script,
+    format: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            lookup: script(include_str!("lua/lookup.lua")),
+            mknod: script(include_str!("lua/mknod.lua")),
+            unlink: script(include_str!("lua/unlink.lua")),
+            rmdir: script(include_str!("lua/rmdir.lua")),
+            rename: script(include_str!("lua/rename.lua")),
+            link: script(include_str!("lua/link.lua")),
+            setattr: script(include_str!("lua/setattr.lua")),
+            truncate: script(include_str!("lua/truncate.lua")),
+            write: script(include_str!("lua/write.lua")),
+            fallocate: script(include_str!("lua/fallocate.lua")),
+            setxattr: script(include_str!("lua/setxattr.lua")),
+            release: script(include_str!("lua/release.lua")),
+            claim: script(include_str!("lua/claim.lua")),
+            format: script(include_str!("lua/format.lua")),
+        }
+    }
+}
+
+/// Ids handed out from a Redis counter in batches, to spare a round trip per file.
+struct IdBatch {
+    next: u64,
+    end: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub sid: u64,
+    pub host: String,
+    pub pid: u32,
+    pub mountpoint: String,
+    pub version: String,
+    pub start: i64,
+    pub read_only: bool,
+    #[serde(default)]
+    pub expire: i64,
+}
+
+pub struct Meta {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+    inodes: Mutex<IdBatch>,
+    slices: Mutex<IdBatch>,
+}
+
+/// Turns a Redis failure into a message that says what to do, without secrets.
+fn redis_err(e: redis::RedisError) -> MetaError {
+    let code = e.code().unwrap_or("");
+    let msg = if code == "WRONGPASS"
+        || code == "NOAUTH"
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+    {
+        "Redis refused the credentials: check the password in META-URL or META_PASSWORD".to_string()
+    } else if e.is_connection_refusal() {
+        "cannot connect to Redis (connection refused): is redis-server running at that address?"
+            .to_string()
+    } else if e.is_timeout() {
+        "Redis did not answer in time: check the address and the network".to_string()
+    } else if e.is_io_error() {
+        format!("cannot reach Redis: {e}")
+    } else {
+        format!("Redis error: {e}")
+    };
+    MetaError::Redis(msg)
+}
+
+fn int(v: &Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| MetaError::Corrupt("expected an integer".into())),
+        other => Err(MetaError::Corrupt(format!(
+            "expected an integer, got {other:?}"
+        ))),
+    }
+}
+
+fn bytes(v: &Value) -> Result<&[u8]> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        other => Err(MetaError::Corrupt(format!("expected bytes, got {other:?}"))),
+    }
+}
+
+/// Splits a script's `{errno, ...}` reply.
+fn outcome(v: Value) -> Result<Vec<Value>> {
+    let items = match v {
+        Value::Array(items) => items,
+        other => {
+            return Err(MetaError::Corrupt(format!(
+                "unexpected script reply {other:?}"
+            )))
+        }
+    };
+    let code = items
+        .first()
+        .map(int)
+        .transpose()?
+        .ok_or_else(|| MetaError::Corrupt("empty script reply".into()))?;
+    if code != 0 {
+        return Err(MetaError::Errno(code as i32));
+    }
+    Ok(items)
+}
+
+impl Meta {
+    /// Connects and checks that Redis answers (and accepts the password).
+    pub async fn connect(url: &MetaUrl, volume: &str) -> Result<Meta> {
+        let client = redis::Client::open(url.info.clone()).map_err(redis_err)?;
+        // A plain connection first: its failure carries the real reason,
+        // where the manager would retry for a long time.
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(10));
+        let mut probe = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(redis_err)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut probe)
+            .await
+            .map_err(redis_err)?;
+        let mcfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(30))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_with_config(client, mcfg)
+            .await
+            .map_err(redis_err)?;
+        Ok(Meta {
+            conn,
+            prefix: format!("{{{volume}}}"),
+            scripts: Scripts::new(),
+            inodes: Mutex::new(IdBatch { next: 0, end: 0 }),
+            slices: Mutex::new(IdBatch { next: 0, end: 0 }),
+        })
+    }
+
+    /// Finds the only volume in this database when the caller did not name one.
+    pub async fn find_volume(url: &MetaUrl) -> Result<Option<String>> {
+        let client = redis::Client::open(url.info.clone()).map_err(redis_err)?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(10));
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(redis_err)?;
+        let names: Vec<String> = c.smembers("vecfs-volumes").await.map_err(redis_err)?;
+        match names.len() {
+            0 => Ok(None),
+            1 => Ok(names.into_iter().next()),
+            _ => Err(MetaError::Redis(format!(
+                "this Redis database holds several volumes ({}): give the name with --name",
+                names.join(", ")
+            ))),
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{}", self.prefix, k)
+    }
+
+    fn ikey(&self, kind: char, ino: u64) -> String {
+        format!("{}{}{}", self.prefix, kind, ino)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn run(&self, s: &Script, args: Vec<Vec<u8>>) -> Result<Vec<Value>> {
+        let (sec, ns) = now();
+        let mut inv = s.key(self.key("setting"));
+        inv.arg(&self.prefix).arg(sec).arg(ns);
+        for a in args {
+            inv.arg(a);
+        }
+        let v: Value = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        outcome(v)
+    }
+
+    // ---- volume record -------------------------------------------------
+
+    pub async fn load_format(&self) -> Result<Option<Format>> {
+        let s: Option<String> = self
+            .conn()
+            .get(self.key("setting"))
+            .await
+            .map_err(redis_err)?;
+        match s {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| MetaError::Corrupt(format!("volume record: {e}"))),
+        }
+    }
+
+    /// Writes the volume record and the root directory (kept if present).
+    pub async fn init(&self, f: &Format) -> Result<()> {
+        let json = serde_json::to_string(f).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        self.run(&self.scripts.format, args![&json]).await?;
+        let _: () = self
+            .conn()
+            .sadd("vecfs-volumes", &f.name)
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    // ---- ids -----------------------------------------------------------
+
+    async fn next_id(&self, batch: &Mutex<IdBatch>, counter: &str, step: u64) -> Result<u64> {
+        if let Ok(mut b) = batch.lock() {
+            if b.next < b.end {
+                b.next += 1;
+                return Ok(b.next);
+            }
+        }
+        let end: u64 = self
+            .conn()
+            .incr(self.key(counter), step)
+            .await
+            .map_err(redis_err)?;
+        let mut b = batch
+            .lock()
+            .map_err(|_| MetaError::Corrupt("id allocator poisoned".into()))?;
+        // Another task may have refilled meanwhile; take the newer range.
+        b.next = end - step + 1;
+        b.end = end;
+        Ok(b.next)
+    }
+
+    pub async fn new_inode(&self) -> Result<u64> {
+        self.next_id(&self.inodes, "nextinode", 100).await
+    }
+
+    pub async fn new_slice_id(&self) -> Result<u64> {
+        self.next_id(&self.slices, "nextslice", 256).await
+    }
+
+    // ---- namespace -----------------------------------------------------
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        let v: Option<Vec<u8>> = self
+            .conn()
+            .get(self.ikey('i', ino))
+            .await
+            .map_err(redis_err)?;
+        match v {
+            Some(b) => Attr::decode(&b),
+            None => Err(MetaError::Errno(libc::ENOENT)),
+        }
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<(u64, Attr)> {
+        let r = self
+            .run(&self.scripts.lookup, args![&parent, &name])
+            .await?;
+        if r.len() < 3 {
+            return Err(MetaError::Corrupt("short lookup reply".into()));
+        }
+        Ok((int(&r[1])? as u64, Attr::decode(bytes(&r[2])?)?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        target: &[u8],
+        limits: (u64, u64),
+    ) -> Result<(u64, Attr)> {
+        let ino = self.new_inode().await?;
+        let r = self
+            .run(
+                &self.scripts.mknod,
+                args![
+                    &parent,
+                    &name,
+                    &ino,
+                    &(kind as u8),
+                    &mode,
+                    &umask,
+                    &uid,
+                    &gid,
+                    &rdev,
+                    &target,
+                    &limits.1,
+                    &limits.0,
+                ],
+            )
+            .await?;
+        Ok((ino, Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)?))
+    }
+
+    /// Removes `name`; `open_here(ino)` says whether this node still has the
+    /// inode open, in which case its data survives until the last close.
+    pub async fn unlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        sid: u64,
+        open_here: impl Fn(u64) -> bool,
+    ) -> Result<(u64, u32)> {
+        for _ in 0..16 {
+            let (ino, _) = self.lookup(parent, name).await?;
+            let keep = open_here(ino) as u8;
+            match self
+                .run(
+                    &self.scripts.unlink,
+                    args![&parent, &name, &ino, &keep, &sid],
+                )
+                .await
+            {
+                Err(MetaError::Errno(libc::EAGAIN)) => continue,
+                Err(e) => return Err(e),
+                Ok(r) => return Ok((ino, int(r.get(1).unwrap_or(&Value::Int(0)))? as u32)),
+            }
+        }
+        Err(MetaError::Errno(libc::EBUSY))
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.run(&self.scripts.rmdir, args![&parent, &name]).await?;
+        Ok(())
+    }
+
+    /// Renames; returns the moved inode and the inode it replaced (0 if none).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+        sid: u64,
+        open_here: impl Fn(u64) -> bool,
+    ) -> Result<(u64, u64)> {
+        for _ in 0..16 {
+            let dst = match self.lookup(newparent, newname).await {
+                Ok((ino, _)) => ino,
+                Err(MetaError::Errno(libc::ENOENT)) => 0,
+                Err(e) => return Err(e),
+            };
+            let keep = (dst != 0 && open_here(dst)) as u8;
+            match self
+                .run(
+                    &self.scripts.rename,
+                    args![&parent, &name, &newparent, &newname, &flags, &dst, &keep, &sid],
+                )
+                .await
+            {
+                Err(MetaError::Errno(libc::EAGAIN)) => continue,
+                Err(e) => return Err(e),
+                Ok(r) => return Ok((int(r.get(1).unwrap_or(&Value::Int(0)))? as u64, dst)),
+            }
+        }
+        Err(MetaError::Errno(libc::EBUSY))
+    }
+
+    pub async fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
+        let r = self
+            .run(&self.scripts.link, args![&ino, &newparent, &newname])
+            .await?;
+        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let v: Option<Vec<u8>> = self
+            .conn()
+            .get(self.ikey('s', ino))
+            .await
+            .map_err(redis_err)?;
+        v.ok_or(MetaError::Errno(libc::ENOENT))
+    }
+
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = self
+            .conn()
+            .hgetall(self.ikey('d', ino))
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (name, v) in raw {
+            if v.len() != 9 {
+                return Err(MetaError::Corrupt(format!(
+                    "directory entry of {} bytes",
+                    v.len()
+                )));
+            }
+            let kind = FileKind::from_u8(v[0])
+                .ok_or_else(|| MetaError::Corrupt(format!("entry type {}", v[0])))?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[1..9]);
+            out.push(DirEntry {
+                name,
+                ino: u64::from_le_bytes(b),
+                kind,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Attributes of many inodes in one round trip; missing ones are None.
+    pub async fn getattrs(&self, inos: &[u64]) -> Result<Vec<Option<Attr>>> {
+        if inos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = inos.iter().map(|i| self.ikey('i', *i)).collect();
+        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        vals.into_iter()
+            .map(|v| v.map(|b| Attr::decode(&b)).transpose())
+            .collect()
+    }
+
+    pub async fn setattr(&self, ino: u64, s: &SetAttr) -> Result<Attr> {
+        let mut mask = 0u32;
+        let (mut at, mut mt, mut ct) = ((0i64, 0u32), (0i64, 0u32), (0i64, 0u32));
+        if s.mode.is_some() {
+            mask |= 1;
+        }
+        if s.uid.is_some() {
+            mask |= 2;
+        }
+        if s.gid.is_some() {
+            mask |= 4;
+        }
+        match s.atime {
+            Some(TimeSet::At(t)) => {
+                mask |= 8;
+                at = t;
+            }
+            Some(TimeSet::Now) => mask |= 16,
+            None => {}
+        }
+        match s.mtime {
+            Some(TimeSet::At(t)) => {
+                mask |= 32;
+                mt = t;
+            }
+            Some(TimeSet::Now) => mask |= 64,
+            None => {}
+        }
+        if let Some(t) = s.ctime {
+            mask |= 128;
+            ct = t;
+        }
+        let r = self
+            .run(
+                &self.scripts.setattr,
+                args![
+                    &ino,
+                    &mask,
+                    &s.mode.unwrap_or(0),
+                    &s.uid.unwrap_or(0),
+                    &s.gid.unwrap_or(0),
+                    &at.0,
+                    &at.1,
+                    &mt.0,
+                    &mt.1,
+                    &ct.0,
+                    &ct.1,
+                ],
+            )
+            .await?;
+        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+    }
+
+    pub async fn truncate(&self, ino: u64, length: u64, capacity: u64) -> Result<Attr> {
+        let r = self
+            .run(&self.scripts.truncate, args![&ino, &length, &capacity])
+            .await?;
+        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+    }
+
+    pub async fn fallocate(
+        &self,
+        ino: u64,
+        mode: i32,
+        off: u64,
+        len: u64,
+        capacity: u64,
+    ) -> Result<Attr> {
+        let r = self
+            .run(
+                &self.scripts.fallocate,
+                args![&ino, &mode, &off, &len, &capacity],
+            )
+            .await?;
+        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+    }
+
+    // ---- data ----------------------------------------------------------
+
+    pub async fn read_chunk(&self, ino: u64, indx: u64) -> Result<Vec<Slice>> {
+        let raw: Vec<Vec<u8>> = self
+            .conn()
+            .lrange(format!("{}c{}_{}", self.prefix, ino, indx), 0, -1)
+            .await
+            .map_err(redis_err)?;
+        raw.iter().map(|b| Slice::decode(b)).collect()
+    }
+
+    /// Commits slices (chunk index, slice) in order, in one atomic step.
+    pub async fn write_slices(
+        &self,
+        ino: u64,
+        slices: &[(u64, Slice)],
+        capacity: u64,
+    ) -> Result<Attr> {
+        let (sec, ns) = now();
+        let mut inv = self.scripts.write.key(self.key("setting"));
+        inv.arg(&self.prefix)
+            .arg(sec)
+            .arg(ns)
+            .arg(ino)
+            .arg(capacity);
+        for (indx, s) in slices {
+            let end = indx * CHUNK_SIZE + s.pos as u64 + s.len as u64;
+            inv.arg(*indx).arg(&s.encode()[..]).arg(end);
+        }
+        let v: Value = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let r = outcome(v)?;
+        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+    }
+
+    // ---- xattrs --------------------------------------------------------
+
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        let v: Option<Vec<u8>> = self
+            .conn()
+            .hget(self.ikey('x', ino), name)
+            .await
+            .map_err(redis_err)?;
+        match v {
+            Some(v) => Ok(v),
+            None => {
+                self.getattr(ino).await?;
+                Err(MetaError::Errno(libc::ENODATA))
+            }
+        }
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        self.getattr(ino).await?;
+        self.conn()
+            .hkeys(self.ikey('x', ino))
+            .await
+            .map_err(redis_err)
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.run(&self.scripts.setxattr, args![&ino, &name, &value, &flags])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        let n: i64 = self
+            .conn()
+            .hdel(self.ikey('x', ino), name)
+            .await
+            .map_err(redis_err)?;
+        if n == 0 {
+            self.getattr(ino).await?;
+            return Err(MetaError::Errno(libc::ENODATA));
+        }
+        Ok(())
+    }
+
+    // ---- space ---------------------------------------------------------
+
+    /// (bytes used, inodes used)
+    pub async fn usage(&self) -> Result<(u64, u64)> {
+        let (s, i): (Option<i64>, Option<i64>) = redis::pipe()
+            .get(self.key("usedSpace"))
+            .get(self.key("totalInodes"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok((s.unwrap_or(0).max(0) as u64, i.unwrap_or(0).max(0) as u64))
+    }
+
+    // ---- sessions and background deletion ------------------------------
+
+    pub async fn register_session(&self, mut info: SessionInfo) -> Result<u64> {
+        let sid: u64 = self
+            .conn()
+            .incr(self.key("nextsession"), 1)
+            .await
+            .map_err(redis_err)?;
+        info.sid = sid;
+        self.write_session(&info).await?;
+        Ok(sid)
+    }
+
+    pub async fn write_session(&self, info: &SessionInfo) -> Result<()> {
+        let expire = now().0 + 60;
+        let mut info = info.clone();
+        info.expire = expire;
+        let json = serde_json::to_string(&info).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        let _: () = redis::pipe()
+            .atomic()
+            .zadd(self.key("sessions"), info.sid, expire)
+            .set(self.key(&format!("session{}", info.sid)), json)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    pub async fn unregister_session(&self, sid: u64) -> Result<()> {
+        let _: () = redis::pipe()
+            .atomic()
+            .zrem(self.key("sessions"), sid)
+            .del(self.key(&format!("session{sid}")))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>> {
+        let sids: Vec<u64> = self
+            .conn()
+            .zrange(self.key("sessions"), 0, -1)
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::new();
+        for sid in sids {
+            let s: Option<String> = self
+                .conn()
+                .get(self.key(&format!("session{sid}")))
+                .await
+                .map_err(redis_err)?;
+            if let Some(s) = s {
+                if let Ok(i) = serde_json::from_str::<SessionInfo>(&s) {
+                    out.push(i);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last local handle of an unlinked inode closed: drop it for good.
+    pub async fn release_sustained(&self, ino: u64, sid: u64) -> Result<()> {
+        self.run(&self.scripts.release, args![&ino, &sid]).await?;
+        Ok(())
+    }
+
+    /// Deleted files whose grace period ended: `(ino, length)`.
+    pub async fn due_deleted_files(
+        &self,
+        older_than: i64,
+        limit: isize,
+    ) -> Result<Vec<(u64, u64)>> {
+        let members: Vec<String> = self
+            .conn()
+            .zrangebyscore_limit(self.key("delfiles"), "-inf", older_than, 0, limit)
+            .await
+            .map_err(redis_err)?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                let (a, b) = m.split_once(':')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Wins the right to clean `member` of `zset` for `lease` seconds.
+    pub async fn claim(&self, zset: &str, member: &str, lease: i64) -> Result<bool> {
+        let r = self
+            .run(&self.scripts.claim, args![&zset, &member, &lease])
+            .await?;
+        Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1)
+    }
+
+    /// All slices of a deleted file, then the chunk keys and journal entry go.
+    pub async fn deleted_file_slices(&self, ino: u64, length: u64) -> Result<Vec<Slice>> {
+        let mut out = Vec::new();
+        let chunks = length.div_ceil(CHUNK_SIZE);
+        for indx in 0..chunks {
+            out.extend(self.read_chunk(ino, indx).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn finish_deleted_file(&self, ino: u64, length: u64) -> Result<()> {
+        let chunks = length.div_ceil(CHUNK_SIZE);
+        let mut p = redis::pipe();
+        p.atomic();
+        for indx in 0..chunks {
+            p.del(format!("{}c{}_{}", self.prefix, ino, indx));
+        }
+        p.zrem(self.key("delfiles"), format!("{ino}:{length}"));
+        let _: () = p.query_async(&mut self.conn()).await.map_err(redis_err)?;
+        Ok(())
+    }
+
+    /// Slices that no file refers to since before `older_than`.
+    pub async fn due_deleted_slices(&self, older_than: i64, limit: isize) -> Result<Vec<Vec<u8>>> {
+        self.conn()
+            .zrangebyscore_limit(self.key("delslices"), "-inf", older_than, 0, limit)
+            .await
+            .map_err(redis_err)
+    }
+
+    pub async fn forget_deleted_slice(&self, record: &[u8]) -> Result<()> {
+        let _: i64 = self
+            .conn()
+            .zrem(self.key("delslices"), record)
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! Object storage: builds an `object_store` backend from the volume's storage
+//! kind and bucket plus credentials from flags or the environment, and wraps
+//! it with the block naming scheme, length checks and retries.
+//!
+//! Secrets never leave this module: they are taken from flags/environment at
+//! build time and no error message or log line prints them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutPayload, RetryConfig};
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    File,
+    S3,
+    Azure,
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "file" | "local" => Ok(StorageKind::File),
+            "s3" | "minio" => Ok(StorageKind::S3),
+            "azure" | "wasb" | "abfs" => Ok(StorageKind::Azure),
+            other => Err(format!(
+                "unknown storage '{other}': use one of file, s3, azure (wasb)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageKind::File => "file",
+            StorageKind::S3 => "s3",
+            StorageKind::Azure => "azure",
+        })
+    }
+}
+
+/// Credentials given on the command line; empty fields fall back to the environment.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ObjectError {
+    #[error("bad bucket '{bucket}': {reason}")]
+    BadBucket { bucket: String, reason: String },
+    #[error("object {key} not found in the store")]
+    NotFound { key: String },
+    #[error("object {key} has {actual} bytes, expected {expected}")]
+    ShortObject {
+        key: String,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("object store: {0}")]
+    Store(String),
+}
+
+impl From<object_store::Error> for ObjectError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { path, .. } => ObjectError::NotFound { key: path },
+            other => ObjectError::Store(redact_store_error(&other.to_string())),
+        }
+    }
+}
+
+/// object_store errors may echo a URL with a SAS token or signature; cut query strings.
+fn redact_store_error(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_query = false;
+    for c in msg.chars() {
+        if c == '?' {
+            in_query = true;
+            out.push_str("?<redacted>");
+            continue;
+        }
+        if in_query && (c.is_whitespace() || c == ')' || c == '"' || c == ',') {
+            in_query = false;
+        }
+        if !in_query {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+/// Splits `http://host:port/bucket[/prefix]` into endpoint, bucket and prefix.
+fn split_endpoint(bucket: &str) -> Result<(String, String, String), ObjectError> {
+    let bad = |reason: &str| ObjectError::BadBucket {
+        bucket: bucket.to_string(),
+        reason: reason.to_string(),
+    };
+    let url = url::Url::parse(bucket)
+        .map_err(|_| bad("expected an endpoint URL such as http://127.0.0.1:9000/mybucket"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad("the endpoint URL must start with http:// or https://"));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| bad("the endpoint URL has no host"))?;
+    let endpoint = match url.port() {
+        Some(p) => format!("{}://{}:{}", url.scheme(), host, p),
+        None => format!("{}://{}", url.scheme(), host),
+    };
+    let mut segs = url
+        .path_segments()
+        .map(|s| {
+            s.filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if segs.is_empty() {
+        return Err(bad(
+            "no bucket name in the URL: append it as the first path segment",
+        ));
+    }
+    let name = segs.remove(0);
+    Ok((endpoint, name, segs.join("/")))
+}
+
+/// Builds the backend. `bucket` is a directory for `file`, an endpoint URL
+/// with the bucket (or account/container) as path for `s3` and `azure`.
+pub fn build_store(
+    kind: StorageKind,
+    bucket: &str,
+    creds: &Credentials,
+) -> Result<Arc<dyn ObjectStore>, ObjectError> {
+    match kind {
+        StorageKind::File => {
+            let dir = bucket.strip_prefix("file://").unwrap_or(bucket);
+            if dir.is_empty() {
+                return Err(ObjectError::BadBucket {
+                    bucket: bucket.into(),
+                    reason: "empty directory".into(),
+                });
+            }
+            std::fs::create_dir_all(dir).map_err(|e| ObjectError::BadBucket {
+                bucket: bucket.into(),
+                reason: format!("cannot create directory: {e}"),
+            })?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                .map_err(ObjectError::from)?
+                .with_automatic_cleanup(true);
+            Ok(Arc::new(store))
+        }
+        StorageKind::S3 => {
+            let (endpoint, name, _prefix) = split_endpoint(bucket)?;
+            let access = creds
+                .access_key
+                .clone()
+                .or_else(|| env_first(&["AWS_ACCESS_KEY_ID", "ACCESS_KEY"]));
+            let secret = creds
+                .secret_key
+                .clone()
+                .or_else(|| env_first(&["AWS_SECRET_ACCESS_KEY", "SECRET_KEY"]));
+            let region = env_first(&["AWS_REGION", "AWS_DEFAULT_REGION"])
+                .unwrap_or_else(|| "us-east-1".into());
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_endpoint(endpoint)
+                .with_bucket_name(name)
+                .with_region(region)
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false)
+                .with_retry(retry_config());
+            match (access, secret) {
+                (Some(a), Some(s)) => {
+                    b = b.with_access_key_id(a).with_secret_access_key(s);
+                }
+                _ => b = b.with_skip_signature(true),
+            }
+            Ok(Arc::new(b.build().map_err(ObjectError::from)?))
+        }
+        StorageKind::Azure => build_azure(bucket, creds),
+    }
+}
+
+/// Parses `AZURE_STORAGE_CONNECTION_STRING` (`Key=Value;...`, or `UseDevelopmentStorage=true`).
+fn parse_connection_string(s: &str) -> std::collections::HashMap<String, String> {
+    s.split(';')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn build_azure(bucket: &str, creds: &Credentials) -> Result<Arc<dyn ObjectStore>, ObjectError> {
+    let cs = std::env::var("AZURE_STORAGE_CONNECTION_STRING")
+        .map(|s| parse_connection_string(&s))
+        .unwrap_or_default();
+    let dev = cs
+        .get("usedevelopmentstorage")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut account = creds
+        .access_key
+        .clone()
+        .or_else(|| cs.get("accountname").cloned())
+        .or_else(|| env_first(&["AZURE_STORAGE_ACCOUNT"]));
+    let mut key = creds
+        .secret_key
+        .clone()
+        .or_else(|| cs.get("accountkey").cloned())
+        .or_else(|| env_first(&["AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCESS_KEY"]));
+    if dev {
+        account.get_or_insert_with(|| AZURITE_ACCOUNT.into());
+        key.get_or_insert_with(|| AZURITE_KEY.into());
+    }
+    // Bucket forms: https://ACCOUNT.blob.core.windows.net/CONTAINER,
+    // http://127.0.0.1:10000/ACCOUNT/CONTAINER (emulator), or a bare container
+    // name with the endpoint from the connection string.
+    let (endpoint, container) = if bucket.contains("://") {
+        let (endpoint, first, rest) = split_endpoint(bucket)?;
+        let host = url::Url::parse(&endpoint)
+            .ok()
+            .and_then(|u| u.host_str().map(String::from))
+            .unwrap_or_default();
+        if let Some(acc) = host.strip_suffix(".blob.core.windows.net") {
+            account.get_or_insert_with(|| acc.to_string());
+            (None, first)
+        } else {
+            if rest.is_empty() {
+                return Err(ObjectError::BadBucket {
+                    bucket: bucket.into(),
+                    reason: "expected http://HOST:PORT/ACCOUNT/CONTAINER for a custom endpoint"
+                        .into(),
+                });
+            }
+            if account.is_none() || dev {
+                account = Some(first.clone());
+            }
+            if first == AZURITE_ACCOUNT && key.is_none() {
+                key = Some(AZURITE_KEY.into());
+            }
+            (Some(format!("{endpoint}/{first}")), rest)
+        }
+    } else {
+        let ep = cs
+            .get("blobendpoint")
+            .cloned()
+            .or_else(|| dev.then(|| format!("http://127.0.0.1:10000/{AZURITE_ACCOUNT}")));
+        (ep, bucket.to_string())
+    };
+    let account = account.ok_or_else(|| ObjectError::BadBucket {
+        bucket: bucket.into(),
+        reason: "no Azure account: set AZURE_STORAGE_CONNECTION_STRING or --access-key".into(),
+    })?;
+    let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(account)
+        .with_container_name(container)
+        .with_retry(retry_config());
+    if let Some(k) = key {
+        b = b.with_access_key(k);
+    }
+    if let Some(ep) = endpoint {
+        b = b.with_endpoint(ep).with_allow_http(true);
+    }
+    Ok(Arc::new(b.build().map_err(ObjectError::from)?))
+}
+
+/// The block store: names blocks, checks lengths, counts traffic.
+pub struct BlockStore {
+    store: Arc<dyn ObjectStore>,
+    volume: String,
+}
+
+impl BlockStore {
+    pub fn new(store: Arc<dyn ObjectStore>, volume: &str) -> Self {
+        BlockStore {
+            store,
+            volume: volume.to_string(),
+        }
+    }
+
+    /// Key of block `index` of slice `id`; `len` is the raw block length so a
+    /// reader never needs a HEAD. A hashed prefix spreads load across partitions.
+    pub fn block_key(&self, id: u64, index: u32, len: u32) -> String {
+        let h = xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) & 0xff;
+        format!(
+            "{}/chunks/{:02x}/{}/{}_{}_{}",
+            self.volume,
+            h,
+            id / 1_000_000,
+            id,
+            index,
+            len
+        )
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
+        self.store
+            .put(&ObjPath::from(key), PutPayload::from_bytes(data))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
+        let r = self.store.get(&ObjPath::from(key)).await?;
+        Ok(r.bytes().await?)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        match self.store.delete(&ObjPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes, reads back and deletes a probe object: proves the bucket exists
+    /// and the credentials may write before anything is recorded in Redis.
+    pub async fn probe(&self) -> Result<(), ObjectError> {
+        let key = format!(
+            "{}/probe-{}-{}",
+            self.volume,
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let data = Bytes::from_static(b"vecfs probe");
+        self.put(&key, data.clone()).await?;
+        let back = self.get(&key).await?;
+        if back != data {
+            return Err(ObjectError::ShortObject {
+                key,
+                expected: data.len(),
+                actual: back.len(),
+            });
+        }
+        self.delete(&key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_is_split_into_host_bucket_and_prefix() {
+        let (e, b, p) = split_endpoint("http://127.0.0.1:9000/bkt/a/b").unwrap();
+        assert_eq!(
+            (e.as_str(), b.as_str(), p.as_str()),
+            ("http://127.0.0.1:9000", "bkt", "a/b")
+        );
+        assert!(split_endpoint("http://127.0.0.1:9000/").is_err());
+        assert!(split_endpoint("ftp://x/y").is_err());
+    }
+
+    #[test]
+    fn query_strings_are_redacted() {
+        let m = redact_store_error("GET http://h/c/k?sig=SECRET&x=1 failed");
+        assert!(!m.contains("SECRET"));
+        assert!(m.contains("failed"));
+    }
+
+    #[test]
+    fn connection_string_parses() {
+        let cs = parse_connection_string(
+            "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=k==;BlobEndpoint=http://x:1/a;",
+        );
+        assert_eq!(cs["accountname"], "a");
+        assert_eq!(cs["accountkey"], "k==");
+        assert_eq!(cs["blobendpoint"], "http://x:1/a");
+    }
+}

@@ -1,0 +1,1075 @@
+//! The kernel-free file system: inode numbers as the kernel sees them (a
+//! `--subdir` root appears as inode 1), open files and handles, name and size
+//! checks, attribute/entry TTLs, close-to-open consistency and errno mapping.
+//! The FUSE adapter only decodes requests and calls in here, so everything
+//! below can be driven by tests without a kernel mount.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::data::{DataError, DataStore, FileWriter};
+use crate::meta::{
+    Attr, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN, ROOT_INO,
+};
+
+/// Failures reach the kernel as an errno; unexpected ones are logged here.
+pub type VResult<T> = std::result::Result<T, i32>;
+
+fn meta_errno(op: &str, e: MetaError) -> i32 {
+    match &e {
+        MetaError::Errno(n) => *n,
+        other => {
+            tracing::error!(op, error = %other, "metadata failure");
+            libc::EIO
+        }
+    }
+}
+
+fn data_errno(op: &str, e: DataError) -> i32 {
+    match &e {
+        DataError::Meta(MetaError::Errno(n)) => *n,
+        other => {
+            tracing::error!(op, error = %other, "data failure");
+            other.errno()
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VfsConfig {
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    pub dir_entry_ttl: Duration,
+    pub read_only: bool,
+    /// The volume inode shown as the mount's root.
+    pub root: u64,
+    /// Bytes read ahead of a sequential reader.
+    pub readahead: u64,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            dir_entry_ttl: Duration::from_secs(1),
+            read_only: false,
+            root: ROOT_INO,
+            readahead: 32 << 20,
+        }
+    }
+}
+
+/// Who asks: the kernel's view of the calling process.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub fn root() -> Ctx {
+        Ctx {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub attr: Attr,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    pub attr: Option<Attr>,
+}
+
+/// State of an inode that has open handles on this node.
+struct OpenFile {
+    refs: u32,
+    writer: Arc<AsyncMutex<FileWriter>>,
+    /// Chunk index -> replayed slice list, valid until this node changes the
+    /// file or a new open asks for fresh metadata (close-to-open).
+    pieces: Arc<Mutex<HashMap<u64, Arc<Vec<Piece>>>>>,
+    length: Arc<AtomicU64>,
+    unlinked: bool,
+}
+
+struct FileHandle {
+    ino: u64,
+    writable: bool,
+    /// End of the last read, to spot sequential readers.
+    last_end: AtomicU64,
+    /// How far ahead prefetch has been started.
+    prefetched_to: AtomicU64,
+}
+
+struct DirHandle {
+    items: Vec<DirItem>,
+}
+
+enum Handle {
+    File(Arc<FileHandle>),
+    Dir(Arc<DirHandle>),
+}
+
+pub struct OpenReply {
+    pub fh: u64,
+    pub keep_cache: bool,
+}
+
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+}
+
+pub struct Vfs {
+    pub meta: Arc<Meta>,
+    pub data: Arc<DataStore>,
+    pub format: Format,
+    pub cfg: VfsConfig,
+    pub sid: AtomicU64,
+    open: Mutex<HashMap<u64, OpenFile>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
+    seen: Mutex<HashMap<u64, ((i64, u32), u64)>>,
+}
+
+fn check_name(name: &[u8]) -> VResult<()> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(libc::EINVAL);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(libc::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+impl Vfs {
+    pub fn new(meta: Arc<Meta>, data: Arc<DataStore>, format: Format, cfg: VfsConfig) -> Vfs {
+        Vfs {
+            meta,
+            data,
+            format,
+            cfg,
+            sid: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Kernel inode -> volume inode.
+    fn real(&self, ino: u64) -> u64 {
+        if ino == ROOT_INO {
+            self.cfg.root
+        } else {
+            ino
+        }
+    }
+
+    /// Volume inode -> kernel inode.
+    fn shown(&self, ino: u64) -> u64 {
+        if ino == self.cfg.root {
+            ROOT_INO
+        } else {
+            ino
+        }
+    }
+
+    fn writable(&self) -> VResult<()> {
+        if self.cfg.read_only {
+            Err(libc::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sid(&self) -> u64 {
+        self.sid.load(Ordering::Relaxed)
+    }
+
+    fn limits(&self) -> (u64, u64) {
+        (self.format.capacity, self.format.inodes)
+    }
+
+    /// Overlays what this node knows better than Redis: uncommitted length.
+    async fn fix_attr(&self, ino: u64, mut attr: Attr) -> Attr {
+        let writer = self.open_state(ino).map(|(w, _, _)| w);
+        if let Some(w) = writer {
+            let w = w.lock().await;
+            attr.length = attr.length.max(w.pending_len);
+        }
+        attr
+    }
+
+    fn entry(&self, ino: u64, attr: Attr) -> Entry {
+        Entry {
+            ino: self.shown(ino),
+            attr: Attr {
+                parent: self.shown(attr.parent),
+                ..attr
+            },
+            attr_ttl: self.cfg.attr_ttl,
+            entry_ttl: if attr.kind == FileKind::Dir {
+                self.cfg.dir_entry_ttl
+            } else {
+                self.cfg.entry_ttl
+            },
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_state(
+        &self,
+        ino: u64,
+    ) -> Option<(
+        Arc<AsyncMutex<FileWriter>>,
+        Arc<Mutex<HashMap<u64, Arc<Vec<Piece>>>>>,
+        Arc<AtomicU64>,
+    )> {
+        let open = self.open.lock().ok()?;
+        open.get(&ino)
+            .map(|o| (o.writer.clone(), o.pieces.clone(), o.length.clone()))
+    }
+
+    fn is_open_here(&self, ino: u64) -> bool {
+        self.open
+            .lock()
+            .map(|o| o.contains_key(&ino))
+            .unwrap_or(false)
+    }
+
+    fn mark_unlinked(&self, ino: u64) {
+        if let Ok(mut o) = self.open.lock() {
+            if let Some(f) = o.get_mut(&ino) {
+                f.unlinked = true;
+            }
+        }
+    }
+
+    fn forget_pieces(&self, ino: u64) {
+        if let Some((_, pieces, _)) = self.open_state(ino) {
+            if let Ok(mut p) = pieces.lock() {
+                p.clear();
+            }
+        }
+    }
+
+    // ---- names -----------------------------------------------------------
+
+    pub async fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<Entry> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(libc::ENAMETOOLONG);
+        }
+        let parent = self.real(parent);
+        let (ino, attr) = self
+            .meta
+            .lookup(parent, name)
+            .await
+            .map_err(|e| meta_errno("lookup", e))?;
+        let attr = self.fix_attr(ino, attr).await;
+        Ok(self.entry(ino, attr))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> VResult<Entry> {
+        let real = self.real(ino);
+        let attr = self
+            .meta
+            .getattr(real)
+            .await
+            .map_err(|e| meta_errno("getattr", e))?;
+        let attr = self.fix_attr(real, attr).await;
+        Ok(self.entry(real, attr))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        target: &[u8],
+    ) -> VResult<Entry> {
+        self.writable()?;
+        check_name(name)?;
+        let kind = FileKind::from_mode(mode).ok_or(libc::EINVAL)?;
+        let parent = self.real(parent);
+        let (ino, attr) = self
+            .meta
+            .mknod(
+                parent,
+                name,
+                kind,
+                mode & 0o7777,
+                umask,
+                ctx.uid,
+                ctx.gid,
+                rdev,
+                target,
+                self.limits(),
+            )
+            .await
+            .map_err(|e| meta_errno("mknod", e))?;
+        Ok(self.entry(ino, attr))
+    }
+
+    pub async fn mkdir(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> VResult<Entry> {
+        self.mknod(
+            ctx,
+            parent,
+            name,
+            libc::S_IFDIR | (mode & 0o7777),
+            umask,
+            0,
+            b"",
+        )
+        .await
+    }
+
+    pub async fn symlink(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> VResult<Entry> {
+        if target.is_empty() {
+            return Err(libc::ENOENT);
+        }
+        if target.len() >= 4096 {
+            return Err(libc::ENAMETOOLONG);
+        }
+        self.mknod(ctx, parent, name, libc::S_IFLNK | 0o777, 0, 0, target)
+            .await
+    }
+
+    pub async fn readlink(&self, ino: u64) -> VResult<Vec<u8>> {
+        self.meta
+            .readlink(self.real(ino))
+            .await
+            .map_err(|e| meta_errno("readlink", e))
+    }
+
+    pub async fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<()> {
+        self.writable()?;
+        check_name(name)?;
+        let sid = self.sid();
+        let (ino, nlink) = self
+            .meta
+            .unlink(self.real(parent), name, sid, |i| self.is_open_here(i))
+            .await
+            .map_err(|e| meta_errno("unlink", e))?;
+        if nlink == 0 {
+            self.mark_unlinked(ino);
+        }
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<()> {
+        self.writable()?;
+        if name == b"." {
+            return Err(libc::EINVAL);
+        }
+        if name == b".." {
+            return Err(libc::ENOTEMPTY);
+        }
+        check_name(name)?;
+        self.meta
+            .rmdir(self.real(parent), name)
+            .await
+            .map_err(|e| meta_errno("rmdir", e))
+    }
+
+    /// flags: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2).
+    pub async fn rename(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> VResult<()> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(newname)?;
+        if flags & !3 != 0 || flags == 3 {
+            return Err(libc::EINVAL);
+        }
+        let sid = self.sid();
+        let (_, replaced) = self
+            .meta
+            .rename(
+                self.real(parent),
+                name,
+                self.real(newparent),
+                newname,
+                flags,
+                sid,
+                |i| self.is_open_here(i),
+            )
+            .await
+            .map_err(|e| meta_errno("rename", e))?;
+        if replaced != 0 && flags & 2 == 0 {
+            if let Ok(a) = self.meta.getattr(replaced).await {
+                if a.nlink == 0 {
+                    self.mark_unlinked(replaced);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn link(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> VResult<Entry> {
+        self.writable()?;
+        check_name(newname)?;
+        let real = self.real(ino);
+        let attr = self
+            .meta
+            .link(real, self.real(newparent), newname)
+            .await
+            .map_err(|e| meta_errno("link", e))?;
+        let attr = self.fix_attr(real, attr).await;
+        Ok(self.entry(real, attr))
+    }
+
+    // ---- attributes ------------------------------------------------------
+
+    pub async fn setattr(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        set: &SetAttr,
+        size: Option<u64>,
+    ) -> VResult<Entry> {
+        self.writable()?;
+        let real = self.real(ino);
+        let mut attr = None;
+        if let Some(size) = size {
+            if size > (1u64 << 50) {
+                return Err(libc::EFBIG);
+            }
+            self.flush_inode(real).await?;
+            let a = self
+                .meta
+                .truncate(real, size, self.format.capacity)
+                .await
+                .map_err(|e| meta_errno("truncate", e))?;
+            if let Some((_, _, len)) = self.open_state(real) {
+                len.store(size, Ordering::Relaxed);
+            }
+            self.forget_pieces(real);
+            attr = Some(a);
+        }
+        let any = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.ctime.is_some();
+        if any {
+            attr = Some(
+                self.meta
+                    .setattr(real, set)
+                    .await
+                    .map_err(|e| meta_errno("setattr", e))?,
+            );
+        }
+        let attr = match attr {
+            Some(a) => a,
+            None => self
+                .meta
+                .getattr(real)
+                .await
+                .map_err(|e| meta_errno("getattr", e))?,
+        };
+        let attr = self.fix_attr(real, attr).await;
+        Ok(self.entry(real, attr))
+    }
+
+    pub async fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> VResult<()> {
+        let attr = self
+            .meta
+            .getattr(self.real(ino))
+            .await
+            .map_err(|e| meta_errno("access", e))?;
+        if mask & libc::W_OK != 0 && self.cfg.read_only {
+            return Err(libc::EROFS);
+        }
+        if ctx.uid == 0 {
+            if mask & libc::X_OK != 0 && attr.kind != FileKind::Dir && attr.mode & 0o111 == 0 {
+                return Err(libc::EACCES);
+            }
+            return Ok(());
+        }
+        let bits = if ctx.uid == attr.uid {
+            (attr.mode >> 6) & 7
+        } else if ctx.gid == attr.gid {
+            (attr.mode >> 3) & 7
+        } else {
+            attr.mode & 7
+        } as i32;
+        if mask & bits != mask & 7 {
+            return Err(libc::EACCES);
+        }
+        Ok(())
+    }
+
+    pub async fn statfs(&self) -> VResult<Statfs> {
+        let (used, inodes) = self
+            .meta
+            .usage()
+            .await
+            .map_err(|e| meta_errno("statfs", e))?;
+        let bsize = 4096u64;
+        let total = if self.format.capacity > 0 {
+            self.format.capacity
+        } else {
+            (1u64 << 50).max(used * 2)
+        };
+        let total_files = if self.format.inodes > 0 {
+            self.format.inodes
+        } else {
+            (10u64 << 20).max(inodes * 2)
+        };
+        Ok(Statfs {
+            blocks: total / bsize,
+            bfree: total.saturating_sub(used) / bsize,
+            files: total_files,
+            ffree: total_files.saturating_sub(inodes),
+            bsize: bsize as u32,
+        })
+    }
+
+    // ---- xattrs ----------------------------------------------------------
+
+    fn check_xattr_name(name: &[u8]) -> VResult<()> {
+        if name.is_empty() {
+            return Err(libc::EINVAL);
+        }
+        if name.len() > 255 {
+            return Err(libc::ERANGE);
+        }
+        if name.starts_with(b"system.posix_acl_") {
+            // ACLs would be stored but never enforced: refuse rather than mislead.
+            return Err(libc::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> VResult<()> {
+        self.writable()?;
+        Self::check_xattr_name(name)?;
+        if value.len() > 65536 {
+            return Err(libc::E2BIG);
+        }
+        let f = if flags & libc::XATTR_CREATE != 0 {
+            1
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            2
+        } else {
+            0
+        };
+        self.meta
+            .setxattr(self.real(ino), name, value, f)
+            .await
+            .map_err(|e| meta_errno("setxattr", e))
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> VResult<Vec<u8>> {
+        Self::check_xattr_name(name)?;
+        self.meta
+            .getxattr(self.real(ino), name)
+            .await
+            .map_err(|e| meta_errno("getxattr", e))
+    }
+
+    /// Names, each followed by a NUL, as listxattr(2) returns them.
+    pub async fn listxattr(&self, ino: u64) -> VResult<Vec<u8>> {
+        let names = self
+            .meta
+            .listxattr(self.real(ino))
+            .await
+            .map_err(|e| meta_errno("listxattr", e))?;
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> VResult<()> {
+        self.writable()?;
+        Self::check_xattr_name(name)?;
+        self.meta
+            .removexattr(self.real(ino), name)
+            .await
+            .map_err(|e| meta_errno("removexattr", e))
+    }
+
+    // ---- directories -----------------------------------------------------
+
+    pub async fn opendir(&self, ino: u64, plus: bool) -> VResult<u64> {
+        let real = self.real(ino);
+        let attr = self
+            .meta
+            .getattr(real)
+            .await
+            .map_err(|e| meta_errno("opendir", e))?;
+        if attr.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        let entries = self
+            .meta
+            .readdir(real)
+            .await
+            .map_err(|e| meta_errno("readdir", e))?;
+        let mut items = Vec::with_capacity(entries.len() + 2);
+        let parent = if real == self.cfg.root {
+            real
+        } else {
+            attr.parent
+        };
+        items.push(DirItem {
+            ino: self.shown(real),
+            name: b".".to_vec(),
+            kind: FileKind::Dir,
+            attr: Some(attr),
+        });
+        let parent_attr = if plus {
+            self.meta.getattr(parent).await.ok()
+        } else {
+            None
+        };
+        items.push(DirItem {
+            ino: self.shown(parent),
+            name: b"..".to_vec(),
+            kind: FileKind::Dir,
+            attr: parent_attr,
+        });
+        let attrs = if plus {
+            let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+            let mut all = Vec::with_capacity(inos.len());
+            for chunk in inos.chunks(1000) {
+                all.extend(
+                    self.meta
+                        .getattrs(chunk)
+                        .await
+                        .map_err(|e| meta_errno("readdirplus", e))?,
+                );
+            }
+            all
+        } else {
+            vec![None; entries.len()]
+        };
+        for (e, a) in entries.into_iter().zip(attrs) {
+            if plus && a.is_none() {
+                continue; // removed meanwhile
+            }
+            let a = match a {
+                Some(a) => Some(self.fix_attr(e.ino, a).await),
+                None => None,
+            };
+            items.push(DirItem {
+                ino: self.shown(e.ino),
+                name: e.name,
+                kind: e.kind,
+                attr: a.map(|a| Attr {
+                    parent: self.shown(a.parent),
+                    ..a
+                }),
+            });
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.handles.lock() {
+            h.insert(fh, Handle::Dir(Arc::new(DirHandle { items })));
+        }
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on (offset n resumes after the n-th entry).
+    pub fn readdir(&self, fh: u64, offset: u64) -> VResult<Vec<(u64, DirItem)>> {
+        let h = self.handles.lock().map_err(|_| libc::EIO)?;
+        match h.get(&fh) {
+            Some(Handle::Dir(d)) => Ok(d
+                .items
+                .iter()
+                .enumerate()
+                .skip(offset as usize)
+                .map(|(i, it)| (i as u64 + 1, it.clone()))
+                .collect()),
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    pub fn entry_for_item(&self, item: &DirItem) -> Option<Entry> {
+        item.attr.map(|a| Entry {
+            ino: item.ino,
+            attr: a,
+            attr_ttl: self.cfg.attr_ttl,
+            entry_ttl: if a.kind == FileKind::Dir {
+                self.cfg.dir_entry_ttl
+            } else {
+                self.cfg.entry_ttl
+            },
+        })
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut h) = self.handles.lock() {
+            h.remove(&fh);
+        }
+    }
+
+    // ---- files -----------------------------------------------------------
+
+    fn add_open(&self, ino: u64, length: u64) {
+        if let Ok(mut o) = self.open.lock() {
+            let e = o.entry(ino).or_insert_with(|| OpenFile {
+                refs: 0,
+                writer: Arc::new(AsyncMutex::new(FileWriter::new(ino))),
+                pieces: Arc::new(Mutex::new(HashMap::new())),
+                length: Arc::new(AtomicU64::new(length)),
+                unlinked: false,
+            });
+            e.refs += 1;
+            // Close-to-open: a new open re-reads the slice lists.
+            if let Ok(mut p) = e.pieces.lock() {
+                p.clear();
+            }
+            let w_dirty = e.writer.try_lock().map(|w| w.is_dirty()).unwrap_or(true);
+            if !w_dirty {
+                e.length.store(length, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn new_file_handle(&self, ino: u64, writable: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.handles.lock() {
+            h.insert(
+                fh,
+                Handle::File(Arc::new(FileHandle {
+                    ino,
+                    writable,
+                    last_end: AtomicU64::new(u64::MAX),
+                    prefetched_to: AtomicU64::new(0),
+                })),
+            );
+        }
+        fh
+    }
+
+    /// FOPEN_KEEP_CACHE only when the file is unchanged since this node last
+    /// opened it: segments are immutable, so hot reads never leave the kernel.
+    fn keep_cache(&self, ino: u64, attr: &Attr) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        let now = (attr.mtime, attr.length);
+        let keep = seen.get(&ino) == Some(&now);
+        seen.insert(ino, now);
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        keep
+    }
+
+    pub async fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> VResult<OpenReply> {
+        let real = self.real(ino);
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writable || flags & libc::O_TRUNC != 0 {
+            self.writable()?;
+        }
+        let attr = self
+            .meta
+            .getattr(real)
+            .await
+            .map_err(|e| meta_errno("open", e))?;
+        match attr.kind {
+            FileKind::Dir => return Err(libc::EISDIR),
+            FileKind::File => {}
+            _ => return Err(libc::ENXIO),
+        }
+        let keep_cache = !writable && self.keep_cache(real, &attr);
+        self.add_open(real, attr.length);
+        let fh = self.new_file_handle(real, writable);
+        Ok(OpenReply { fh, keep_cache })
+    }
+
+    pub async fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> VResult<(Entry, OpenReply)> {
+        let entry = self
+            .mknod(
+                ctx,
+                parent,
+                name,
+                libc::S_IFREG | (mode & 0o7777),
+                umask,
+                0,
+                b"",
+            )
+            .await?;
+        let real = self.real(entry.ino);
+        self.add_open(real, 0);
+        let acc = flags & libc::O_ACCMODE;
+        let fh = self.new_file_handle(real, acc != libc::O_RDONLY);
+        Ok((
+            entry,
+            OpenReply {
+                fh,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    fn file_handle(&self, fh: u64) -> VResult<Arc<FileHandle>> {
+        let h = self.handles.lock().map_err(|_| libc::EIO)?;
+        match h.get(&fh) {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            Some(Handle::Dir(_)) => Err(libc::EISDIR),
+            None => Err(libc::EBADF),
+        }
+    }
+
+    async fn pieces(&self, ino: u64, indx: u64) -> VResult<Arc<Vec<Piece>>> {
+        let cache = self.open_state(ino).map(|(_, p, _)| p);
+        if let Some(c) = &cache {
+            if let Some(p) = c.lock().ok().and_then(|m| m.get(&indx).cloned()) {
+                return Ok(p);
+            }
+        }
+        let p = Arc::new(
+            self.data
+                .chunk_pieces(ino, indx)
+                .await
+                .map_err(|e| data_errno("read", e))?,
+        );
+        if let Some(c) = cache {
+            if let Ok(mut m) = c.lock() {
+                m.insert(indx, p.clone());
+            }
+        }
+        Ok(p)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<u8>> {
+        let h = self.file_handle(fh)?;
+        let ino = h.ino;
+        let (writer, _, length) = self.open_state(ino).ok_or(libc::EBADF)?;
+        {
+            let mut w = writer.lock().await;
+            if w.is_dirty() {
+                // Read-your-writes: commit what this node buffered first.
+                self.commit(ino, &mut w).await?;
+            }
+        }
+        let len = length.load(Ordering::Relaxed);
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let end = (offset + size as u64).min(len);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let indx = pos / CHUNK_SIZE;
+            let coff = (pos % CHUNK_SIZE) as u32;
+            let n = ((indx + 1) * CHUNK_SIZE).min(end) - pos;
+            let pieces = self.pieces(ino, indx).await?;
+            let at = (pos - offset) as usize;
+            self.data
+                .read_chunk_range(&pieces, coff, &mut out[at..at + n as usize])
+                .await
+                .map_err(|e| data_errno("read", e))?;
+            pos += n;
+        }
+        // Sequential reader: keep the next window in flight.
+        let sequential = h.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
+        if sequential && self.cfg.readahead > 0 {
+            let want_to = (end + self.cfg.readahead).min(len);
+            let from = h.prefetched_to.load(Ordering::Relaxed).max(end);
+            if want_to > from + self.cfg.readahead / 4 || (from < len && want_to == len) {
+                h.prefetched_to.store(want_to, Ordering::Relaxed);
+                let mut p = from;
+                while p < want_to {
+                    let indx = p / CHUNK_SIZE;
+                    let coff = (p % CHUNK_SIZE) as u32;
+                    let n = ((indx + 1) * CHUNK_SIZE).min(want_to) - p;
+                    if let Ok(pieces) = self.pieces(ino, indx).await {
+                        self.data.prefetch(&pieces, coff, n as u32);
+                    }
+                    p += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VResult<u32> {
+        self.writable()?;
+        let h = self.file_handle(fh)?;
+        if !h.writable {
+            return Err(libc::EBADF);
+        }
+        if offset.saturating_add(data.len() as u64) > (1u64 << 50) {
+            return Err(libc::EFBIG);
+        }
+        let (writer, _, length) = self.open_state(h.ino).ok_or(libc::EBADF)?;
+        let mut w = writer.lock().await;
+        let flush_now = w
+            .write(&self.data, offset, data)
+            .await
+            .map_err(|e| data_errno("write", e))?;
+        length.fetch_max(offset + data.len() as u64, Ordering::Relaxed);
+        if flush_now {
+            self.commit(h.ino, &mut w).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    async fn commit(&self, ino: u64, w: &mut FileWriter) -> VResult<()> {
+        let r = w.flush(&self.data).await;
+        self.forget_pieces(ino);
+        match r {
+            Ok(Some(attr)) => {
+                if let Some((_, _, len)) = self.open_state(ino) {
+                    len.fetch_max(attr.length, Ordering::Relaxed);
+                }
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.remove(&ino);
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(data_errno("flush", e)),
+        }
+    }
+
+    async fn flush_inode(&self, ino: u64) -> VResult<()> {
+        if let Some((writer, _, _)) = self.open_state(ino) {
+            let mut w = writer.lock().await;
+            self.commit(ino, &mut w).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self, fh: u64) -> VResult<()> {
+        let h = self.file_handle(fh)?;
+        self.flush_inode(h.ino).await
+    }
+
+    pub async fn fsync(&self, fh: u64) -> VResult<()> {
+        self.flush(fh).await
+    }
+
+    pub async fn release(&self, fh: u64) -> VResult<()> {
+        let h = match self.handles.lock().map_err(|_| libc::EIO)?.remove(&fh) {
+            Some(Handle::File(f)) => f,
+            _ => return Err(libc::EBADF),
+        };
+        let ino = h.ino;
+        let flushed = self.flush_inode(ino).await;
+        let last = {
+            let mut o = self.open.lock().map_err(|_| libc::EIO)?;
+            match o.get_mut(&ino) {
+                Some(f) => {
+                    f.refs = f.refs.saturating_sub(1);
+                    if f.refs == 0 {
+                        o.remove(&ino).map(|f| f.unlinked)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if last == Some(true) {
+            self.meta
+                .release_sustained(ino, self.sid())
+                .await
+                .map_err(|e| meta_errno("release", e))?;
+        }
+        flushed
+    }
+
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> VResult<()> {
+        self.writable()?;
+        let h = self.file_handle(fh)?;
+        if !h.writable {
+            return Err(libc::EBADF);
+        }
+        if length == 0 {
+            return Err(libc::EINVAL);
+        }
+        self.flush_inode(h.ino).await?;
+        let attr = self
+            .meta
+            .fallocate(h.ino, mode, offset, length, self.format.capacity)
+            .await
+            .map_err(|e| meta_errno("fallocate", e))?;
+        if let Some((_, _, len)) = self.open_state(h.ino) {
+            len.store(attr.length, Ordering::Relaxed);
+        }
+        self.forget_pieces(h.ino);
+        Ok(())
+    }
+
+    /// Commits every buffered write on this node (unmount, shutdown).
+    pub async fn flush_all(&self) {
+        let inos: Vec<u64> = self
+            .open
+            .lock()
+            .map(|o| o.keys().copied().collect())
+            .unwrap_or_default();
+        for ino in inos {
+            if let Err(e) = self.flush_inode(ino).await {
+                tracing::error!(ino, errno = e, "flush at shutdown failed");
+            }
+        }
+    }
+}
