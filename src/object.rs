@@ -62,6 +62,8 @@ impl std::fmt::Debug for Credentials {
 pub enum ObjectError {
     #[error("bad bucket '{bucket}': {reason}")]
     BadBucket { bucket: String, reason: String },
+    #[error("the bucket (or container) does not exist: create it first")]
+    MissingBucket,
     #[error("object {key} not found in the store")]
     NotFound { key: String },
     #[error("object {key} has {actual} bytes, expected {expected}")]
@@ -78,13 +80,21 @@ impl From<object_store::Error> for ObjectError {
     fn from(e: object_store::Error) -> Self {
         match e {
             object_store::Error::NotFound { path, .. } => ObjectError::NotFound { key: path },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => ObjectError::Store(
+                "the store refused the credentials (access denied): check the access and secret keys"
+                    .into(),
+            ),
             other => ObjectError::Store(redact_store_error(&other.to_string())),
         }
     }
 }
 
-/// object_store errors may echo a URL with a SAS token or signature; cut query strings.
+/// object_store errors may echo a URL with a SAS token or signature: query
+/// strings are cut. Response bodies make them multi-line: keep one short line.
 fn redact_store_error(msg: &str) -> String {
+    let msg: String = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    let msg = msg.split(": <?xml").next().unwrap_or("").to_string();
     let mut out = String::with_capacity(msg.len());
     let mut in_query = false;
     for c in msg.chars() {
@@ -99,6 +109,14 @@ fn redact_store_error(msg: &str) -> String {
         if !in_query {
             out.push(c);
         }
+    }
+    if out.len() > 400 {
+        let mut cut = 400;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
     }
     out
 }
@@ -353,7 +371,10 @@ impl BlockStore {
             rand::random::<u32>()
         );
         let data = Bytes::from_static(b"vecfs probe");
-        self.put(&key, data.clone()).await?;
+        match self.put(&key, data.clone()).await {
+            Err(ObjectError::NotFound { .. }) => return Err(ObjectError::MissingBucket),
+            other => other?,
+        }
         let back = self.get(&key).await?;
         if back != data {
             return Err(ObjectError::ShortObject {

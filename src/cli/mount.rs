@@ -135,7 +135,9 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
     let (vfs, bg) = match prepared {
         Ok(v) => v,
         Err(e) => {
-            tracing::error!("mount failed: {e:#}");
+            if a.log.is_some() {
+                tracing::error!("mount failed: {e:#}");
+            }
             return Err(e);
         }
     };

@@ -1,0 +1,411 @@
+//! Test harness: private servers (redis-server, moto's S3 server, Azurite)
+//! on random loopback ports in temporary directories, and real FUSE mounts
+//! of the `vecfs` binary. Everything is torn down on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VECFS: &str = env!("CARGO_BIN_EXE_vecfs");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Redis {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let r = Redis {
+            _proc: Proc(child),
+            _dir: dir,
+            port,
+        };
+        wait_for("redis-server", Duration::from_secs(20), || port_open(port));
+        r
+    }
+
+    pub fn url(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{}", self.port, db)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+pub struct S3 {
+    _proc: Proc,
+    pub port: u16,
+}
+
+impl S3 {
+    /// moto's S3 server (PyPI moto[server]) on loopback.
+    pub fn start() -> S3 {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed (pip install 'moto[server]')");
+        let s = S3 {
+            _proc: Proc(child),
+            port,
+        };
+        wait_for("moto_server", Duration::from_secs(60), || port_open(port));
+        s
+    }
+
+    pub fn bucket(&self, name: &str) -> String {
+        let url = format!("http://127.0.0.1:{}/{}", self.port, name);
+        mkbucket("s3", &url);
+        url
+    }
+}
+
+pub struct Azurite {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new("azurite-blob")
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--skipApiVersionCheck", "--silent", "-l"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("azurite-blob must be installed (npm install -g azurite)");
+        let a = Azurite {
+            _proc: Proc(child),
+            _dir: dir,
+            port,
+        };
+        wait_for("azurite", Duration::from_secs(60), || port_open(port));
+        a
+    }
+
+    pub fn container(&self, name: &str) -> String {
+        let url = format!("http://127.0.0.1:{}/devstoreaccount1/{}", self.port, name);
+        mkbucket("azure", &url);
+        url
+    }
+}
+
+fn mkbucket(kind: &str, url: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mkbucket.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .args([kind, url])
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "mkbucket {kind} {url}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Runs `vecfs` with arguments and extra environment.
+pub fn vecfs(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(VECFS);
+    c.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run vecfs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    File,
+    S3,
+    Azure,
+}
+
+/// Keeps whichever object-store server a volume needs alive.
+pub enum Backend {
+    File(tempfile::TempDir),
+    S3(S3),
+    Azure(Azurite),
+}
+
+/// A formatted volume: its Redis, its object store and how to mount it.
+pub struct Volume {
+    pub redis: Redis,
+    pub backend: Backend,
+    pub url: String,
+    pub name: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Volume {
+    pub fn new(storage: Storage) -> Volume {
+        Self::with_args(storage, &[])
+    }
+
+    pub fn with_args(storage: Storage, extra: &[&str]) -> Volume {
+        let redis = Redis::start();
+        let url = redis.url(1);
+        let name = "testvol".to_string();
+        let mut env: Vec<(String, String)> = Vec::new();
+        let (backend, kind, bucket) = match storage {
+            Storage::File => {
+                let d = tempfile::tempdir().expect("tempdir");
+                let b = d.path().join("objects").to_string_lossy().into_owned();
+                (Backend::File(d), "file", b)
+            }
+            Storage::S3 => {
+                let s = S3::start();
+                let b = s.bucket("vecfs-test");
+                env.push(("AWS_ACCESS_KEY_ID".into(), "testing".into()));
+                env.push(("AWS_SECRET_ACCESS_KEY".into(), "testing".into()));
+                (Backend::S3(s), "s3", b)
+            }
+            Storage::Azure => {
+                let a = Azurite::start();
+                let b = a.container("vecfs-test");
+                env.push((
+                    "AZURE_STORAGE_CONNECTION_STRING".into(),
+                    "UseDevelopmentStorage=true".into(),
+                ));
+                (Backend::Azure(a), "azure", b)
+            }
+        };
+        let mut args = vec![
+            "format",
+            &url,
+            &name,
+            "--storage",
+            kind,
+            "--bucket",
+            &bucket,
+        ];
+        args.extend_from_slice(extra);
+        let v = Volume {
+            redis,
+            backend,
+            url: url.clone(),
+            name: name.clone(),
+            env,
+        };
+        let o = vecfs(&args, &v.env_refs());
+        assert!(o.status.success(), "format failed: {}", stderr(&o));
+        v
+    }
+
+    pub fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect()
+    }
+
+    pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    /// Mounts in the foreground as a child process, so the test owns it.
+    pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mp = dir.path().join("mnt");
+        std::fs::create_dir(&mp).expect("mkdir mountpoint");
+        let cache = dir.path().join("cache");
+        let log = dir.path().join("vecfs.log");
+        let mut c = Command::new(VECFS);
+        c.args(["mount", &self.url])
+            .arg(&mp)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("spawn vecfs mount");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if is_fuse_mount(&mp) {
+                break;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!(
+                    "vecfs mount exited with {st}: {err}\nlog: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "mount did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            child: Some(child),
+            path: mp,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+pub fn is_fuse_mount(p: &Path) -> bool {
+    let target = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| {
+            s.lines().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() > 4 && f[4] == target && l.contains(" - fuse")
+            })
+        })
+        .unwrap_or(false)
+}
+
+pub struct Mount {
+    child: Option<Child>,
+    pub path: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmounts and waits for the daemon to exit cleanly.
+    pub fn unmount(mut self) {
+        self.stop(true);
+    }
+
+    fn stop(&mut self, check: bool) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let o = Command::new("umount").arg(&self.path).output();
+        if !matches!(&o, Ok(o) if o.status.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    if check {
+                        assert!(
+                            st.success(),
+                            "daemon exited with {st}; log:\n{}",
+                            std::fs::read_to_string(&self.log).unwrap_or_default()
+                        );
+                    }
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(!check, "daemon did not exit after unmount");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
