@@ -109,6 +109,9 @@ struct OpenFile {
     unlinked: bool,
 }
 
+/// (mtime, length): what identifies a version of a file's content.
+type Version = ((i64, u32), u64);
+
 struct FileHandle {
     ino: u64,
     writable: bool,
@@ -150,7 +153,7 @@ pub struct Vfs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
-    seen: Mutex<HashMap<u64, ((i64, u32), u64)>>,
+    seen: Mutex<HashMap<u64, Version>>,
 }
 
 fn check_name(name: &[u8]) -> VResult<()> {
