@@ -12,14 +12,32 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::meta::{to_system, Attr, FileKind, SetAttr, TimeSet};
 use crate::vfs::{Ctx, Entry, Vfs};
+
+/// Kernel cache invalidation through FUSE notify messages.
+pub struct KernelNotifier(pub fuser::Notifier);
+
+impl crate::vfs::Invalidator for KernelNotifier {
+    fn inval_entry(&self, parent: u64, name: &[u8]) {
+        // ENOENT just means the kernel has nothing cached: fine.
+        if let Err(e) = self.0.inval_entry(INodeNo(parent), OsStr::from_bytes(name)) {
+            tracing::debug!(parent, error = %e, "inval_entry");
+        }
+    }
+
+    fn inval_inode(&self, ino: u64) {
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0) {
+            tracing::debug!(ino, error = %e, "inval_inode");
+        }
+    }
+}
 
 pub struct FuseFs {
     vfs: Arc<Vfs>,
@@ -140,7 +158,9 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS;
         let have = config.capabilities();
         let _ = config.add_capabilities(want & have);
         let _ = config.set_max_write(1 << 20);
@@ -376,11 +396,11 @@ impl Filesystem for FuseFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move { reply_empty(reply, vfs.flush(fh.0).await) });
+        self.spawn(async move { reply_empty(reply, vfs.flush(fh.0, Some(lock_owner.0)).await) });
     }
 
     fn release(
@@ -389,12 +409,13 @@ impl Filesystem for FuseFs {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move { reply_empty(reply, vfs.release(fh.0).await) });
+        let flock_owner = lock_owner.map(|o| o.0);
+        self.spawn(async move { reply_empty(reply, vfs.release(fh.0, flock_owner).await) });
     }
 
     fn fsync(
@@ -599,6 +620,50 @@ impl Filesystem for FuseFs {
                 ),
                 Err(e) => reply.error(errno(e)),
             }
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.getlk(fh.0, lock_owner.0, start, end, typ).await {
+                Ok((t, s, e, pid)) => reply.locked(s, e, t, pid),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            reply_empty(
+                reply,
+                vfs.setlk(fh.0, lock_owner.0, start, end, typ, pid, sleep)
+                    .await,
+            )
         });
     }
 

@@ -13,8 +13,19 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::data::{DataError, DataStore, FileWriter};
 use crate::meta::{
-    Attr, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN, ROOT_INO,
+    Attr, Event, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN,
+    ROOT_INO,
 };
+
+/// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
+/// so the VFS makes them from blocking threads, never from async workers.
+pub trait Invalidator: Send + Sync {
+    fn inval_entry(&self, parent: u64, name: &[u8]);
+    fn inval_inode(&self, ino: u64);
+}
+
+/// Lock ranges end at "to end of file", which Lua numbers cannot hold exactly.
+const LOCK_EOF: u64 = 1 << 53;
 
 /// Failures reach the kernel as an errno; unexpected ones are logged here.
 pub type VResult<T> = std::result::Result<T, i32>;
@@ -148,12 +159,26 @@ pub struct Vfs {
     pub data: Arc<DataStore>,
     pub format: Format,
     pub cfg: VfsConfig,
-    pub sid: AtomicU64,
     open: Mutex<HashMap<u64, OpenFile>>,
+    invalidator: std::sync::OnceLock<Arc<dyn Invalidator>>,
+    /// Last attributes handed to the kernel, to know when its cache is stale.
+    reported: Mutex<HashMap<u64, Version>>,
+    /// (inode, lock owner) pairs that took a lock here, so a close only
+    /// talks to Redis when there may be something to release.
+    lock_owners: Mutex<std::collections::HashSet<(u64, u64)>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
     seen: Mutex<HashMap<u64, Version>>,
+}
+
+fn lock_type(typ: i32) -> VResult<u32> {
+    match typ {
+        libc::F_RDLCK => Ok(0),
+        libc::F_WRLCK => Ok(1),
+        libc::F_UNLCK => Ok(2),
+        _ => Err(libc::EINVAL),
+    }
 }
 
 fn check_name(name: &[u8]) -> VResult<()> {
@@ -173,8 +198,10 @@ impl Vfs {
             data,
             format,
             cfg,
-            sid: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
+            invalidator: std::sync::OnceLock::new(),
+            reported: Mutex::new(HashMap::new()),
+            lock_owners: Mutex::new(std::collections::HashSet::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
@@ -207,8 +234,41 @@ impl Vfs {
         }
     }
 
-    fn sid(&self) -> u64 {
-        self.sid.load(Ordering::Relaxed)
+    pub fn sid(&self) -> u64 {
+        self.meta.sid()
+    }
+
+    pub fn set_invalidator(&self, inv: Arc<dyn Invalidator>) {
+        let _ = self.invalidator.set(inv);
+    }
+
+    async fn invalidate_inode(&self, real: u64) {
+        if let Some(inv) = self.invalidator.get().cloned() {
+            let ino = self.shown(real);
+            let _ = tokio::task::spawn_blocking(move || inv.inval_inode(ino)).await;
+        }
+    }
+
+    /// Another node changed something: drop what this node cached about it.
+    pub async fn on_remote_change(&self, ev: Event) {
+        match ev {
+            Event::Inode { ino, .. } => {
+                self.forget_pieces(ino);
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.remove(&ino);
+                }
+                if let Ok(mut r) = self.reported.lock() {
+                    r.remove(&ino);
+                }
+                self.invalidate_inode(ino).await;
+            }
+            Event::Entry { parent, name, .. } => {
+                if let Some(inv) = self.invalidator.get().cloned() {
+                    let p = self.shown(parent);
+                    let _ = tokio::task::spawn_blocking(move || inv.inval_entry(p, &name)).await;
+                }
+            }
+        }
     }
 
     fn limits(&self) -> (u64, u64) {
@@ -226,6 +286,14 @@ impl Vfs {
     }
 
     fn entry(&self, ino: u64, attr: Attr) -> Entry {
+        if attr.kind == FileKind::File {
+            if let Ok(mut r) = self.reported.lock() {
+                if r.len() > 200_000 {
+                    r.clear();
+                }
+                r.insert(ino, (attr.mtime, attr.length));
+            }
+        }
         Entry {
             ino: self.shown(ino),
             attr: Attr {
@@ -833,6 +901,19 @@ impl Vfs {
             _ => return Err(libc::ENXIO),
         }
         let keep_cache = !writable && self.keep_cache(real, &attr);
+        // Close-to-open: if the kernel may hold older attributes or pages
+        // than Redis has now, drop them before the application reads.
+        let stale = self
+            .reported
+            .lock()
+            .map(|r| r.get(&real) != Some(&(attr.mtime, attr.length)))
+            .unwrap_or(true);
+        if stale && !self.is_open_here(real) {
+            self.invalidate_inode(real).await;
+            if let Ok(mut r) = self.reported.lock() {
+                r.insert(real, (attr.mtime, attr.length));
+            }
+        }
         self.add_open(real, attr.length);
         let fh = self.new_file_handle(real, writable);
         Ok(OpenReply { fh, keep_cache })
@@ -1001,22 +1082,105 @@ impl Vfs {
         Ok(())
     }
 
-    pub async fn flush(&self, fh: u64) -> VResult<()> {
+    /// close(2): commit buffered writes, drop the closing process's POSIX locks.
+    pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> VResult<()> {
         let h = self.file_handle(fh)?;
-        self.flush_inode(h.ino).await
+        let r = self.flush_inode(h.ino).await;
+        if let Some(owner) = lock_owner {
+            self.unlock_all(h.ino, owner).await;
+        }
+        r
     }
 
     pub async fn fsync(&self, fh: u64) -> VResult<()> {
-        self.flush(fh).await
+        self.flush(fh, None).await
     }
 
-    pub async fn release(&self, fh: u64) -> VResult<()> {
+    async fn unlock_all(&self, ino: u64, owner: u64) {
+        let had = self
+            .lock_owners
+            .lock()
+            .map(|mut s| s.remove(&(ino, owner)))
+            .unwrap_or(true);
+        if had {
+            if let Err(e) = self.meta.setlk(ino, owner, 2, 0, LOCK_EOF, 0).await {
+                tracing::warn!(ino, error = %e, "cannot release locks");
+            }
+        }
+    }
+
+    /// F_GETLK: the first conflicting lock, or F_UNLCK.
+    pub async fn getlk(
+        &self,
+        fh: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+    ) -> VResult<(i32, u64, u64, u32)> {
+        let h = self.file_handle(fh)?;
+        let typ = lock_type(typ)?;
+        let (t, s, e, pid) = self
+            .meta
+            .getlk(h.ino, owner, typ, start.min(LOCK_EOF), end.min(LOCK_EOF))
+            .await
+            .map_err(|e| meta_errno("getlk", e))?;
+        let t = match t {
+            0 => libc::F_RDLCK,
+            1 => libc::F_WRLCK,
+            _ => return Ok((libc::F_UNLCK, start, end, 0)),
+        };
+        let e = if e >= LOCK_EOF { i64::MAX as u64 } else { e };
+        Ok((t, s, e, pid))
+    }
+
+    /// F_SETLK / F_SETLKW (sleep) and flock: locks held in Redis, so they
+    /// hold across nodes. A waiting lock polls with backoff.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        fh: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+    ) -> VResult<()> {
+        let h = self.file_handle(fh)?;
+        let t = lock_type(typ)?;
+        if t != 2 {
+            if let Ok(mut s) = self.lock_owners.lock() {
+                s.insert((h.ino, owner));
+            }
+        }
+        let mut wait = Duration::from_millis(5);
+        loop {
+            match self
+                .meta
+                .setlk(h.ino, owner, t, start.min(LOCK_EOF), end.min(LOCK_EOF), pid)
+                .await
+            {
+                Err(MetaError::Errno(libc::EAGAIN)) if sleep => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(meta_errno("setlk", e)),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> VResult<()> {
         let h = match self.handles.lock().map_err(|_| libc::EIO)?.remove(&fh) {
             Some(Handle::File(f)) => f,
             _ => return Err(libc::EBADF),
         };
         let ino = h.ino;
         let flushed = self.flush_inode(ino).await;
+        if let Some(owner) = flock_owner {
+            self.unlock_all(ino, owner).await;
+        }
         let last = {
             let mut o = self.open.lock().map_err(|_| libc::EIO)?;
             match o.get_mut(&ino) {

@@ -64,6 +64,12 @@ pub struct MountArgs {
     /// Seconds a deleted file's objects are kept when the volume has no trash days.
     #[arg(long, default_value_t = 60)]
     delete_delay: u64,
+    /// Do not subscribe to other nodes' change events (rely on the TTLs alone).
+    #[arg(long)]
+    no_events: bool,
+    /// Seconds between session heartbeats; a session silent for 5 of them is cleaned up.
+    #[arg(long, default_value_t = 12)]
+    heartbeat: u64,
     /// Log file (default for -d: /var/log/vecfs.log as root, else ~/.vecfs/vecfs.log).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -147,9 +153,9 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
             h.abort();
         }
         vfs.flush_all().await;
-        let sid = vfs.sid.load(std::sync::atomic::Ordering::Relaxed);
+        let sid = vfs.sid();
         if sid != 0 {
-            if let Err(e) = vfs.meta.unregister_session(sid).await {
+            if let Err(e) = vfs.meta.clean_session(sid).await {
                 tracing::warn!(error = %e, "cannot deregister session");
             }
         }
@@ -249,14 +255,19 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
     let trash = fmt.trash_days;
     let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
     let mut bg = Vec::new();
+    // Read-only mounts register too (status lists them, their locks can be
+    // cleaned), but run no deletion and clean no other sessions.
+    let every = Duration::from_secs(a.heartbeat.max(1));
+    let info = session::session_info(&mp.to_string_lossy(), a.read_only);
+    let ttl = (every.as_secs() * session::MISSED_HEARTBEATS) as i64;
+    let sid = meta.register_session(info.clone(), ttl).await?;
+    bg.push(session::spawn_heartbeat(
+        meta.clone(),
+        vecfs::meta::SessionInfo { sid, ..info },
+        every,
+        !a.read_only,
+    ));
     if !a.read_only {
-        let info = session::session_info(&mp.to_string_lossy(), false);
-        let sid = meta.register_session(info.clone()).await?;
-        vfs.sid.store(sid, std::sync::atomic::Ordering::Relaxed);
-        bg.push(session::spawn_heartbeat(
-            meta.clone(),
-            vecfs::meta::SessionInfo { sid, ..info },
-        ));
         let grace = if trash > 0 {
             Duration::from_secs(trash as u64 * 86400)
         } else {
@@ -307,13 +318,17 @@ fn serve(
     };
     cfg.n_threads = Some(4);
     cfg.clone_fd = true;
-    let fs = FuseFs::new(vfs, rt.handle().clone());
+    let fs = FuseFs::new(vfs.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(fs, mp, &cfg).with_context(|| {
         format!(
             "cannot mount {} with FUSE (is /dev/fuse available and fuse3 installed?)",
             mp.display()
         )
     })?;
+    vfs.set_invalidator(Arc::new(vecfs::fuse::KernelNotifier(session.notifier())));
+    if !a.no_events {
+        rt.spawn(session::run_event_listener(vfs.clone()));
+    }
     let mut unmounter = session.unmount_callable();
     tracing::info!(mountpoint = %mp.display(), volume = %name, "mounted");
     println!("vecfs: mounted volume {name} at {}", mp.display());
@@ -352,6 +367,9 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     if a.read_only {
         args.push("--read-only".into());
     }
+    if a.no_events {
+        args.push("--no-events".into());
+    }
     let mut opt = |k: &str, v: Option<String>| {
         if let Some(v) = v {
             args.push(format!("--{k}={v}"));
@@ -372,6 +390,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("entry-cache", Some(a.entry_cache.to_string()));
     opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
     opt("delete-delay", Some(a.delete_delay.to_string()));
+    opt("heartbeat", Some(a.heartbeat.to_string()));
     opt("log", Some(log.to_string_lossy().into_owned()));
     opt("name", a.name.clone());
     for o in &a.options {

@@ -305,6 +305,54 @@ impl Format {
     }
 }
 
+/// A change another node made, as published on the volume's channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The entry `name` of directory `parent` appeared, vanished or changed.
+    Entry {
+        sid: u64,
+        parent: u64,
+        name: Vec<u8>,
+    },
+    /// Attributes or data of `ino` changed.
+    Inode { sid: u64, ino: u64 },
+}
+
+impl Event {
+    pub fn parse(b: &[u8]) -> Option<Event> {
+        if b.len() < 17 {
+            return None;
+        }
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        let rest = &b[17..];
+        let slash = rest.iter().position(|c| *c == b'/')?;
+        let sid = std::str::from_utf8(&rest[..slash]).ok()?.parse().ok()?;
+        let name = rest[slash + 1..].to_vec();
+        match b[0] {
+            1 => Some(Event::Entry {
+                sid,
+                parent: u64_at(1),
+                name,
+            }),
+            2 => Some(Event::Inode {
+                sid,
+                ino: u64_at(9),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn sid(&self) -> u64 {
+        match self {
+            Event::Entry { sid, .. } | Event::Inode { sid, .. } => *sid,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     pub name: Vec<u8>,

@@ -18,6 +18,7 @@
 //! Counters: `nextinode`, `nextslice`, `nextsession`, `usedSpace`, `totalInodes`.
 //! Per file this costs one 72-byte string plus a 9-byte directory field.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ struct Scripts {
     release: Script,
     claim: Script,
     format: Script,
+    setlk: Script,
+    getlk: Script,
+    clean_session: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -78,6 +82,9 @@ impl Scripts {
             release: script(include_str!("lua/release.lua")),
             claim: script(include_str!("lua/claim.lua")),
             format: script(include_str!("lua/format.lua")),
+            setlk: script(include_str!("lua/setlk.lua")),
+            getlk: script(include_str!("lua/getlk.lua")),
+            clean_session: script(include_str!("lua/clean_session.lua")),
         }
     }
 }
@@ -102,7 +109,11 @@ pub struct SessionInfo {
 }
 
 pub struct Meta {
+    client: redis::Client,
     conn: ConnectionManager,
+    /// This mount's session id (0 before registration), sent with every
+    /// script so change events and locks name their origin.
+    sid: AtomicU64,
     prefix: String,
     scripts: Scripts,
     inodes: Mutex<IdBatch>,
@@ -192,11 +203,13 @@ impl Meta {
             .set_connection_timeout(Duration::from_secs(5))
             .set_response_timeout(Duration::from_secs(30))
             .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client, mcfg)
+        let conn = ConnectionManager::new_with_config(client.clone(), mcfg)
             .await
             .map_err(redis_err)?;
         Ok(Meta {
+            client,
             conn,
+            sid: AtomicU64::new(0),
             prefix: format!("{{{volume}}}"),
             scripts: Scripts::new(),
             inodes: Mutex::new(IdBatch { next: 0, end: 0 }),
@@ -225,6 +238,10 @@ impl Meta {
         }
     }
 
+    pub fn sid(&self) -> u64 {
+        self.sid.load(Ordering::Relaxed)
+    }
+
     fn key(&self, k: &str) -> String {
         format!("{}{}", self.prefix, k)
     }
@@ -240,7 +257,7 @@ impl Meta {
     async fn run(&self, s: &Script, args: Vec<Vec<u8>>) -> Result<Vec<Value>> {
         let (sec, ns) = now();
         let mut inv = s.key(self.key("setting"));
-        inv.arg(&self.prefix).arg(sec).arg(ns);
+        inv.arg(&self.prefix).arg(sec).arg(ns).arg(self.sid());
         for a in args {
             inv.arg(a);
         }
@@ -596,6 +613,7 @@ impl Meta {
         inv.arg(&self.prefix)
             .arg(sec)
             .arg(ns)
+            .arg(self.sid())
             .arg(ino)
             .arg(capacity);
         for (indx, s) in slices {
@@ -669,19 +687,21 @@ impl Meta {
 
     // ---- sessions and background deletion ------------------------------
 
-    pub async fn register_session(&self, mut info: SessionInfo) -> Result<u64> {
+    pub async fn register_session(&self, mut info: SessionInfo, ttl: i64) -> Result<u64> {
         let sid: u64 = self
             .conn()
             .incr(self.key("nextsession"), 1)
             .await
             .map_err(redis_err)?;
         info.sid = sid;
-        self.write_session(&info).await?;
+        self.write_session(&info, ttl).await?;
+        self.sid.store(sid, Ordering::Relaxed);
         Ok(sid)
     }
 
-    pub async fn write_session(&self, info: &SessionInfo) -> Result<()> {
-        let expire = now().0 + 60;
+    /// Records the session as alive for `ttl` more seconds.
+    pub async fn write_session(&self, info: &SessionInfo, ttl: i64) -> Result<()> {
+        let expire = now().0 + ttl;
         let mut info = info.clone();
         info.expire = expire;
         let json = serde_json::to_string(&info).map_err(|e| MetaError::Corrupt(e.to_string()))?;
@@ -695,15 +715,71 @@ impl Meta {
         Ok(())
     }
 
-    pub async fn unregister_session(&self, sid: u64) -> Result<()> {
-        let _: () = redis::pipe()
-            .atomic()
-            .zrem(self.key("sessions"), sid)
-            .del(self.key(&format!("session{sid}")))
-            .query_async(&mut self.conn())
+    /// Ends a session: its locks and unlinked-but-open files go with it.
+    /// Returns false when another node already cleaned it.
+    pub async fn clean_session(&self, sid: u64) -> Result<bool> {
+        let r = self.run(&self.scripts.clean_session, args![&sid]).await?;
+        Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1)
+    }
+
+    /// Sessions whose heartbeat stopped before `before`.
+    pub async fn expired_sessions(&self, before: i64) -> Result<Vec<u64>> {
+        self.conn()
+            .zrangebyscore(self.key("sessions"), "-inf", before)
             .await
-            .map_err(redis_err)?;
+            .map_err(redis_err)
+    }
+
+    // ---- locks -----------------------------------------------------------
+
+    /// Sets (typ 0 read, 1 write) or clears (2) a byte-range lock; EAGAIN on conflict.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        ino: u64,
+        owner: u64,
+        typ: u32,
+        start: u64,
+        end: u64,
+        pid: u32,
+    ) -> Result<()> {
+        self.run(
+            &self.scripts.setlk,
+            args![&ino, &owner, &typ, &start, &end, &pid],
+        )
+        .await?;
         Ok(())
+    }
+
+    /// The first lock of another owner that conflicts: (type, start, end, pid), type 2 if none.
+    pub async fn getlk(
+        &self,
+        ino: u64,
+        owner: u64,
+        typ: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<(u32, u64, u64, u32)> {
+        let r = self
+            .run(&self.scripts.getlk, args![&ino, &owner, &typ, &start, &end])
+            .await?;
+        let get =
+            |i: usize| -> Result<i64> { r.get(i).map(int).transpose().map(|v| v.unwrap_or(0)) };
+        Ok((
+            get(1)? as u32,
+            get(2)? as u64,
+            get(3)? as u64,
+            get(4)? as u32,
+        ))
+    }
+
+    // ---- change events ---------------------------------------------------
+
+    /// Subscribes to the volume's change channel.
+    pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
+        let mut ps = self.client.get_async_pubsub().await.map_err(redis_err)?;
+        ps.subscribe(self.key("events")).await.map_err(redis_err)?;
+        Ok(ps)
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>> {

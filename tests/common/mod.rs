@@ -100,9 +100,13 @@ pub struct S3 {
 impl S3 {
     /// moto's S3 server (PyPI moto[server]) on loopback.
     pub fn start() -> S3 {
+        Self::start_on("127.0.0.1")
+    }
+
+    pub fn start_on(host: &str) -> S3 {
         let port = free_port();
         let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -275,13 +279,25 @@ impl Volume {
 
     /// Mounts in the foreground as a child process, so the test owns it.
     pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        self.mount_via(&[], &self.url, extra)
+    }
+
+    /// Mounts with a command prefix (e.g. `nsenter --net=...`) and META-URL.
+    pub fn mount_via(&self, wrapper: &[&str], url: &str, extra: &[&str]) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).expect("mkdir mountpoint");
         let cache = dir.path().join("cache");
         let log = dir.path().join("vecfs.log");
-        let mut c = Command::new(VECFS);
-        c.args(["mount", &self.url])
+        let mut c = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(VECFS);
+                c
+            }
+            None => Command::new(VECFS),
+        };
+        c.args(["mount", url])
             .arg(&mp)
             .arg("--cache-dir")
             .arg(&cache)
@@ -384,6 +400,20 @@ impl Mount {
                 }
             }
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Kills the daemon the hard way, as a power loss would, and detaches
+    /// the dead mount.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
     }
 
     pub fn log_text(&self) -> String {

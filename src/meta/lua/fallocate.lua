@@ -1,6 +1,6 @@
--- ARGV[4] ino, 5 mode, 6 offset, 7 length, 8 capacity -> {0, attr}
+-- args: ino, mode, offset, length, capacity -> {0, attr}
 -- mode bits: 1 keep size, 2 punch hole, 16 zero range.
-local ino, mode, off, len, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ino, mode, off, len, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
 if a.typ == T_DIR then return {EISDIR} end
@@ -26,6 +26,7 @@ if punch or zero then
   end
 end
 used_delta(space(newlen) - space(a.length))
-a.length = newlen
 if punch or zero or newlen ~= a.length then touch_m(a) else touch_c(a) end
+a.length = newlen
+notify_inode(ino)
 return {0, put_attr(ino, a)}

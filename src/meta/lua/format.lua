@@ -1,6 +1,6 @@
--- ARGV[4] setting JSON, 5 force: creates the volume record and root inode.
+-- args: setting JSON, force: creates the volume record and root inode.
 local cur = redis.call("GET", P .. "setting")
-redis.call("SET", P .. "setting", ARGV[4])
+redis.call("SET", P .. "setting", ARGV[5])
 if not cur then
   local root = {flags = 0, typ = T_DIR, mode = 511, uid = 0, gid = 0, atime = NOW, atimens = NOWNS,
     mtime = NOW, mtimens = NOWNS, ctime = NOW, ctimens = NOWNS, nlink = 2, length = 4096, rdev = 0, parent = 1}

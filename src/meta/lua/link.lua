@@ -1,5 +1,5 @@
--- ARGV[4] ino, 5 newparent, 6 newname -> {0, attr}
-local ino, np, nn = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+-- args: ino, newparent, newname -> {0, attr}
+local ino, np, nn = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local a = get_attr(ino)
 if not a then return {ENOENT} end
 if a.typ == T_DIR then return {EPERM} end
@@ -13,4 +13,7 @@ a.parent = 0
 touch_c(a)
 touch_m(pa)
 put_attr(np, pa)
+notify_entry(np, nn)
+notify_inode(np)
+notify_inode(ino)
 return {0, put_attr(ino, a)}

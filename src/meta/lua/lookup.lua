@@ -1,6 +1,6 @@
--- ARGV[4] parent, ARGV[5] name -> {0, ino, attr}
-local parent = tonumber(ARGV[4])
-local e = redis.call("HGET", key("d", parent), ARGV[5])
+-- args: parent, ARGV[6] name -> {0, ino, attr}
+local parent = tonumber(ARGV[5])
+local e = redis.call("HGET", key("d", parent), ARGV[6])
 if not e then
   local pa = redis.call("EXISTS", key("i", parent))
   if pa == 0 then return {ENOENT} end

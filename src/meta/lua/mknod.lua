@@ -1,9 +1,9 @@
--- ARGV[4] parent, 5 name, 6 new ino, 7 type, 8 mode, 9 umask, 10 uid, 11 gid,
--- 12 rdev, 13 symlink target, 14 inode limit, 15 capacity -> {0, attr}
-local parent, name, ino, typ = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local mode, umask = tonumber(ARGV[8]), tonumber(ARGV[9])
-local uid, gid, rdev, target = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13]
-local max_inodes, cap = tonumber(ARGV[14]), tonumber(ARGV[15])
+-- args: parent, name, new ino, type, mode, umask, uid, gid,
+-- rdev, symlink target, inode limit, capacity -> {0, attr}
+local parent, name, ino, typ = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local mode, umask = tonumber(ARGV[9]), tonumber(ARGV[10])
+local uid, gid, rdev, target = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14]
+local max_inodes, cap = tonumber(ARGV[15]), tonumber(ARGV[16])
 local pa = get_attr(parent)
 if not pa then return {ENOENT} end
 if pa.typ ~= T_DIR then return {ENOTDIR} end
@@ -34,4 +34,6 @@ put_attr(parent, pa)
 local s = put_attr(ino, a)
 redis.call("INCR", P .. "totalInodes")
 used_delta(space(length))
+notify_entry(parent, name)
+notify_inode(parent)
 return {0, s}

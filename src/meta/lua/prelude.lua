@@ -1,9 +1,11 @@
 -- Shared by every script. ARGV[1] is the volume's key prefix ("{name}"),
--- ARGV[2..3] the caller's clock (seconds, nanoseconds). Scripts return
+-- ARGV[2..3] the caller's clock (seconds, nanoseconds), ARGV[4] the caller's
+-- session id; each script's own arguments start at ARGV[5]. Scripts return
 -- {0, ...} on success or {errno} on failure. Attributes are packed as in
 -- src/meta/attr.rs (72 bytes, little endian).
 local P = ARGV[1]
 local NOW, NOWNS = tonumber(ARGV[2]), tonumber(ARGV[3])
+local SID = ARGV[4]
 local AFMT = "<BBHI4I4i8I4i8I4i8I4I4I8I4I8"
 local CHUNK = 67108864
 local T_FILE, T_DIR, T_SYMLINK = 1, 2, 3
@@ -56,4 +58,12 @@ local function drop_inode(ino, a, keep_open, sid)
   end
   redis.call("DECR", P .. "totalInodes")
   used_delta(-space(a.length))
+end
+-- Tells other nodes what changed, so they can drop kernel caches at once.
+-- kind: 1 entry (parent, name), 2 inode (ino).
+local function notify_entry(parent, name)
+  redis.call("PUBLISH", P .. "events", struct.pack("<BI8I8", 1, parent, 0) .. SID .. "/" .. name)
+end
+local function notify_inode(ino)
+  redis.call("PUBLISH", P .. "events", struct.pack("<BI8I8", 2, 0, ino) .. SID .. "/")
 end

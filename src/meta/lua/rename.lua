@@ -1,7 +1,7 @@
--- ARGV[4] parent, 5 name, 6 newparent, 7 newname, 8 flags (1 noreplace,
--- 2 exchange), 9 expected dst ino (0: none), 10 keep_open, 11 sid -> {0, ino}
-local sp, sn, dp, dn = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local flags, want, keep_open, sid = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+-- args: parent, name, newparent, newname, flags (1 noreplace,
+-- 2 exchange), expected dst ino (0: none), keep_open, sid -> {0, ino}
+local sp, sn, dp, dn = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local flags, want, keep_open, sid = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
 local se = redis.call("HGET", key("d", sp), sn)
 if not se then return {ENOENT} end
 local styp, sino = parse_entry(se)
@@ -45,6 +45,7 @@ if bit.band(flags, 2) ~= 0 then -- exchange
   if da then touch_c(da); put_attr(dino, da) end
   touch_m(dpa); put_attr(dp, dpa)
   if sp ~= dp then touch_m(spa); put_attr(sp, spa) end
+  notify_entry(sp, sn); notify_entry(dp, dn); notify_inode(sino); notify_inode(dino); notify_inode(sp); notify_inode(dp)
   return {0, sino}
 end
 if de then
@@ -81,4 +82,10 @@ if sa then
 end
 touch_m(dpa); put_attr(dp, dpa)
 if sp ~= dp then touch_m(spa); put_attr(sp, spa) end
+notify_entry(sp, sn)
+notify_entry(dp, dn)
+notify_inode(sino)
+notify_inode(sp)
+if sp ~= dp then notify_inode(dp) end
+if dino ~= 0 then notify_inode(dino) end
 return {0, sino}

@@ -1,5 +1,5 @@
--- ARGV[4] parent, 5 name -> {0}
-local parent, name = tonumber(ARGV[4]), ARGV[5]
+-- args: parent, name -> {0}
+local parent, name = tonumber(ARGV[5]), ARGV[6]
 local e = redis.call("HGET", key("d", parent), name)
 if not e then return {ENOENT} end
 local typ, ino = parse_entry(e)
@@ -15,4 +15,6 @@ if pa then
 end
 redis.call("DECR", P .. "totalInodes")
 used_delta(-4096)
+notify_entry(parent, name)
+notify_inode(parent)
 return {0}

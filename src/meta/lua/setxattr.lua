@@ -1,5 +1,5 @@
--- ARGV[4] ino, 5 name, 6 value, 7 flags (1 create, 2 replace) -> {0}
-local ino, name, value, flags = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
+-- args: ino, name, value, flags (1 create, 2 replace) -> {0}
+local ino, name, value, flags = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8])
 if redis.call("EXISTS", key("i", ino)) == 0 then return {ENOENT} end
 local exists = redis.call("HEXISTS", key("x", ino), name) == 1
 if flags == 1 and exists then return {EEXIST} end
@@ -8,4 +8,5 @@ redis.call("HSET", key("x", ino), name, value)
 local a = get_attr(ino)
 touch_c(a)
 put_attr(ino, a)
+notify_inode(ino)
 return {0}

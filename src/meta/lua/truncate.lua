@@ -1,8 +1,8 @@
--- ARGV[4] ino, 5 new length, 6 capacity -> {0, attr}
+-- args: ino, new length, capacity -> {0, attr}
 -- Shrinking drops whole chunks past the end (their slices journaled for
 -- deletion) and covers the cut part of the last chunk with a hole slice, so
 -- a later extension reads zeros.
-local ino, newlen, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ino, newlen, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
 if a.typ == T_DIR then return {EISDIR} end
@@ -34,4 +34,5 @@ end
 a.length = newlen
 touch_m(a)
 used_delta(space(newlen) - space(old))
+notify_inode(ino)
 return {0, put_attr(ino, a)}

@@ -1,6 +1,6 @@
--- ARGV[4] parent, 5 name, 6 expected ino, 7 keep_open, 8 sid -> {0, nlink}
-local parent, name, want = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local keep_open, sid = tonumber(ARGV[7]), ARGV[8]
+-- args: parent, name, expected ino, keep_open, sid -> {0, nlink}
+local parent, name, want = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local keep_open, sid = tonumber(ARGV[8]), ARGV[9]
 local e = redis.call("HGET", key("d", parent), name)
 if not e then return {ENOENT} end
 local typ, ino = parse_entry(e)
@@ -10,6 +10,9 @@ local pa = get_attr(parent)
 local a = get_attr(ino)
 redis.call("HDEL", key("d", parent), name)
 if pa then touch_m(pa); put_attr(parent, pa) end
+notify_entry(parent, name)
+notify_inode(parent)
+notify_inode(ino)
 if not a then return {0, 0} end
 a.nlink = a.nlink - 1
 touch_c(a)
