@@ -9,6 +9,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v setfattr >/dev/null || need_apt+=(attr)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nsenter >/dev/null || need_apt+=(util-linux)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v fio >/dev/null || need_apt+=(fio)
   command -v s3fs >/dev/null || need_apt+=(s3fs)

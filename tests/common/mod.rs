@@ -27,7 +27,11 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    port_open_on("127.0.0.1", port)
+}
+
+fn port_open_on(host: &str, port: u16) -> bool {
+    std::net::TcpStream::connect((host, port)).is_ok()
 }
 
 struct Proc(Child);
@@ -115,7 +119,9 @@ impl S3 {
             _proc: Proc(child),
             port,
         };
-        wait_for("moto_server", Duration::from_secs(60), || port_open(port));
+        wait_for("moto_server", Duration::from_secs(60), || {
+            port_open_on(host, port)
+        });
         s
     }
 
