@@ -1,50 +1,155 @@
-//! Block codec: the self-describing envelope every stored block carries.
+//! Block codec: the self-describing envelope every stored block carries, and
+//! the choice of encoding per block.
 //!
-//! Layout (little endian): magic "VB" (2), codec id (1), reserved (1),
+//! Layout (little endian): magic "VB" (2), codec id (1), shuffle offset (1),
 //! raw length (4), CRC32C of the raw bytes (4), then the payload. The codec
-//! is recorded per block, so a reader never guesses and a volume may mix
-//! codecs (a block that does not shrink is stored raw even when lz4 is on).
+//! is recorded per block, so a reader never guesses and one volume may mix
+//! codecs. Ids 0 (raw) and 1 (lz4) are the original ones, so volumes written
+//! before shuffle/zstd existed still read.
+//!
+//! Vector data barely compresses byte by byte (float32 mantissas look random)
+//! but its exponent bytes and the high bytes of int64 ids are highly
+//! repetitive. A byte shuffle (all byte 0s of each element, then all byte 1s,
+//! ...) lines those up so lz4/zstd can use them. `auto` samples each block to
+//! find the element width (4 or 8) and where elements start within the block
+//! (a file header shifts them), and stores the block raw when no encoding
+//! saves enough to pay for decoding it.
 
 use thiserror::Error;
 
 pub const HEADER_LEN: usize = 12;
 const MAGIC: &[u8; 2] = b"VB";
+/// An encoding must save at least this share of the bytes to be kept.
+const MIN_SAVING: f64 = 0.03;
+const SAMPLE: usize = 16 << 10;
 
 /// Compression chosen at format time; each block may still fall back to raw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
+    /// Plain lz4 on every block that shrinks.
     Lz4,
+    /// Sampled per block: raw, lz4 or byte-shuffle + lz4, whichever pays.
+    Auto,
+    /// Sampled per block like auto, with zstd at the volume's level.
+    Zstd,
 }
 
-impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "none" | "" => Ok(Compression::None),
-            "lz4" => Ok(Compression::Lz4),
-            other => Err(format!(
-                "unknown compression '{other}': use one of lz4, none"
-            )),
+/// A compression setting with its zstd level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codec {
+    pub compression: Compression,
+    pub zstd_level: i32,
+}
+
+impl Codec {
+    pub fn new(compression: Compression, zstd_level: i32) -> Codec {
+        Codec {
+            compression,
+            zstd_level,
         }
     }
 }
 
-impl std::fmt::Display for Compression {
+/// Parses `none`, `lz4`, `auto`, `zstd` or `zstd:LEVEL`.
+pub fn parse_compression(s: &str) -> Result<Codec, String> {
+    let lower = s.to_ascii_lowercase();
+    let (name, level) = match lower.split_once(':') {
+        Some((n, l)) => (n.to_string(), Some(l.to_string())),
+        None => (lower.clone(), None),
+    };
+    let c = match name.as_str() {
+        "none" => Compression::None,
+        "lz4" => Compression::Lz4,
+        "auto" => Compression::Auto,
+        "zstd" => Compression::Zstd,
+        other => {
+            return Err(format!(
+                "unknown compression '{other}': use one of auto, lz4, zstd[:LEVEL], none"
+            ))
+        }
+    };
+    let zstd_level = match (c, level) {
+        (Compression::Zstd, Some(l)) => {
+            let n: i32 = l
+                .parse()
+                .map_err(|_| format!("zstd level '{l}' is not a number: use 1 to 19"))?;
+            if !(1..=19).contains(&n) {
+                return Err(format!("zstd level {n} is out of range: use 1 to 19"));
+            }
+            n
+        }
+        (_, Some(_)) => return Err(format!("'{s}': only zstd takes a level")),
+        (_, None) => 1,
+    };
+    Ok(Codec::new(c, zstd_level))
+}
+
+impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Compression::None => "none",
-            Compression::Lz4 => "lz4",
-        })
+        match self.compression {
+            Compression::None => f.write_str("none"),
+            Compression::Lz4 => f.write_str("lz4"),
+            Compression::Auto => f.write_str("auto"),
+            Compression::Zstd => write!(f, "zstd:{}", self.zstd_level),
+        }
     }
 }
 
-#[repr(u8)]
+/// How one block is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CodecId {
-    Raw = 0,
-    Lz4 = 1,
+pub enum Encoding {
+    Raw,
+    Lz4,
+    ShuffleLz4 { width: usize, offset: usize },
+    Zstd,
+    ShuffleZstd { width: usize, offset: usize },
+}
+
+impl Encoding {
+    fn id(&self) -> u8 {
+        match self {
+            Encoding::Raw => 0,
+            Encoding::Lz4 => 1,
+            Encoding::ShuffleLz4 { width: 4, .. } => 2,
+            Encoding::ShuffleLz4 { .. } => 3,
+            Encoding::Zstd => 4,
+            Encoding::ShuffleZstd { width: 4, .. } => 5,
+            Encoding::ShuffleZstd { .. } => 6,
+        }
+    }
+
+    fn offset(&self) -> usize {
+        match self {
+            Encoding::ShuffleLz4 { offset, .. } | Encoding::ShuffleZstd { offset, .. } => *offset,
+            _ => 0,
+        }
+    }
+
+    fn from_header(id: u8, offset: u8) -> Option<Encoding> {
+        let offset = offset as usize;
+        Some(match id {
+            0 => Encoding::Raw,
+            1 => Encoding::Lz4,
+            2 => Encoding::ShuffleLz4 { width: 4, offset },
+            3 => Encoding::ShuffleLz4 { width: 8, offset },
+            4 => Encoding::Zstd,
+            5 => Encoding::ShuffleZstd { width: 4, offset },
+            6 => Encoding::ShuffleZstd { width: 8, offset },
+            _ => return None,
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Encoding::Raw => "raw".into(),
+            Encoding::Lz4 => "lz4".into(),
+            Encoding::ShuffleLz4 { width, offset } => format!("shuffle{width}@{offset}+lz4"),
+            Encoding::Zstd => "zstd".into(),
+            Encoding::ShuffleZstd { width, offset } => format!("shuffle{width}@{offset}+zstd"),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -63,34 +168,282 @@ pub enum CodecError {
     Checksum { expected: u32, actual: u32 },
 }
 
-/// Encodes `raw` into a stored block. Compression is kept only when it saves
-/// at least 1/32 of the bytes: otherwise decoding would cost CPU for nothing.
-pub fn encode(raw: &[u8], compression: Compression) -> Vec<u8> {
-    let crc = crc32c::crc32c(raw);
-    if compression == Compression::Lz4 && !raw.is_empty() {
-        let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-        let mut out = vec![0u8; HEADER_LEN + bound];
-        if let Ok(n) = lz4_flex::block::compress_into(raw, &mut out[HEADER_LEN..]) {
-            if n + raw.len() / 32 < raw.len() {
-                out.truncate(HEADER_LEN + n);
-                write_header(&mut out, CodecId::Lz4, raw.len(), crc);
-                return out;
+// ---- byte shuffle --------------------------------------------------------
+
+/// Transposes whole `W`-byte elements: byte j of element i goes to
+/// `out[j * n + i]`. Fixed widths let the compiler unroll and vectorise.
+fn shuffle_fixed<const W: usize>(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / W;
+    let (cols, _) = dst.split_at_mut(n * W);
+    // Work in tiles of 16 elements so each output stream is written in runs.
+    const T: usize = 16;
+    let tiles = n / T;
+    for t in 0..tiles {
+        let base = t * T;
+        let tile = &src[base * W..(base + T) * W];
+        for j in 0..W {
+            let col = &mut cols[j * n + base..j * n + base + T];
+            for (i, c) in col.iter_mut().enumerate() {
+                *c = tile[i * W + j];
             }
         }
     }
+    for i in tiles * T..n {
+        for j in 0..W {
+            cols[j * n + i] = src[i * W + j];
+        }
+    }
+}
+
+fn unshuffle_fixed<const W: usize>(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / W;
+    const T: usize = 16;
+    let tiles = n / T;
+    for t in 0..tiles {
+        let base = t * T;
+        let tile = &mut dst[base * W..(base + T) * W];
+        for j in 0..W {
+            let col = &src[j * n + base..j * n + base + T];
+            for (i, c) in col.iter().enumerate() {
+                tile[i * W + j] = *c;
+            }
+        }
+    }
+    for i in tiles * T..n {
+        for j in 0..W {
+            dst[i * W + j] = src[j * n + i];
+        }
+    }
+}
+
+/// Shuffles `raw` as elements of `width` bytes starting at `offset`; the
+/// bytes before `offset` and the tail that is not a whole element stay put.
+pub fn shuffle(raw: &[u8], width: usize, offset: usize) -> Vec<u8> {
+    let mut out = raw.to_vec();
+    if offset >= raw.len() {
+        return out;
+    }
+    let body = &raw[offset..];
+    let whole = body.len() / width * width;
+    let dst = &mut out[offset..offset + whole];
+    match width {
+        4 => shuffle_fixed::<4>(&body[..whole], dst),
+        8 => shuffle_fixed::<8>(&body[..whole], dst),
+        _ => {}
+    }
+    out
+}
+
+pub fn unshuffle(data: &[u8], width: usize, offset: usize) -> Vec<u8> {
+    let mut out = data.to_vec();
+    if offset >= data.len() {
+        return out;
+    }
+    let body = &data[offset..];
+    let whole = body.len() / width * width;
+    let dst = &mut out[offset..offset + whole];
+    match width {
+        4 => unshuffle_fixed::<4>(&body[..whole], dst),
+        8 => unshuffle_fixed::<8>(&body[..whole], dst),
+        _ => {}
+    }
+    out
+}
+
+// ---- compressors ---------------------------------------------------------
+
+fn lz4(data: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress(data)
+}
+
+fn zstd(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    zstd::bulk::compress(data, level).ok()
+}
+
+/// Compressed size of `sample` under `enc`, for choosing an encoding.
+fn trial(sample: &[u8], enc: Encoding, level: i32) -> usize {
+    match enc {
+        Encoding::Raw => sample.len(),
+        Encoding::Lz4 => lz4(sample).len(),
+        Encoding::Zstd => zstd(sample, level).map_or(usize::MAX, |v| v.len()),
+        Encoding::ShuffleLz4 { width, offset } => lz4(&shuffle(sample, width, offset)).len(),
+        Encoding::ShuffleZstd { width, offset } => {
+            zstd(&shuffle(sample, width, offset), level).map_or(usize::MAX, |v| v.len())
+        }
+    }
+}
+
+/// Finds where `width`-byte elements start. The byte column whose most
+/// common value is most common is taken as the elements' most significant
+/// byte (last, little endian); in a run of equally repetitive columns (the
+/// zero high bytes of ids) the run's last column is. Counting the most
+/// common value, not distinct ones, keeps a few header bytes from misleading
+/// it. Returns the offset of the first whole element, in 0..width.
+pub fn detect_offset(sample: &[u8], width: usize) -> usize {
+    let mut hist = vec![[0u32; 256]; width];
+    for (i, b) in sample.iter().enumerate() {
+        hist[i % width][*b as usize] += 1;
+    }
+    let top: Vec<u32> = hist
+        .iter()
+        .map(|h| h.iter().copied().max().unwrap_or(0))
+        .collect();
+    let best = top.iter().copied().max().unwrap_or(0);
+    let near = |r: usize| top[r % width] as u64 * 100 >= best as u64 * 98;
+    let msb = (0..width)
+        .find(|&r| near(r) && !near(r + 1))
+        .unwrap_or(width - 1);
+    (msb + 1) % width
+}
+
+/// Samples a block (start and middle) and returns the best-looking encoding,
+/// or Raw when nothing saves MIN_SAVING. Offsets are relative to the block;
+/// the sample windows start at multiples of 8 so alignment carries over.
+pub fn choose(raw: &[u8], codec: Codec) -> Encoding {
+    let zstd_family = codec.compression == Compression::Zstd;
+    let mut sample = Vec::with_capacity(2 * SAMPLE);
+    if raw.len() <= 2 * SAMPLE {
+        sample.extend_from_slice(raw);
+    } else {
+        sample.extend_from_slice(&raw[..SAMPLE]);
+        let mid = (raw.len() / 2) & !7;
+        sample.extend_from_slice(&raw[mid..mid + SAMPLE]);
+    }
+    if sample.is_empty() {
+        return Encoding::Raw;
+    }
+    let mut candidates = vec![if zstd_family {
+        Encoding::Zstd
+    } else {
+        Encoding::Lz4
+    }];
+    for width in [4usize, 8] {
+        let offset = detect_offset(&sample, width);
+        candidates.push(if zstd_family {
+            Encoding::ShuffleZstd { width, offset }
+        } else {
+            Encoding::ShuffleLz4 { width, offset }
+        });
+    }
+    // Samples are scored with fast lz4 even for zstd volumes: the ranking of
+    // layouts is the same and it keeps the choice cheap.
+    let score = |e: Encoding| {
+        let probe = match e {
+            Encoding::Zstd => Encoding::Lz4,
+            Encoding::ShuffleZstd { width, offset } => Encoding::ShuffleLz4 { width, offset },
+            other => other,
+        };
+        trial(&sample, probe, codec.zstd_level)
+    };
+    let mut best = (Encoding::Raw, sample.len());
+    for c in candidates {
+        let s = score(c);
+        if s < best.1 {
+            best = (c, s);
+        }
+    }
+    // zstd still finds savings where lz4 finds none (float32 without shuffle
+    // is an example), so a zstd volume checks its own plain form too.
+    if best.0 == Encoding::Raw && zstd_family {
+        let z = trial(
+            &sample,
+            Encoding::ShuffleZstd {
+                width: 4,
+                offset: 0,
+            },
+            codec.zstd_level,
+        );
+        if (z as f64) < sample.len() as f64 * (1.0 - MIN_SAVING) {
+            best = (
+                Encoding::ShuffleZstd {
+                    width: 4,
+                    offset: 0,
+                },
+                z,
+            );
+        }
+    }
+    if (best.1 as f64) > sample.len() as f64 * (1.0 - MIN_SAVING) && !zstd_family {
+        return Encoding::Raw;
+    }
+    best.0
+}
+
+fn compress_with(raw: &[u8], enc: Encoding, level: i32) -> Option<Vec<u8>> {
+    match enc {
+        Encoding::Raw => None,
+        Encoding::Lz4 => Some(lz4(raw)),
+        Encoding::Zstd => zstd(raw, level),
+        Encoding::ShuffleLz4 { width, offset } => Some(lz4(&shuffle(raw, width, offset))),
+        Encoding::ShuffleZstd { width, offset } => zstd(&shuffle(raw, width, offset), level),
+    }
+}
+
+/// Encodes `raw` into a stored block with exactly `enc` (tests, benchmarks).
+pub fn encode_as(raw: &[u8], enc: Encoding, level: i32) -> Vec<u8> {
+    let crc = crc32c::crc32c(raw);
+    match compress_with(raw, enc, level) {
+        Some(payload) => {
+            let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+            out.resize(HEADER_LEN, 0);
+            write_header(&mut out, enc, raw.len(), crc);
+            out.extend_from_slice(&payload);
+            out
+        }
+        None => raw_block(raw, crc),
+    }
+}
+
+fn raw_block(raw: &[u8], crc: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + raw.len());
     out.resize(HEADER_LEN, 0);
-    write_header(&mut out, CodecId::Raw, raw.len(), crc);
+    write_header(&mut out, Encoding::Raw, raw.len(), crc);
     out.extend_from_slice(raw);
     out
 }
 
-fn write_header(out: &mut [u8], codec: CodecId, raw_len: usize, crc: u32) {
+/// Encodes `raw` into a stored block, picking the encoding per the volume's
+/// setting; anything that does not save MIN_SAVING is stored raw.
+pub fn encode(raw: &[u8], codec: Codec) -> Vec<u8> {
+    let crc = crc32c::crc32c(raw);
+    let enc = match codec.compression {
+        Compression::None => Encoding::Raw,
+        _ if raw.is_empty() => Encoding::Raw,
+        Compression::Lz4 => Encoding::Lz4,
+        Compression::Auto | Compression::Zstd => choose(raw, codec),
+    };
+    if let Some(payload) = compress_with(raw, enc, codec.zstd_level) {
+        let limit = raw.len() as f64 * (1.0 - MIN_SAVING);
+        let keep = if codec.compression == Compression::Lz4 {
+            payload.len() + raw.len() / 32 < raw.len()
+        } else {
+            (payload.len() as f64) <= limit
+        };
+        if keep {
+            let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+            out.resize(HEADER_LEN, 0);
+            write_header(&mut out, enc, raw.len(), crc);
+            out.extend_from_slice(&payload);
+            return out;
+        }
+    }
+    raw_block(raw, crc)
+}
+
+fn write_header(out: &mut [u8], enc: Encoding, raw_len: usize, crc: u32) {
     out[0..2].copy_from_slice(MAGIC);
-    out[2] = codec as u8;
-    out[3] = 0;
+    out[2] = enc.id();
+    out[3] = enc.offset() as u8;
     out[4..8].copy_from_slice(&(raw_len as u32).to_le_bytes());
     out[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The encoding a stored block uses, from its header.
+pub fn encoding_of(block: &[u8]) -> Option<Encoding> {
+    if block.len() < HEADER_LEN || &block[0..2] != MAGIC {
+        return None;
+    }
+    Encoding::from_header(block[2], block[3])
 }
 
 /// Decodes a stored block and verifies its checksum.
@@ -104,16 +457,24 @@ pub fn decode(block: &[u8]) -> Result<Vec<u8>, CodecError> {
     let raw_len = u32::from_le_bytes([block[4], block[5], block[6], block[7]]) as usize;
     let expected = u32::from_le_bytes([block[8], block[9], block[10], block[11]]);
     let payload = &block[HEADER_LEN..];
-    let raw = match block[2] {
-        x if x == CodecId::Raw as u8 => payload.to_vec(),
-        x if x == CodecId::Lz4 as u8 => {
-            let mut out = vec![0u8; raw_len];
-            let n = lz4_flex::block::decompress_into(payload, &mut out)
-                .map_err(|e| CodecError::Corrupt(e.to_string()))?;
-            out.truncate(n);
-            out
-        }
-        other => return Err(CodecError::UnknownCodec(other)),
+    let enc =
+        Encoding::from_header(block[2], block[3]).ok_or(CodecError::UnknownCodec(block[2]))?;
+    let unlz4 = |p: &[u8]| -> Result<Vec<u8>, CodecError> {
+        let mut out = vec![0u8; raw_len];
+        let n = lz4_flex::block::decompress_into(p, &mut out)
+            .map_err(|e| CodecError::Corrupt(e.to_string()))?;
+        out.truncate(n);
+        Ok(out)
+    };
+    let unzstd = |p: &[u8]| -> Result<Vec<u8>, CodecError> {
+        zstd::bulk::decompress(p, raw_len).map_err(|e| CodecError::Corrupt(e.to_string()))
+    };
+    let raw = match enc {
+        Encoding::Raw => payload.to_vec(),
+        Encoding::Lz4 => unlz4(payload)?,
+        Encoding::Zstd => unzstd(payload)?,
+        Encoding::ShuffleLz4 { width, offset } => unshuffle(&unlz4(payload)?, width, offset),
+        Encoding::ShuffleZstd { width, offset } => unshuffle(&unzstd(payload)?, width, offset),
     };
     if raw.len() != raw_len {
         return Err(CodecError::Length {
@@ -132,49 +493,200 @@ pub fn decode(block: &[u8]) -> Result<Vec<u8>, CodecError> {
 mod tests {
     use super::*;
 
-    fn patterns() -> Vec<Vec<u8>> {
-        let mut v = vec![vec![], vec![7], vec![0; 4096], (0..=255u8).collect()];
-        let mut x: u32 = 12345;
-        v.push(
-            (0..100_003)
-                .map(|_| {
-                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    (x >> 16) as u8
-                })
-                .collect(),
-        );
-        v.push(b"abcabcabc".repeat(5000));
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn normal(&mut self) -> f32 {
+            let u1 = ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            let u2 = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        }
+    }
+
+    fn floats(n: usize, header: usize) -> Vec<u8> {
+        let mut r = Rng(7);
+        let mut v = vec![0xAB; header];
+        for _ in 0..n {
+            v.extend_from_slice(&(r.normal() * 0.1).to_le_bytes());
+        }
         v
     }
 
+    fn ids(n: usize, header: usize) -> Vec<u8> {
+        let mut v = vec![0x11; header];
+        for i in 0..n as i64 {
+            v.extend_from_slice(&(449_000_000_000 + i).to_le_bytes());
+        }
+        v
+    }
+
+    fn patterns() -> Vec<Vec<u8>> {
+        let mut r = Rng(12345);
+        let mut v = vec![
+            vec![],
+            vec![7],
+            vec![1, 2, 3],
+            vec![0; 4096],
+            (0..=255u8).collect(),
+        ];
+        for len in [5usize, 7, 9, 15, 17, 31, 33, 100_003] {
+            v.push((0..len).map(|_| r.next() as u8).collect());
+        }
+        v.push(b"abcabcabc".repeat(5000));
+        v.push(floats(10_001, 3));
+        v.push(ids(9_999, 5));
+        v
+    }
+
+    fn all_encodings() -> Vec<Encoding> {
+        let mut e = vec![Encoding::Raw, Encoding::Lz4, Encoding::Zstd];
+        for width in [4, 8] {
+            for offset in 0..width {
+                e.push(Encoding::ShuffleLz4 { width, offset });
+                e.push(Encoding::ShuffleZstd { width, offset });
+            }
+        }
+        e
+    }
+
     #[test]
-    fn round_trips_every_pattern_with_every_codec() {
-        for c in [Compression::None, Compression::Lz4] {
-            for p in patterns() {
-                let enc = encode(&p, c);
-                assert_eq!(decode(&enc).unwrap(), p, "codec {c} len {}", p.len());
+    fn every_encoding_round_trips_every_pattern() {
+        for p in patterns() {
+            for e in all_encodings() {
+                let enc = encode_as(&p, e, 3);
+                assert_eq!(decode(&enc).unwrap(), p, "{} len {}", e.name(), p.len());
+            }
+            for c in ["none", "lz4", "auto", "zstd", "zstd:9"] {
+                let codec = parse_compression(c).unwrap();
+                assert_eq!(
+                    decode(&encode(&p, codec)).unwrap(),
+                    p,
+                    "{c} len {}",
+                    p.len()
+                );
             }
         }
     }
 
     #[test]
-    fn compressible_data_shrinks_and_random_data_is_stored_raw() {
-        let text = b"abcabcabc".repeat(5000);
-        assert!(encode(&text, Compression::Lz4).len() < text.len() / 10);
-        let random = patterns().remove(4);
-        let enc = encode(&random, Compression::Lz4);
-        assert_eq!(enc[2], CodecId::Raw as u8);
+    fn shuffle_is_a_permutation_for_every_length_and_offset() {
+        let mut r = Rng(99);
+        for len in 0..80 {
+            let data: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
+            for width in [4, 8] {
+                for offset in 0..=width {
+                    let s = shuffle(&data, width, offset);
+                    assert_eq!(unshuffle(&s, width, offset), data);
+                    let (mut a, mut b) = (s.clone(), data.clone());
+                    a.sort();
+                    b.sort();
+                    assert_eq!(a, b);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn auto_pays_only_where_it_saves() {
+        let auto = parse_compression("auto").unwrap();
+        let v = floats(1 << 20, 8); // Milvus .rv files start with an 8-byte header
+        let enc = encode(&v[..4 << 20], auto);
+        assert!(
+            (enc.len() as f64) <= 0.93 * (4 << 20) as f64,
+            "float32 block stored in {} of {} bytes",
+            enc.len(),
+            4 << 20
+        );
+        assert!(matches!(
+            encoding_of(&enc),
+            Some(Encoding::ShuffleLz4 { .. })
+        ));
+        let id = ids(1 << 19, 4); // header shifts elements by 4 mod 8
+        let enc = encode(&id[..4 << 20], auto);
+        assert!(
+            enc.len() * 50 < 4 << 20,
+            "ids stored in {} bytes",
+            enc.len()
+        );
+        assert!(matches!(
+            encoding_of(&enc),
+            Some(Encoding::ShuffleLz4 { width: 8, .. })
+        ));
+        // Random 40-bit values: only the right alignment lines up the zero
+        // high bytes, so the detector must find offset 4 (header of 4 bytes).
+        let mut r = Rng(11);
+        let mut wide = vec![0x22u8; 4];
+        for _ in 0..(1 << 19) {
+            wide.extend_from_slice(&(r.next() >> 24).to_le_bytes());
+        }
+        let enc = encode(&wide[..4 << 20], auto);
+        assert_eq!(
+            encoding_of(&enc),
+            Some(Encoding::ShuffleLz4 {
+                width: 8,
+                offset: 4
+            }),
+            "element alignment found within the block"
+        );
+        assert_eq!(detect_offset(&floats(4096, 8), 4), 0);
+        assert_eq!(detect_offset(&floats(4096, 3), 4), 3);
+        assert_eq!(detect_offset(&ids(4096, 4), 8), 4);
+        let mut r = Rng(3);
+        let noise: Vec<u8> = (0..1 << 20).map(|_| r.next() as u8).collect();
+        assert_eq!(encoding_of(&encode(&noise, auto)), Some(Encoding::Raw));
     }
 
     #[test]
     fn corruption_is_detected() {
-        for c in [Compression::None, Compression::Lz4] {
-            let mut enc = encode(&b"hello world ".repeat(100), c);
+        for e in all_encodings() {
+            let mut enc = encode_as(&floats(5000, 0), e, 1);
             let last = enc.len() - 1;
             enc[last] ^= 0x40;
-            assert!(decode(&enc).is_err(), "codec {c}");
+            assert!(decode(&enc).is_err(), "{}", e.name());
+            let mut enc = encode_as(&floats(5000, 0), e, 1);
+            enc[HEADER_LEN + 3] ^= 1;
+            assert!(decode(&enc).is_err(), "{}", e.name());
         }
         assert_eq!(decode(b"VB"), Err(CodecError::Truncated(2)));
         assert_eq!(decode(&[0u8; 20]), Err(CodecError::BadMagic));
+        let mut unknown = encode_as(b"x", Encoding::Raw, 1);
+        unknown[2] = 200;
+        assert_eq!(decode(&unknown), Err(CodecError::UnknownCodec(200)));
+    }
+
+    #[test]
+    fn blocks_from_the_first_format_still_read() {
+        // Written by the original encoder (ids 0 and 1 only): an lz4 block of
+        // "vecfs " x 40 and a raw block of b"abc".
+        let text = b"vecfs ".repeat(40);
+        let lz4_block: Vec<u8> = {
+            let mut b = vec![b'V', b'B', 1, 0];
+            b.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            b.extend_from_slice(&crc32c::crc32c(&text).to_le_bytes());
+            b.extend_from_slice(&lz4_flex::block::compress(&text));
+            b
+        };
+        assert_eq!(decode(&lz4_block).unwrap(), text);
+        let raw_block = [
+            b'V', b'B', 0, 0, 3, 0, 0, 0, 0xb7, 0x3f, 0x4b, 0x36, b'a', b'b', b'c',
+        ];
+        assert_eq!(decode(&raw_block).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn compression_settings_parse() {
+        assert_eq!(parse_compression("zstd:7").unwrap().zstd_level, 7);
+        assert!(parse_compression("zstd:0").is_err());
+        assert!(parse_compression("lz4:3").is_err());
+        assert!(parse_compression("brotli").is_err());
+        assert_eq!(
+            parse_compression("AUTO").unwrap().compression,
+            Compression::Auto
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::cache::BlockCache;
-use crate::codec::{self, Compression};
+use crate::codec::{self, Codec};
 use crate::meta::{build_pieces, Meta, MetaError, Piece, Slice, CHUNK_SIZE};
 use crate::object::BlockStore;
 
@@ -41,7 +41,7 @@ pub struct DataStore {
     pub blocks: Arc<BlockStore>,
     pub cache: Arc<BlockCache>,
     pub block_size: u32,
-    pub compression: Compression,
+    pub codec: Codec,
     /// Bytes of write buffers allowed in flight, in KiB permits.
     buffer_budget: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
@@ -55,7 +55,7 @@ impl DataStore {
         blocks: Arc<BlockStore>,
         cache: Arc<BlockCache>,
         block_size: u32,
-        compression: Compression,
+        codec: Codec,
         buffer_bytes: u64,
         capacity: u64,
     ) -> DataStore {
@@ -65,7 +65,7 @@ impl DataStore {
             blocks,
             cache,
             block_size,
-            compression,
+            codec,
             buffer_budget: Arc::new(Semaphore::new(kib)),
             uploads: Arc::new(Semaphore::new(16)),
             fetches: Arc::new(Semaphore::new(32)),
@@ -359,10 +359,10 @@ fn spawn_upload(
             .await
             .map_err(|e| DataError::Store(e.to_string()))?;
         let key = ds.blocks.block_key(id, index, raw.len() as u32);
-        let compression = ds.compression;
+        let codec = ds.codec;
         let raw = Bytes::from(raw);
         let r2 = raw.clone();
-        let encoded = tokio::task::spawn_blocking(move || codec::encode(&r2, compression))
+        let encoded = tokio::task::spawn_blocking(move || codec::encode(&r2, codec))
             .await
             .map_err(|e| DataError::Store(e.to_string()))?;
         let encoded = Bytes::from(encoded);

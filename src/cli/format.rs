@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use vecfs::codec::Compression;
+use vecfs::codec::parse_compression;
 use vecfs::meta::{Format, Meta};
 use vecfs::object::{build_store, BlockStore, Credentials, StorageKind};
 use vecfs::util::{check_volume_name, parse_size};
@@ -31,8 +31,9 @@ pub struct FormatArgs {
     /// Block size: a power of two from 64K to 16M (plain numbers are KiB).
     #[arg(long, default_value = "4M")]
     block_size: String,
-    /// Block compression: lz4 or none.
-    #[arg(long, default_value = "lz4")]
+    /// Block compression: auto (per block: raw, lz4 or byte-shuffle + lz4,
+    /// whichever pays), lz4, zstd[:LEVEL] (shuffled where it pays) or none.
+    #[arg(long, default_value = "auto")]
     compress: String,
     /// Days deleted data is kept before its objects are removed (0: soon after deletion).
     #[arg(long, default_value_t = 1)]
@@ -68,7 +69,7 @@ fn nix_is_root() -> bool {
 pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
     check_volume_name(&a.name).map_err(anyhow::Error::msg)?;
     let storage: StorageKind = a.storage.parse().map_err(anyhow::Error::msg)?;
-    let compression: Compression = a.compress.parse().map_err(anyhow::Error::msg)?;
+    let codec = parse_compression(&a.compress).map_err(|e| anyhow::anyhow!("--compress: {e}"))?;
     let block_size =
         parse_size(&a.block_size, 1024).map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
     if !block_size.is_power_of_two() || !(64 << 10..=16 << 20).contains(&block_size) {
@@ -98,7 +99,8 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         storage,
         bucket: bucket.clone(),
         block_size: block_size as u32,
-        compression,
+        compression: codec.compression,
+        zstd_level: codec.zstd_level,
         trash_days: a.trash_days,
         capacity: a.capacity << 30,
         inodes: a.inodes,
@@ -141,7 +143,7 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         new.storage,
         new.bucket,
         new.block_size >> 10,
-        new.compression
+        new.codec()
     );
     Ok(())
 }

@@ -229,7 +229,7 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         blocks,
         cache,
         fmt.block_size,
-        fmt.compression,
+        fmt.codec(),
         mib(&a.buffer_size, "buffer-size")?,
         fmt.capacity,
     ));

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use crate::codec::Compression;
+use crate::codec::{Codec, Compression};
 use crate::object::StorageKind;
 
 pub const ROOT_INO: u64 = 1;
@@ -286,6 +286,9 @@ pub struct Format {
     pub bucket: String,
     pub block_size: u32,
     pub compression: Compression,
+    /// zstd level, when compression is zstd.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
     pub trash_days: u32,
     /// Bytes; 0 is unlimited.
     pub capacity: u64,
@@ -294,7 +297,15 @@ pub struct Format {
     pub meta_version: u32,
 }
 
+fn default_zstd_level() -> i32 {
+    1
+}
+
 impl Format {
+    pub fn codec(&self) -> Codec {
+        Codec::new(self.compression, self.zstd_level)
+    }
+
     /// Settings that change where and how data is stored: formatting again
     /// with different values would orphan existing data.
     pub fn same_layout(&self, other: &Format) -> bool {
