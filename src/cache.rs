@@ -125,22 +125,27 @@ impl BlockCache {
                     }
                 }
                 let encoded = fetch().await?;
-                let raw = codec::decode(&encoded).map_err(|e| format!("block {k}: {e}"))?;
+                let raw = tokio::task::spawn_blocking(move || codec::decode(&encoded))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("block {k}: {e}"))?;
+                let raw = Bytes::from(raw);
                 if let Some(d) = disk {
-                    tokio::task::spawn_blocking(move || d.store(&k, &encoded));
+                    let r = raw.clone();
+                    tokio::task::spawn_blocking(move || d.store(&k, &codec::encode_raw(&r)));
                 }
-                Ok::<Bytes, String>(Bytes::from(raw))
+                Ok::<Bytes, String>(raw)
             })
             .await
             .map_err(|e: Arc<String>| CacheError::Fetch(e))
     }
 
     /// Remembers a block just written, so the writer's own reads stay local.
-    pub async fn insert(&self, key: &str, raw: Bytes, encoded: Bytes) {
-        self.mem.insert(key.to_string(), raw).await;
+    pub async fn insert(&self, key: &str, raw: Bytes) {
+        self.mem.insert(key.to_string(), raw.clone()).await;
         if let Some(d) = self.disk.clone() {
             let k = key.to_string();
-            tokio::task::spawn_blocking(move || d.store(&k, &encoded));
+            tokio::task::spawn_blocking(move || d.store(&k, &codec::encode_raw(&raw)));
         }
     }
 

@@ -171,83 +171,173 @@ pub enum CodecError {
 // ---- byte shuffle --------------------------------------------------------
 
 /// Transposes whole `W`-byte elements: byte j of element i goes to
-/// `out[j * n + i]`. Fixed widths let the compiler unroll and vectorise.
-fn shuffle_fixed<const W: usize>(src: &[u8], dst: &mut [u8]) {
-    let n = src.len() / W;
-    let (cols, _) = dst.split_at_mut(n * W);
-    // Work in tiles of 16 elements so each output stream is written in runs.
-    const T: usize = 16;
-    let tiles = n / T;
-    for t in 0..tiles {
-        let base = t * T;
-        let tile = &src[base * W..(base + T) * W];
-        for j in 0..W {
-            let col = &mut cols[j * n + base..j * n + base + T];
-            for (i, c) in col.iter_mut().enumerate() {
-                *c = tile[i * W + j];
-            }
+/// `out[j * n + i]`. Works on groups of W elements at a time as a W x W
+/// byte-matrix transpose in registers (shifts and masks on u32/u64 words),
+/// so every load and store moves a whole word instead of a byte.
+fn shuffle4(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / 4;
+    let groups = n / 4;
+    for g in 0..groups {
+        let e = &src[g * 16..g * 16 + 16];
+        let w = |k: usize| u32::from_le_bytes([e[4 * k], e[4 * k + 1], e[4 * k + 2], e[4 * k + 3]]);
+        let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+        for j in 0..4 {
+            let sh = 8 * j;
+            let col = ((w0 >> sh) & 0xff)
+                | (((w1 >> sh) & 0xff) << 8)
+                | (((w2 >> sh) & 0xff) << 16)
+                | (((w3 >> sh) & 0xff) << 24);
+            dst[j * n + g * 4..j * n + g * 4 + 4].copy_from_slice(&col.to_le_bytes());
         }
     }
-    for i in tiles * T..n {
-        for j in 0..W {
-            cols[j * n + i] = src[i * W + j];
-        }
-    }
-}
-
-fn unshuffle_fixed<const W: usize>(src: &[u8], dst: &mut [u8]) {
-    let n = src.len() / W;
-    const T: usize = 16;
-    let tiles = n / T;
-    for t in 0..tiles {
-        let base = t * T;
-        let tile = &mut dst[base * W..(base + T) * W];
-        for j in 0..W {
-            let col = &src[j * n + base..j * n + base + T];
-            for (i, c) in col.iter().enumerate() {
-                tile[i * W + j] = *c;
-            }
-        }
-    }
-    for i in tiles * T..n {
-        for j in 0..W {
-            dst[i * W + j] = src[j * n + i];
+    for i in groups * 4..n {
+        for j in 0..4 {
+            dst[j * n + i] = src[i * 4 + j];
         }
     }
 }
 
-/// Shuffles `raw` as elements of `width` bytes starting at `offset`; the
-/// bytes before `offset` and the tail that is not a whole element stay put.
+fn unshuffle4(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / 4;
+    let groups = n / 4;
+    for g in 0..groups {
+        let c = |j: usize| {
+            let o = j * n + g * 4;
+            u32::from_le_bytes([src[o], src[o + 1], src[o + 2], src[o + 3]])
+        };
+        let (c0, c1, c2, c3) = (c(0), c(1), c(2), c(3));
+        for k in 0..4 {
+            let sh = 8 * k;
+            let e = ((c0 >> sh) & 0xff)
+                | (((c1 >> sh) & 0xff) << 8)
+                | (((c2 >> sh) & 0xff) << 16)
+                | (((c3 >> sh) & 0xff) << 24);
+            dst[g * 16 + 4 * k..g * 16 + 4 * k + 4].copy_from_slice(&e.to_le_bytes());
+        }
+    }
+    for i in groups * 4..n {
+        for j in 0..4 {
+            dst[i * 4 + j] = src[j * n + i];
+        }
+    }
+}
+
+/// 8x8 byte transpose of eight little-endian u64 words.
+#[inline(always)]
+fn transpose8(w: [u64; 8]) -> [u64; 8] {
+    let mut out = [0u64; 8];
+    for (j, o) in out.iter_mut().enumerate() {
+        let sh = 8 * j;
+        let mut v = 0u64;
+        for (k, wk) in w.iter().enumerate() {
+            v |= ((wk >> sh) & 0xff) << (8 * k);
+        }
+        *o = v;
+    }
+    out
+}
+
+fn load8(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn shuffle8(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / 8;
+    let groups = n / 8;
+    for g in 0..groups {
+        let e = &src[g * 64..g * 64 + 64];
+        let mut w = [0u64; 8];
+        for (k, x) in w.iter_mut().enumerate() {
+            *x = load8(&e[8 * k..]);
+        }
+        for (j, col) in transpose8(w).iter().enumerate() {
+            dst[j * n + g * 8..j * n + g * 8 + 8].copy_from_slice(&col.to_le_bytes());
+        }
+    }
+    for i in groups * 8..n {
+        for j in 0..8 {
+            dst[j * n + i] = src[i * 8 + j];
+        }
+    }
+}
+
+fn unshuffle8(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / 8;
+    let groups = n / 8;
+    for g in 0..groups {
+        let mut c = [0u64; 8];
+        for (j, x) in c.iter_mut().enumerate() {
+            *x = load8(&src[j * n + g * 8..]);
+        }
+        for (k, e) in transpose8(c).iter().enumerate() {
+            dst[g * 64 + 8 * k..g * 64 + 8 * k + 8].copy_from_slice(&e.to_le_bytes());
+        }
+    }
+    for i in groups * 8..n {
+        for j in 0..8 {
+            dst[i * 8 + j] = src[j * n + i];
+        }
+    }
+}
+
+/// Shuffles `src` into `dst` (same length) as elements of `width` bytes
+/// starting at `offset`; the bytes before `offset` and a tail that is not a
+/// whole element are copied as they are.
+pub fn shuffle_into(src: &[u8], dst: &mut [u8], width: usize, offset: usize) {
+    transform(src, dst, width, offset, true)
+}
+
+pub fn unshuffle_into(src: &[u8], dst: &mut [u8], width: usize, offset: usize) {
+    transform(src, dst, width, offset, false)
+}
+
+fn transform(src: &[u8], dst: &mut [u8], width: usize, offset: usize, forward: bool) {
+    let len = src.len().min(dst.len());
+    let offset = offset.min(len);
+    dst[..offset].copy_from_slice(&src[..offset]);
+    let whole = (len - offset) / width * width;
+    let (s, d) = (
+        &src[offset..offset + whole],
+        &mut dst[offset..offset + whole],
+    );
+    match (width, forward) {
+        (4, true) => shuffle4(s, d),
+        (4, false) => unshuffle4(s, d),
+        (8, true) => shuffle8(s, d),
+        (8, false) => unshuffle8(s, d),
+        _ => d.copy_from_slice(s),
+    }
+    dst[offset + whole..len].copy_from_slice(&src[offset + whole..len]);
+}
+
 pub fn shuffle(raw: &[u8], width: usize, offset: usize) -> Vec<u8> {
-    let mut out = raw.to_vec();
-    if offset >= raw.len() {
-        return out;
-    }
-    let body = &raw[offset..];
-    let whole = body.len() / width * width;
-    let dst = &mut out[offset..offset + whole];
-    match width {
-        4 => shuffle_fixed::<4>(&body[..whole], dst),
-        8 => shuffle_fixed::<8>(&body[..whole], dst),
-        _ => {}
-    }
+    let mut out = vec![0u8; raw.len()];
+    shuffle_into(raw, &mut out, width, offset);
     out
 }
 
 pub fn unshuffle(data: &[u8], width: usize, offset: usize) -> Vec<u8> {
-    let mut out = data.to_vec();
-    if offset >= data.len() {
-        return out;
-    }
-    let body = &data[offset..];
-    let whole = body.len() / width * width;
-    let dst = &mut out[offset..offset + whole];
-    match width {
-        4 => unshuffle_fixed::<4>(&body[..whole], dst),
-        8 => unshuffle_fixed::<8>(&body[..whole], dst),
-        _ => {}
-    }
+    let mut out = vec![0u8; data.len()];
+    unshuffle_into(data, &mut out, width, offset);
     out
+}
+
+thread_local! {
+    /// Per-thread scratch for the intermediate (shuffled) form of a block:
+    /// reusing it spares a fresh allocation, and its page faults, per block.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0);
+        }
+        f(&mut s[..len])
+    })
 }
 
 // ---- compressors ---------------------------------------------------------
@@ -374,8 +464,14 @@ fn compress_with(raw: &[u8], enc: Encoding, level: i32) -> Option<Vec<u8>> {
         Encoding::Raw => None,
         Encoding::Lz4 => Some(lz4(raw)),
         Encoding::Zstd => zstd(raw, level),
-        Encoding::ShuffleLz4 { width, offset } => Some(lz4(&shuffle(raw, width, offset))),
-        Encoding::ShuffleZstd { width, offset } => zstd(&shuffle(raw, width, offset), level),
+        Encoding::ShuffleLz4 { width, offset } => Some(with_scratch(raw.len(), |tmp| {
+            shuffle_into(raw, tmp, width, offset);
+            lz4(tmp)
+        })),
+        Encoding::ShuffleZstd { width, offset } => with_scratch(raw.len(), |tmp| {
+            shuffle_into(raw, tmp, width, offset);
+            zstd(tmp, level)
+        }),
     }
 }
 
@@ -392,6 +488,12 @@ pub fn encode_as(raw: &[u8], enc: Encoding, level: i32) -> Vec<u8> {
         }
         None => raw_block(raw, crc),
     }
+}
+
+/// A raw envelope (checksummed, not compressed): what the disk cache keeps,
+/// so a warm read from disk costs a copy and a CRC, never a decompression.
+pub fn encode_raw(raw: &[u8]) -> Vec<u8> {
+    raw_block(raw, crc32c::crc32c(raw))
 }
 
 fn raw_block(raw: &[u8], crc: u32) -> Vec<u8> {
@@ -459,27 +561,37 @@ pub fn decode(block: &[u8]) -> Result<Vec<u8>, CodecError> {
     let payload = &block[HEADER_LEN..];
     let enc =
         Encoding::from_header(block[2], block[3]).ok_or(CodecError::UnknownCodec(block[2]))?;
-    let unlz4 = |p: &[u8]| -> Result<Vec<u8>, CodecError> {
-        let mut out = vec![0u8; raw_len];
-        let n = lz4_flex::block::decompress_into(p, &mut out)
-            .map_err(|e| CodecError::Corrupt(e.to_string()))?;
-        out.truncate(n);
-        Ok(out)
+    let unlz4 = |p: &[u8], out: &mut [u8]| -> Result<usize, CodecError> {
+        lz4_flex::block::decompress_into(p, out).map_err(|e| CodecError::Corrupt(e.to_string()))
     };
-    let unzstd = |p: &[u8]| -> Result<Vec<u8>, CodecError> {
-        zstd::bulk::decompress(p, raw_len).map_err(|e| CodecError::Corrupt(e.to_string()))
+    let unzstd = |p: &[u8], out: &mut [u8]| -> Result<usize, CodecError> {
+        zstd::bulk::decompress_to_buffer(p, out).map_err(|e| CodecError::Corrupt(e.to_string()))
     };
-    let raw = match enc {
-        Encoding::Raw => payload.to_vec(),
-        Encoding::Lz4 => unlz4(payload)?,
-        Encoding::Zstd => unzstd(payload)?,
-        Encoding::ShuffleLz4 { width, offset } => unshuffle(&unlz4(payload)?, width, offset),
-        Encoding::ShuffleZstd { width, offset } => unshuffle(&unzstd(payload)?, width, offset),
+    let mut raw = vec![0u8; raw_len];
+    let n = match enc {
+        Encoding::Raw => {
+            let n = payload.len().min(raw_len);
+            raw[..n].copy_from_slice(&payload[..n]);
+            payload.len()
+        }
+        Encoding::Lz4 => unlz4(payload, &mut raw)?,
+        Encoding::Zstd => unzstd(payload, &mut raw)?,
+        Encoding::ShuffleLz4 { width, offset } | Encoding::ShuffleZstd { width, offset } => {
+            with_scratch(raw_len, |tmp| -> Result<usize, CodecError> {
+                let n = if matches!(enc, Encoding::ShuffleLz4 { .. }) {
+                    unlz4(payload, tmp)?
+                } else {
+                    unzstd(payload, tmp)?
+                };
+                unshuffle_into(&tmp[..n], &mut raw[..n], width, offset);
+                Ok(n)
+            })?
+        }
     };
-    if raw.len() != raw_len {
+    if n != raw_len {
         return Err(CodecError::Length {
             expected: raw_len,
-            actual: raw.len(),
+            actual: n,
         });
     }
     let actual = crc32c::crc32c(&raw);

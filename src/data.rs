@@ -370,7 +370,7 @@ fn spawn_upload(
             .put(&key, encoded.clone())
             .await
             .map_err(|e| DataError::Store(e.to_string()))?;
-        ds.cache.insert(&key, raw, encoded).await;
+        ds.cache.insert(&key, raw).await;
         Ok(())
     })
 }

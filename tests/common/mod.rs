@@ -303,11 +303,11 @@ impl Volume {
             }
             None => Command::new(VECFS),
         };
-        c.args(["mount", url])
-            .arg(&mp)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .arg("--log")
+        c.args(["mount", url]).arg(&mp);
+        if !extra.contains(&"--cache-dir") {
+            c.arg("--cache-dir").arg(&cache);
+        }
+        c.arg("--log")
             .arg(&log)
             .args(extra)
             .stdin(Stdio::null())
