@@ -26,27 +26,56 @@ pub enum CacheError {
 pub struct DiskCache {
     dir: PathBuf,
     capacity: u64,
+    /// Keep at least this share of the cache file system free.
+    free_ratio: f64,
     used: AtomicU64,
+    clock: AtomicU64,
+    /// File name -> (size, last use). Eviction drops the least recently used.
+    index: std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, u64)>>,
 }
 
 impl DiskCache {
-    pub fn open(dir: &Path, capacity: u64) -> std::io::Result<DiskCache> {
+    pub fn open(dir: &Path, capacity: u64, free_ratio: f64) -> std::io::Result<DiskCache> {
         std::fs::create_dir_all(dir.join("blocks"))?;
         let mut used = 0;
-        if let Ok(rd) = std::fs::read_dir(dir.join("blocks")) {
-            for sub in rd.flatten() {
-                if let Ok(files) = std::fs::read_dir(sub.path()) {
-                    for f in files.flatten() {
-                        used += f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut index = std::collections::HashMap::new();
+        for sub in std::fs::read_dir(dir.join("blocks"))?.flatten() {
+            if let Ok(files) = std::fs::read_dir(sub.path()) {
+                for f in files.flatten() {
+                    let p = f.path();
+                    let is_tmp = p
+                        .extension()
+                        .is_some_and(|e| e.to_string_lossy().starts_with("tmp"));
+                    if is_tmp {
+                        let _ = std::fs::remove_file(&p); // left by a crash
+                        continue;
                     }
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    used += len;
+                    index.insert(p, (len, 0));
                 }
             }
         }
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             capacity,
+            free_ratio,
             used: AtomicU64::new(used),
+            clock: AtomicU64::new(1),
+            index: std::sync::Mutex::new(index),
         })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self, p: &Path, len: u64) -> Option<u64> {
+        let t = self.clock.fetch_add(1, Ordering::Relaxed);
+        self.index
+            .lock()
+            .ok()
+            .and_then(|mut i| i.insert(p.to_path_buf(), (len, t)).map(|(l, _)| l))
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -58,21 +87,50 @@ impl DiskCache {
             .join(name)
     }
 
+    fn forget(&self, p: &Path) {
+        if let Ok(mut i) = self.index.lock() {
+            if let Some((len, _)) = i.remove(p) {
+                self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
+            }
+        }
+    }
+
     fn load(&self, key: &str) -> Option<Vec<u8>> {
         let p = self.path(key);
         let data = std::fs::read(&p).ok()?;
         match codec::decode(&data) {
-            Ok(raw) => Some(raw),
+            Ok(raw) => {
+                self.touch(&p, data.len() as u64);
+                Some(raw)
+            }
             Err(e) => {
                 tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
                 let _ = std::fs::remove_file(&p);
+                self.forget(&p);
                 None
             }
         }
     }
 
+    /// Share of the cache file system that is free.
+    fn free_share(&self) -> f64 {
+        let c = match std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
+            Ok(c) => c,
+            Err(_) => return 1.0,
+        };
+        // SAFETY: zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
+            return 1.0;
+        }
+        st.f_bavail as f64 / st.f_blocks as f64
+    }
+
     fn store(&self, key: &str, encoded: &[u8]) {
-        if self.used.load(Ordering::Relaxed) + encoded.len() as u64 > self.capacity {
+        // Never overshoot: eviction runs in the background, this just refuses.
+        if self.used() + encoded.len() as u64 > self.capacity || self.free_share() < self.free_ratio
+        {
             return;
         }
         let p = self.path(key);
@@ -83,10 +141,41 @@ impl DiskCache {
         // Temp file + rename: a crash never leaves a half-written entry under the real name.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
         if std::fs::write(&tmp, encoded).is_ok() && std::fs::rename(&tmp, &p).is_ok() {
+            let old = self.touch(&p, encoded.len() as u64).unwrap_or(0);
             self.used.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+            self.used.fetch_sub(old.min(self.used()), Ordering::Relaxed);
         } else {
             let _ = std::fs::remove_file(&tmp);
         }
+    }
+
+    /// Drops least recently used entries until the cache is under 90 % of
+    /// its capacity and the file system has its free share back. Runs from a
+    /// background task, never on the read path. Returns bytes removed.
+    pub fn evict(&self) -> u64 {
+        let over_size = self.used() > self.capacity / 20 * 19;
+        let low_space = self.free_share() < self.free_ratio;
+        if !over_size && !low_space {
+            return 0;
+        }
+        let mut entries: Vec<(PathBuf, u64, u64)> = match self.index.lock() {
+            Ok(i) => i.iter().map(|(p, (l, t))| (p.clone(), *l, *t)).collect(),
+            Err(_) => return 0,
+        };
+        entries.sort_by_key(|e| e.2);
+        let target = self.capacity / 10 * 9;
+        let mut removed = 0;
+        for (p, len, _) in entries {
+            let low_space = self.free_share() < self.free_ratio;
+            if self.used() <= target && !low_space {
+                break;
+            }
+            if std::fs::remove_file(&p).is_ok() || !p.exists() {
+                self.forget(&p);
+                removed += len;
+            }
+        }
+        removed
     }
 }
 
@@ -151,5 +240,25 @@ impl BlockCache {
 
     pub async fn contains(&self, key: &str) -> bool {
         self.mem.contains_key(key)
+    }
+
+    pub fn disk(&self) -> Option<Arc<DiskCache>> {
+        self.disk.clone()
+    }
+
+    /// Keeps the disk cache within its bounds, every few seconds.
+    pub fn spawn_evictor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let d = self.disk.clone()?;
+        Some(tokio::spawn(async move {
+            loop {
+                let d2 = d.clone();
+                if let Ok(n) = tokio::task::spawn_blocking(move || d2.evict()).await {
+                    if n > 0 {
+                        tracing::debug!(bytes = n, "evicted from the disk cache");
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        }))
     }
 }

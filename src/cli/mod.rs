@@ -5,6 +5,7 @@ mod format;
 mod mount;
 mod status;
 mod umount;
+mod warmup;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ enum Command {
     Umount(umount::UmountArgs),
     /// Show the volume record and its live sessions.
     Status(status::StatusArgs),
+    /// Load files or directories of a mount into the local cache.
+    Warmup(warmup::WarmupArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cli.verbose, None)?;
             runtime()?.block_on(status::run(a))
         }
+        Command::Warmup(a) => warmup::run(a),
     }
 }
 

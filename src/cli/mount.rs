@@ -46,6 +46,9 @@ pub struct MountArgs {
     /// Disk cache size in MiB (suffixes K, M, G accepted).
     #[arg(long, default_value = "10240")]
     cache_size: String,
+    /// Keep at least this share of the cache directory's file system free.
+    #[arg(long, default_value_t = 0.1)]
+    free_space_ratio: f64,
     /// Memory block cache in MiB.
     #[arg(long, default_value = "512")]
     mem_cache_size: String,
@@ -215,7 +218,7 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
             });
             let d = d.join(&fmt.uuid);
             Some(
-                DiskCache::open(&d, mib(&a.cache_size, "cache-size")?)
+                DiskCache::open(&d, mib(&a.cache_size, "cache-size")?, a.free_space_ratio)
                     .with_context(|| format!("cannot use cache directory {}", d.display()))?,
             )
         }
@@ -255,6 +258,10 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
     let trash = fmt.trash_days;
     let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
     let mut bg = Vec::new();
+    if !(0.0..1.0).contains(&a.free_space_ratio) {
+        bail!("--free-space-ratio must be between 0 and 1 (e.g. 0.1)");
+    }
+    bg.extend(data.cache.spawn_evictor());
     // Read-only mounts register too (status lists them, their locks can be
     // cleaned), but run no deletion and clean no other sessions.
     let every = Duration::from_secs(a.heartbeat.max(1));
@@ -384,6 +391,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
             .map(|p| p.to_string_lossy().into_owned()),
     );
     opt("cache-size", Some(a.cache_size.clone()));
+    opt("free-space-ratio", Some(a.free_space_ratio.to_string()));
     opt("mem-cache-size", Some(a.mem_cache_size.clone()));
     opt("buffer-size", Some(a.buffer_size.clone()));
     opt("attr-cache", Some(a.attr_cache.to_string()));
