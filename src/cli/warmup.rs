@@ -117,11 +117,7 @@ pub fn run(a: WarmupArgs) -> anyhow::Result<()> {
     while !workers.iter().all(|w| w.is_finished()) {
         if !a.quiet {
             let b = done_bytes.load(Ordering::Relaxed);
-            let pct = if total_bytes > 0 {
-                b * 100 / total_bytes
-            } else {
-                100
-            };
+            let pct = (b * 100).checked_div(total_bytes).unwrap_or(100);
             let bar = "#".repeat((pct / 5) as usize);
             eprint!(
                 "\rwarming up [{bar:<20}] {pct:>3}%  {}/{} files  {} MiB",
