@@ -263,17 +263,27 @@ impl FileWriter {
             let bs = ds.block_size;
             let mut spawned = Vec::new();
             if let Some(s) = self.slices.last_mut() {
-                s.buf.extend_from_slice(part);
-                s.len += n as u32;
                 s.permits.push(permit);
-                // Upload every block that is now full.
-                while s.len - s.uploaded >= bs {
-                    let raw: Vec<u8> = s.buf.drain(..bs as usize).collect();
-                    let bi = s.uploaded / bs;
-                    s.uploaded += bs;
-                    // Permits are released once this block is in the store.
-                    let held = std::mem::take(&mut s.permits);
-                    spawned.push(spawn_upload(ds, s.id, bi, raw, held));
+                // Fill the current block; each one that fills is handed to an
+                // upload task whole (no copy) and a fresh buffer starts.
+                let mut rest = part;
+                while !rest.is_empty() {
+                    let room = (bs - (s.len - s.uploaded)) as usize;
+                    let take = room.min(rest.len());
+                    if s.buf.capacity() == 0 {
+                        s.buf.reserve_exact(bs as usize);
+                    }
+                    s.buf.extend_from_slice(&rest[..take]);
+                    s.len += take as u32;
+                    rest = &rest[take..];
+                    if s.len - s.uploaded == bs {
+                        let raw = std::mem::take(&mut s.buf);
+                        let bi = s.uploaded / bs;
+                        s.uploaded += bs;
+                        // Permits are released once this block is in the store.
+                        let held = std::mem::take(&mut s.permits);
+                        spawned.push(spawn_upload(ds, s.id, bi, raw, held));
+                    }
                 }
             }
             self.uploads.extend(spawned);

@@ -52,6 +52,9 @@ pub struct MountArgs {
     /// Memory block cache in MiB.
     #[arg(long, default_value = "512")]
     mem_cache_size: String,
+    /// Kernel read-ahead for the mount in KiB (needs root).
+    #[arg(long, default_value_t = 8192)]
+    readahead_kb: u32,
     /// Memory for write buffers in MiB.
     #[arg(long, default_value = "300")]
     buffer_size: String,
@@ -333,6 +336,7 @@ fn serve(
         )
     })?;
     vfs.set_invalidator(Arc::new(vecfs::fuse::KernelNotifier(session.notifier())));
+    set_kernel_readahead(mp, a.readahead_kb);
     if !a.no_events {
         rt.spawn(session::run_event_listener(vfs.clone()));
     }
@@ -361,6 +365,26 @@ fn serve(
     });
     session.run().context("FUSE session ended with an error")?;
     Ok(())
+}
+
+/// The kernel reads ahead at most `read_ahead_kb` of a FUSE mount (128 KiB
+/// by default), which keeps sequential loads to a trickle of requests.
+/// Raising it (root only) lets the kernel keep many 1 MiB reads in flight.
+fn set_kernel_readahead(mp: &Path, kb: u32) {
+    // The device number comes from the mount table: a stat() of the mount
+    // point would wait for this very daemon, which is not serving yet.
+    let target = mp.to_string_lossy();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == target).then(|| f[2].to_string())
+    }) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, kb.to_string()) {
+        tracing::debug!(path, error = %e, "cannot raise the kernel read-ahead");
+    }
 }
 
 /// Starts `vecfs mount` again without -d, detached, and waits for the mount.
@@ -394,6 +418,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("free-space-ratio", Some(a.free_space_ratio.to_string()));
     opt("mem-cache-size", Some(a.mem_cache_size.clone()));
     opt("buffer-size", Some(a.buffer_size.clone()));
+    opt("readahead-kb", Some(a.readahead_kb.to_string()));
     opt("attr-cache", Some(a.attr_cache.to_string()));
     opt("entry-cache", Some(a.entry_cache.to_string()));
     opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
