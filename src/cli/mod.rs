@@ -1,6 +1,7 @@
 //! Command-line surface, mirroring what JuiceFS users know: format, mount,
 //! umount, status. Each subcommand lives in its own file.
 
+mod bench;
 mod format;
 mod mount;
 mod status;
@@ -39,6 +40,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Load files or directories of a mount into the local cache.
     Warmup(warmup::WarmupArgs),
+    /// Measure throughput and latency on a directory (vecfs or any other).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(status::run(a))
         }
         Command::Warmup(a) => warmup::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
