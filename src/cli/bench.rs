@@ -75,7 +75,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let big_path = |j: usize| dir.join(format!("big.{j}"));
     let small_path = |j: usize, i: usize| dir.join(format!("small.{j}.{i}"));
     let chunk: Vec<u8> = (0..1usize << 20)
-        .map(|i| (i * 2_654_435_761 >> 13) as u8)
+        .map(|i| ((i * 2_654_435_761) >> 13) as u8)
         .collect();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!("vecfs bench {} ({jobs} jobs)", a.path.display());
