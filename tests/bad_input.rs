@@ -385,3 +385,35 @@ fn permission_checks_apply_to_other_users() {
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
     m.unmount();
 }
+
+#[test]
+fn unix_socket_meta_url_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("redis.sock");
+    let r = Redis::start_with(&[
+        "--unixsocket",
+        sock.to_str().unwrap(),
+        "--unixsocketperm",
+        "700",
+    ]);
+    common::wait_for("socket", std::time::Duration::from_secs(10), || {
+        sock.exists()
+    });
+    let url = format!("unix://{}?db=2", sock.display());
+    let b = dir.path().join("objects");
+    let o = vecfs(
+        &["format", &url, "sockvol", "--bucket", b.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        r.cli(&["-n", "2", "EXISTS", "{sockvol}setting"]).trim(),
+        "1"
+    );
+    let o = vecfs(&["status", &url], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("sockvol"),
+        "{}",
+        stderr(&o)
+    );
+}
