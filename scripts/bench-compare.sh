@@ -50,8 +50,9 @@ else
 fi
 
 echo "== rclone mount --vfs-cache-mode full over S3 (moto)"
-if env -u AWS_CA_BUNDLE rclone mount ":s3,provider=Other,endpoint=http://127.0.0.1:$sport,access_key_id=bench,secret_access_key=bench:rclone" \
+if env -u AWS_CA_BUNDLE rclone mount ":s3,provider=Other,endpoint='http://127.0.0.1:$sport',access_key_id=bench,secret_access_key=bench:rclone" \
      "$work/mnt-rclone" --vfs-cache-mode full --cache-dir "$work/rclone-cache" --daemon 2>/dev/null; then
+  # the endpoint is quoted: a bare URL's colons would end the connection string
   for _ in $(seq 100); do grep -qs " $work/mnt-rclone " /proc/mounts && break; sleep 0.1; done
   "$vecfs" bench "$work/mnt-rclone" --big-file-size "$size" -p "$jobs" || echo "rclone bench failed"
 else
