@@ -104,10 +104,14 @@ impl DataStore {
         out
     }
 
-    /// Reads [off, off+len) of a chunk described by `pieces` into `buf`.
-    pub async fn read_chunk_range(&self, pieces: &[Piece], off: u32, buf: &mut [u8]) -> Result<()> {
-        let end = off + buf.len() as u32;
-        buf.fill(0);
+    /// The block reads that cover chunk range [off, end): (object key,
+    /// start within the block, length, offset in the range). Holes are left out.
+    fn block_reads(
+        &self,
+        pieces: &[Piece],
+        off: u32,
+        end: u32,
+    ) -> Vec<(String, usize, usize, usize)> {
         let mut jobs = Vec::new();
         for p in pieces {
             let (ps, pe) = (p.pos, p.pos + p.len);
@@ -122,6 +126,14 @@ impl DataStore {
                 dst += n as usize;
             }
         }
+        jobs
+    }
+
+    /// Reads [off, off+len) of a chunk described by `pieces` into `buf`.
+    pub async fn read_chunk_range(&self, pieces: &[Piece], off: u32, buf: &mut [u8]) -> Result<()> {
+        let end = off + buf.len() as u32;
+        buf.fill(0);
+        let jobs = self.block_reads(pieces, off, end);
         // Blocks are fetched concurrently (each through the single-flight cache).
         let futs = jobs
             .iter()
@@ -144,25 +156,22 @@ impl DataStore {
     /// Starts fetching the blocks that cover chunk range [off, off+len) into
     /// the cache without waiting for them.
     pub fn prefetch(self: &Arc<Self>, pieces: &[Piece], off: u32, len: u32) {
-        let end = off.saturating_add(len);
-        for p in pieces {
-            let (ps, pe) = (p.pos, p.pos + p.len);
-            if pe <= off || ps >= end || p.id == 0 {
-                continue;
-            }
-            let s = ps.max(off);
-            let e = pe.min(end);
-            for (key, _, _, _) in self.piece_blocks(p, s - ps, e - ps) {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    if me.cache.contains(&key).await {
-                        return;
-                    }
-                    if let Err(e) = me.fetch_block(key.clone()).await {
-                        tracing::debug!(key, error = %e, "prefetch failed");
-                    }
-                });
-            }
+        let mut keys: Vec<String> = self
+            .block_reads(pieces, off, off.saturating_add(len))
+            .into_iter()
+            .map(|j| j.0)
+            .collect();
+        keys.dedup();
+        for key in keys {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if me.cache.contains(&key).await {
+                    return;
+                }
+                if let Err(e) = me.fetch_block(key.clone()).await {
+                    tracing::debug!(key, error = %e, "prefetch failed");
+                }
+            });
         }
     }
 

@@ -182,19 +182,27 @@ fn outcome(v: Value) -> Result<Vec<Value>> {
     Ok(items)
 }
 
+/// One connection with short timeouts, for checks that must fail fast.
+async fn plain_connection(
+    url: &MetaUrl,
+) -> Result<(redis::Client, redis::aio::MultiplexedConnection)> {
+    let client = redis::Client::open(url.info.clone()).map_err(redis_err)?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Duration::from_secs(5))
+        .set_response_timeout(Duration::from_secs(10));
+    let c = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(redis_err)?;
+    Ok((client, c))
+}
+
 impl Meta {
     /// Connects and checks that Redis answers (and accepts the password).
     pub async fn connect(url: &MetaUrl, volume: &str) -> Result<Meta> {
-        let client = redis::Client::open(url.info.clone()).map_err(redis_err)?;
         // A plain connection first: its failure carries the real reason,
         // where the manager would retry for a long time.
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_secs(10));
-        let mut probe = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(redis_err)?;
+        let (client, mut probe) = plain_connection(url).await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut probe)
             .await
@@ -219,14 +227,7 @@ impl Meta {
 
     /// Finds the only volume in this database when the caller did not name one.
     pub async fn find_volume(url: &MetaUrl) -> Result<Option<String>> {
-        let client = redis::Client::open(url.info.clone()).map_err(redis_err)?;
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_secs(10));
-        let mut c = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(redis_err)?;
+        let (_, mut c) = plain_connection(url).await?;
         let names: Vec<String> = c.smembers("vecfs-volumes").await.map_err(redis_err)?;
         match names.len() {
             0 => Ok(None),
