@@ -242,6 +242,12 @@ impl BlockCache {
         self.mem.contains_key(key)
     }
 
+    /// The memory cache is close to full: read-ahead should back off.
+    pub fn under_pressure(&self) -> bool {
+        let cap = self.mem.policy().max_capacity().unwrap_or(u64::MAX);
+        self.mem.weighted_size() > cap / 10 * 9
+    }
+
     pub fn disk(&self) -> Option<Arc<DiskCache>> {
         self.disk.clone()
     }

@@ -58,7 +58,8 @@ pub struct VfsConfig {
     pub read_only: bool,
     /// The volume inode shown as the mount's root.
     pub root: u64,
-    /// Bytes read ahead of a sequential reader.
+    /// Most bytes read ahead of a sequential reader; the window starts at two
+    /// blocks and doubles each time the reader had to wait for the store.
     pub readahead: u64,
 }
 
@@ -70,7 +71,7 @@ impl Default for VfsConfig {
             dir_entry_ttl: Duration::from_secs(1),
             read_only: false,
             root: ROOT_INO,
-            readahead: 32 << 20,
+            readahead: 128 << 20,
         }
     }
 }
@@ -130,6 +131,8 @@ struct FileHandle {
     last_end: AtomicU64,
     /// How far ahead prefetch has been started.
     prefetched_to: AtomicU64,
+    /// Current read-ahead window of this handle, in bytes.
+    window: AtomicU64,
 }
 
 struct DirHandle {
@@ -862,6 +865,7 @@ impl Vfs {
                     writable,
                     last_end: AtomicU64::new(u64::MAX),
                     prefetched_to: AtomicU64::new(0),
+                    window: AtomicU64::new(2 * self.data.block_size as u64),
                 })),
             );
         }
@@ -999,6 +1003,7 @@ impl Vfs {
         }
         let end = (offset + size as u64).min(len);
         let mut out = vec![0u8; (end - offset) as usize];
+        let started = std::time::Instant::now();
         let mut pos = offset;
         while pos < end {
             let indx = pos / CHUNK_SIZE;
@@ -1015,9 +1020,20 @@ impl Vfs {
         // Sequential reader: keep the next window in flight.
         let sequential = h.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
         if sequential && self.cfg.readahead > 0 {
-            let want_to = (end + self.cfg.readahead).min(len);
+            // Grow the window while the reader waits on the store; shrink it
+            // when the memory cache is nearly full, so prefetched blocks do
+            // not evict each other before they are read.
+            let block = self.data.block_size as u64;
+            let mut window = h.window.load(Ordering::Relaxed);
+            if self.data.cache.under_pressure() {
+                window = (window / 2).max(block);
+            } else if started.elapsed() > Duration::from_millis(1) {
+                window = (window * 2).min(self.cfg.readahead.max(block));
+            }
+            h.window.store(window, Ordering::Relaxed);
+            let want_to = (end + window).min(len);
             let from = h.prefetched_to.load(Ordering::Relaxed).max(end);
-            if want_to > from + self.cfg.readahead / 4 || (from < len && want_to == len) {
+            if want_to > from + window / 4 || (from < len && want_to == len) {
                 h.prefetched_to.store(want_to, Ordering::Relaxed);
                 let mut p = from;
                 while p < want_to {
