@@ -11,22 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{dir_bytes, Rng};
 use vecfs::codec::{self, Encoding};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn normal(&mut self) -> f32 {
-        let u1 = ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let u2 = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
-}
 
 fn float_vectors(bytes: usize) -> Vec<u8> {
     let mut r = Rng(42);
@@ -161,24 +147,6 @@ fn bench_shuffle() {
             gbps(data.len(), tu)
         );
     }
-}
-
-fn dir_bytes(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let md = match e.metadata() {
-                Ok(m) => m,
-                Err(_) => continue,
-            };
-            total += if md.is_dir() {
-                dir_bytes(&e.path())
-            } else {
-                md.len()
-            };
-        }
-    }
-    total
 }
 
 fn drop_caches() {

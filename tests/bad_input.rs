@@ -205,61 +205,23 @@ fn bad_format_options() {
     let r = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().to_string_lossy().into_owned();
-    let o = vecfs(
-        &[
-            "format",
-            &r.url(1),
-            "vol1",
-            "--bucket",
-            &b,
-            "--block-size",
-            "3M",
-        ],
-        &[],
-    );
+    let url = r.url(1);
+    let format_vol1 = |extra: &[&str]| {
+        let mut args = vec!["format", url.as_str(), "vol1", "--bucket", b.as_str()];
+        args.extend_from_slice(extra);
+        vecfs(&args, &[])
+    };
+    let o = format_vol1(&["--block-size", "3M"]);
     fails_with(&o, &["not a power of two", "4M"]);
-    let o = vecfs(
-        &[
-            "format",
-            &r.url(1),
-            "vol1",
-            "--bucket",
-            &b,
-            "--block-size",
-            "lots",
-        ],
-        &[],
-    );
+    let o = format_vol1(&["--block-size", "lots"]);
     fails_with(&o, &["--block-size", "not a size"]);
     for name in ["ab", "Upper", "has_underscore", &"x".repeat(64)] {
         let o = vecfs(&["format", &r.url(1), name, "--bucket", &b], &[]);
         fails_with(&o, &["invalid volume name", "a-z, 0-9"]);
     }
-    let o = vecfs(
-        &[
-            "format",
-            &r.url(1),
-            "vol1",
-            "--bucket",
-            &b,
-            "--storage",
-            "ftp",
-        ],
-        &[],
-    );
+    let o = format_vol1(&["--storage", "ftp"]);
     fails_with(&o, &["unknown storage", "file, s3, azure"]);
-    let o = vecfs(
-        &[
-            "format",
-            &r.url(1),
-            "vol1",
-            "--bucket",
-            &b,
-            "--compress",
-            "brotli",
-        ],
-        &[],
-    );
+    let o = format_vol1(&["--compress", "brotli"]);
     fails_with(&o, &["unknown compression"]);
     assert!(redis_is_empty(&r, 1), "nothing half-written");
 

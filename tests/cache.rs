@@ -7,22 +7,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{pattern, stderr, vecfs, wait_for, Backend, Storage, Volume};
-
-fn dir_bytes(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            total += if md.is_dir() {
-                dir_bytes(&e.path())
-            } else {
-                md.len()
-            };
-        }
-    }
-    total
-}
+use common::{dir_bytes, pattern, stderr, vecfs, wait_for, Backend, Storage, Volume};
 
 fn block_files(p: &Path, out: &mut Vec<std::path::PathBuf>) {
     if let Ok(rd) = fs::read_dir(p) {

@@ -734,7 +734,6 @@ impl Meta {
     // ---- locks -----------------------------------------------------------
 
     /// Sets (typ 0 read, 1 write) or clears (2) a byte-range lock; EAGAIN on conflict.
-    #[allow(clippy::too_many_arguments)]
     pub async fn setlk(
         &self,
         ino: u64,
