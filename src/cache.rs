@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::codec;
+use crate::{codec, metrics};
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum CacheError {
@@ -103,6 +103,48 @@ impl DiskCache {
                 self.touch(&p, data.len() as u64);
                 Some(raw)
             }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
+                let _ = std::fs::remove_file(&p);
+                self.forget(&p);
+                None
+            }
+        }
+    }
+
+    /// Raw bytes [off, off+len) of a cached block, reading only the frames
+    /// that hold them (each checked by its CRC). None when the block is not
+    /// here, is of the first format (no frames), or is corrupt (then dropped).
+    pub fn load_range(&self, key: &str, raw_len: usize, off: usize, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let p = self.path(key);
+        let f = std::fs::File::open(&p).ok()?;
+        let size = f.metadata().ok()?.len() as usize;
+        let mut head = vec![0u8; codec::Layout::prefix_len(raw_len).min(size)];
+        f.read_exact_at(&mut head, 0).ok()?;
+        let result = codec::Layout::parse(&head).and_then(|layout| {
+            let Some(layout) = layout else {
+                return Ok(None);
+            };
+            let frames = layout.frames_for(off, len);
+            if frames.is_empty() {
+                return Ok(None);
+            }
+            let range = layout.stored_range(&frames);
+            let mut stored = vec![0u8; range.len()];
+            f.read_exact_at(&mut stored, range.start as u64)
+                .map_err(|e| codec::CodecError::Corrupt(e.to_string()))?;
+            let raw = layout.decode_frames(frames.clone(), &stored)?;
+            let at = off - frames.start * layout.frame_size;
+            Ok(raw.get(at..at + len).map(|s| s.to_vec()))
+        });
+        match result {
+            Ok(Some(raw)) => {
+                self.touch(&p, size as u64);
+                metrics::DISK_CACHE_HITS.add(1);
+                Some(raw)
+            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
                 let _ = std::fs::remove_file(&p);
@@ -203,6 +245,10 @@ impl BlockCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, String>>,
     {
+        if let Some(hit) = self.mem.get(key).await {
+            metrics::MEM_CACHE_HITS.add(1);
+            return Ok(hit);
+        }
         let disk = self.disk.clone();
         let k = key.to_string();
         self.mem
@@ -210,6 +256,7 @@ impl BlockCache {
                 if let Some(d) = disk.clone() {
                     let k2 = k.clone();
                     if let Ok(Some(raw)) = tokio::task::spawn_blocking(move || d.load(&k2)).await {
+                        metrics::DISK_CACHE_HITS.add(1);
                         return Ok(Bytes::from(raw));
                     }
                 }
@@ -236,6 +283,22 @@ impl BlockCache {
             let k = key.to_string();
             tokio::task::spawn_blocking(move || d.store(&k, &codec::encode_raw(&raw)));
         }
+    }
+
+    /// Keeps `raw` in memory only (pieces of blocks read at random).
+    pub async fn insert_mem(&self, key: &str, raw: Bytes) {
+        self.mem.insert(key.to_string(), raw).await;
+    }
+
+    /// The memory entry for `key`, made once by `init` however many ask.
+    pub async fn mem_get_with<Fut>(&self, key: &str, init: Fut) -> Result<Bytes, CacheError>
+    where
+        Fut: Future<Output = Result<Bytes, String>>,
+    {
+        self.mem
+            .try_get_with(key.to_string(), init)
+            .await
+            .map_err(|e: Arc<String>| CacheError::Fetch(e))
     }
 
     pub async fn contains(&self, key: &str) -> bool {

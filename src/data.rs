@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::cache::BlockCache;
-use crate::codec::{self, Codec};
+use crate::codec::{self, Codec, Layout};
 use crate::meta::{build_pieces, Meta, MetaError, Piece, Slice, CHUNK_SIZE};
 use crate::object::BlockStore;
 
@@ -46,8 +46,15 @@ pub struct DataStore {
     buffer_budget: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
     fetches: Arc<Semaphore>,
+    /// Frame tables of blocks read at random, by object key: a random
+    /// reader fetches a block's table once, then only the frames it needs.
+    layouts: moka::future::Cache<String, Option<Arc<Layout>>>,
     pub capacity: u64,
 }
+
+/// Random reads are served in pieces of this many raw bytes (the smallest
+/// frame size), each cached in memory on its own.
+const PIECE: usize = codec::MIN_FRAME;
 
 impl DataStore {
     pub fn new(
@@ -69,6 +76,7 @@ impl DataStore {
             buffer_budget: Arc::new(Semaphore::new(kib)),
             uploads: Arc::new(Semaphore::new(16)),
             fetches: Arc::new(Semaphore::new(32)),
+            layouts: moka::future::Cache::new(16_384),
             capacity,
         }
     }
@@ -130,27 +138,153 @@ impl DataStore {
     }
 
     /// Reads [off, off+len) of a chunk described by `pieces` into `buf`.
-    pub async fn read_chunk_range(&self, pieces: &[Piece], off: u32, buf: &mut [u8]) -> Result<()> {
+    /// A `random` reader gets only the frames it needs of blocks that are
+    /// not in memory; a sequential one gets whole blocks, which read-ahead
+    /// has usually fetched already.
+    pub async fn read_chunk_range(
+        &self,
+        pieces: &[Piece],
+        off: u32,
+        buf: &mut [u8],
+        random: bool,
+    ) -> Result<()> {
         let end = off + buf.len() as u32;
         buf.fill(0);
         let jobs = self.block_reads(pieces, off, end);
         // Blocks are fetched concurrently (each through the single-flight cache).
-        let futs = jobs
-            .iter()
-            .map(|(key, _, _, _)| self.fetch_block(key.clone()));
+        let futs = jobs.iter().map(|(key, inblock, n, _)| async move {
+            let raw_len = block_len_of(key);
+            if random && *n < raw_len / 2 && !self.cache.contains(key).await {
+                match self.read_frames(key, raw_len, *inblock, *n).await {
+                    Ok(b) => return Ok((b, 0)),
+                    Err(e) => {
+                        tracing::debug!(key, error = %e, "ranged read failed, reading the block")
+                    }
+                }
+            }
+            self.fetch_block(key.clone()).await.map(|b| (b, *inblock))
+        });
         let results = futures::future::join_all(futs).await;
-        for ((_, inblock, n, dst), r) in jobs.iter().zip(results) {
-            let block = r?;
-            if inblock + n > block.len() {
+        for ((_, _, n, dst), r) in jobs.iter().zip(results) {
+            let (block, at) = r?;
+            if at + n > block.len() {
                 return Err(DataError::Store(format!(
                     "block shorter than its key says ({} < {})",
                     block.len(),
-                    inblock + n
+                    at + n
                 )));
             }
-            buf[*dst..*dst + *n].copy_from_slice(&block[*inblock..*inblock + *n]);
+            buf[*dst..*dst + *n].copy_from_slice(&block[at..at + *n]);
         }
         Ok(())
+    }
+
+    /// Raw bytes [off, off+len) of a block, fetched as 64 KiB pieces: each
+    /// from memory, or the disk cache, or the frames of the stored block
+    /// that hold it (one ranged GET), with every frame's CRC checked.
+    async fn read_frames(
+        &self,
+        key: &str,
+        raw_len: usize,
+        off: usize,
+        len: usize,
+    ) -> Result<Bytes> {
+        let first = off / PIECE;
+        let last = (off + len).div_ceil(PIECE);
+        let mut out = Vec::with_capacity(len);
+        for p in first..last {
+            let piece = self.read_piece(key, raw_len, p).await?;
+            let (ps, pe) = (p * PIECE, p * PIECE + piece.len());
+            let (s, e) = (off.max(ps), (off + len).min(pe));
+            out.extend_from_slice(&piece[s - ps..e - ps]);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    async fn read_piece(&self, key: &str, raw_len: usize, p: usize) -> Result<Bytes> {
+        let piece_key = format!("{key}@{p}");
+        let init = async {
+            let start = p * PIECE;
+            let len = PIECE.min(raw_len - start);
+            if let Some(d) = self.cache.disk() {
+                let k = key.to_string();
+                let got =
+                    tokio::task::spawn_blocking(move || d.load_range(&k, raw_len, start, len))
+                        .await
+                        .ok()
+                        .flatten();
+                if let Some(raw) = got {
+                    return Ok(Bytes::from(raw));
+                }
+            }
+            let layout = self.layout(key, raw_len).await?;
+            let frames = layout.frames_for(start, len);
+            if frames.is_empty() {
+                return Err(DataError::Store(format!(
+                    "block {key}: no frame holds byte {start}"
+                )));
+            }
+            let stored = {
+                let _permit = self
+                    .fetches
+                    .acquire()
+                    .await
+                    .map_err(|e| DataError::Store(e.to_string()))?;
+                self.blocks
+                    .get_range(key, layout.stored_range(&frames))
+                    .await
+                    .map_err(|e| DataError::Store(e.to_string()))?
+            };
+            let l2 = layout.clone();
+            let f2 = frames.clone();
+            let raw = tokio::task::spawn_blocking(move || l2.decode_frames(f2, &stored))
+                .await
+                .map_err(|e| DataError::Store(e.to_string()))?
+                .map_err(|e| DataError::Store(format!("block {key}: {e}")))?;
+            // The frames decoded hold other pieces too: keep them all.
+            let raw = Bytes::from(raw);
+            let base = frames.start * layout.frame_size;
+            let mut mine = Bytes::new();
+            let mut at = 0;
+            while at < raw.len() {
+                let q = (base + at) / PIECE;
+                let n = PIECE.min(raw.len() - at);
+                let part = raw.slice(at..at + n);
+                if q == p {
+                    mine = part;
+                } else {
+                    self.cache.insert_mem(&format!("{key}@{q}"), part).await;
+                }
+                at += n;
+            }
+            Ok(mine)
+        };
+        self.cache
+            .mem_get_with(&piece_key, async {
+                init.await.map_err(|e: DataError| e.to_string())
+            })
+            .await
+            .map_err(|e| DataError::Store(e.to_string()))
+    }
+
+    /// The frame table of a stored block (one small ranged GET, then cached).
+    async fn layout(&self, key: &str, raw_len: usize) -> Result<Arc<Layout>> {
+        let found = self
+            .layouts
+            .try_get_with(key.to_string(), async {
+                let prefix = Layout::prefix_len(raw_len);
+                let head = self
+                    .blocks
+                    .get_range(key, 0..prefix)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Layout::parse(&head)
+                    .map(|l| l.map(Arc::new))
+                    .map_err(|e| format!("block {key}: {e}"))
+            })
+            .await
+            .map_err(|e| DataError::Store(e.to_string()))?;
+        found.ok_or_else(|| DataError::Store(format!("block {key} has no frame table")))
     }
 
     /// Starts fetching the blocks that cover chunk range [off, off+len) into
@@ -197,6 +331,14 @@ impl DataStore {
         }
         Ok(())
     }
+}
+
+/// The raw length of a block, which its key ends with.
+fn block_len_of(key: &str) -> usize {
+    key.rsplit('_')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One slice being written: bytes buffered since the last uploaded block.

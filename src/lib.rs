@@ -5,13 +5,14 @@
 //! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
 //! (memory + disk, single-flight) -> `object` (object_store backends) with
-//! `codec` (block envelope). `session` runs per-mount background work.
+//! `codec` (block envelope). `session` runs per-mount background work; `metrics` counts traffic.
 
 pub mod cache;
 pub mod codec;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod object;
 pub mod session;
 pub mod util;

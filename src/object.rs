@@ -13,6 +13,8 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload, RetryConfig};
 use thiserror::Error;
 
+use crate::metrics;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
@@ -343,18 +345,48 @@ impl BlockStore {
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
+        let n = data.len() as u64;
         self.store
             .put(&ObjPath::from(key), PutPayload::from_bytes(data))
             .await?;
+        metrics::OBJECT_PUTS.add(1);
+        metrics::OBJECT_PUT_BYTES.add(n);
         Ok(())
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
         let r = self.store.get(&ObjPath::from(key)).await?;
-        Ok(r.bytes().await?)
+        let b = r.bytes().await?;
+        metrics::OBJECT_GETS.add(1);
+        metrics::OBJECT_GET_BYTES.add(b.len() as u64);
+        Ok(b)
+    }
+
+    /// Bytes [range) of an object; a short answer is an error, never data.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<Bytes, ObjectError> {
+        let want = range.len();
+        let b = self
+            .store
+            .get_range(&ObjPath::from(key), range.start as u64..range.end as u64)
+            .await?;
+        metrics::OBJECT_RANGE_GETS.add(1);
+        metrics::OBJECT_GET_BYTES.add(b.len() as u64);
+        if b.len() != want {
+            return Err(ObjectError::ShortObject {
+                key: key.to_string(),
+                expected: want,
+                actual: b.len(),
+            });
+        }
+        Ok(b)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        metrics::OBJECT_DELETES.add(1);
         match self.store.delete(&ObjPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),

@@ -1004,6 +1004,7 @@ impl Vfs {
         let end = (offset + size as u64).min(len);
         let mut out = vec![0u8; (end - offset) as usize];
         let started = std::time::Instant::now();
+        let sequential = h.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
         let mut pos = offset;
         while pos < end {
             let indx = pos / CHUNK_SIZE;
@@ -1012,13 +1013,13 @@ impl Vfs {
             let pieces = self.pieces(ino, indx).await?;
             let at = (pos - offset) as usize;
             self.data
-                .read_chunk_range(&pieces, coff, &mut out[at..at + n as usize])
+                .read_chunk_range(&pieces, coff, &mut out[at..at + n as usize], !sequential)
                 .await
                 .map_err(|e| data_errno("read", e))?;
             pos += n;
         }
+        crate::metrics::READ_BYTES.add(out.len() as u64);
         // Sequential reader: keep the next window in flight.
-        let sequential = h.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
         if sequential && self.cfg.readahead > 0 {
             // Grow the window while the reader waits on the store; shrink it
             // when the memory cache is nearly full, so prefetched blocks do
@@ -1066,6 +1067,7 @@ impl Vfs {
             .await
             .map_err(|e| data_errno("write", e))?;
         length.fetch_max(offset + data.len() as u64, Ordering::Relaxed);
+        crate::metrics::WRITE_BYTES.add(data.len() as u64);
         if flush_now {
             self.commit(h.ino, &mut w).await?;
         }

@@ -76,6 +76,9 @@ pub struct MountArgs {
     /// Seconds between session heartbeats; a session silent for 5 of them is cleaned up.
     #[arg(long, default_value_t = 12)]
     heartbeat: u64,
+    /// Serve Prometheus metrics on this address ("none" to switch off).
+    #[arg(long, default_value = "127.0.0.1:9567")]
+    metrics: String,
     /// Log file (default for -d: /var/log/vecfs.log as root, else ~/.vecfs/vecfs.log).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -265,6 +268,16 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         bail!("--free-space-ratio must be between 0 and 1 (e.g. 0.1)");
     }
     bg.extend(data.cache.spawn_evictor());
+    if a.metrics != "none" {
+        // A busy port (another mount on this host) costs the metrics, not the mount.
+        match tokio::net::TcpListener::bind(&a.metrics).await {
+            Ok(l) => {
+                tracing::info!(addr = %a.metrics, "serving metrics");
+                bg.push(tokio::spawn(vecfs::metrics::serve(l)));
+            }
+            Err(e) => tracing::warn!(addr = %a.metrics, error = %e, "metrics not served"),
+        }
+    }
     // Read-only mounts register too (status lists them, their locks can be
     // cleaned), but run no deletion and clean no other sessions.
     let every = Duration::from_secs(a.heartbeat.max(1));
@@ -424,6 +437,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
     opt("delete-delay", Some(a.delete_delay.to_string()));
     opt("heartbeat", Some(a.heartbeat.to_string()));
+    opt("metrics", Some(a.metrics.clone()));
     opt("log", Some(log.to_string_lossy().into_owned()));
     opt("name", a.name.clone());
     for o in &a.options {
