@@ -49,8 +49,14 @@ pub struct DataStore {
     /// Frame tables of blocks read at random, by object key: a random
     /// reader fetches a block's table once, then only the frames it needs.
     layouts: moka::future::Cache<String, Option<Arc<Layout>>>,
+    /// Chunks being compacted by this node (inode, chunk index).
+    compacting: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
     pub capacity: u64,
 }
+
+/// A chunk whose list keeps this many records after a write is compacted:
+/// every read replays the list, and each record may cost a fetch.
+pub const COMPACT_AT: usize = 16;
 
 /// Random reads are served in pieces of this many raw bytes (the smallest
 /// frame size), each cached in memory on its own.
@@ -77,6 +83,7 @@ impl DataStore {
             uploads: Arc::new(Semaphore::new(16)),
             fetches: Arc::new(Semaphore::new(32)),
             layouts: moka::future::Cache::new(16_384),
+            compacting: std::sync::Mutex::new(std::collections::HashSet::new()),
             capacity,
         }
     }
@@ -309,6 +316,81 @@ impl DataStore {
         }
     }
 
+    /// Compacts a chunk in the background unless this node already is.
+    pub fn spawn_compaction(self: &Arc<Self>, ino: u64, indx: u64) {
+        let fresh = self
+            .compacting
+            .lock()
+            .is_ok_and(|mut set| set.insert((ino, indx)));
+        if !fresh {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.compact_chunk(ino, indx).await {
+                Ok(n) => tracing::debug!(ino, indx, records = n, "compacted chunk"),
+                Err(e) => tracing::warn!(ino, indx, error = %e, "compaction failed"),
+            }
+            if let Ok(mut set) = me.compacting.lock() {
+                set.remove(&(ino, indx));
+            }
+        });
+    }
+
+    /// Rewrites the bytes a chunk's records describe as one new slice and
+    /// swaps it in atomically for those records (records appended meanwhile
+    /// stay on top). The old slices are journaled for deferred deletion, so
+    /// readers holding the old list keep working for the grace period.
+    /// Returns how many records were merged (0: nothing to do or lost a race).
+    pub async fn compact_chunk(self: &Arc<Self>, ino: u64, indx: u64) -> Result<usize> {
+        let records = self.meta.read_chunk(ino, indx).await?;
+        if records.len() < 2 {
+            return Ok(0);
+        }
+        let start = records.iter().map(|r| r.pos).min().unwrap_or(0);
+        let end = records.iter().map(|r| r.pos + r.len).max().unwrap_or(0);
+        if end <= start {
+            return Ok(0);
+        }
+        let pieces = build_pieces(&records);
+        let id = self.meta.new_slice_id().await?;
+        let bs = self.block_size;
+        let mut uploads = Vec::new();
+        let mut at = start;
+        let mut bi = 0;
+        while at < end {
+            let n = bs.min(end - at);
+            let permit = self
+                .buffer_budget
+                .clone()
+                .acquire_many_owned(n.div_ceil(1024))
+                .await
+                .map_err(|e| DataError::Store(e.to_string()))?;
+            let mut raw = vec![0u8; n as usize];
+            self.read_chunk_range(&pieces, at, &mut raw, false).await?;
+            uploads.push(spawn_upload(self, id, bi, raw, vec![permit]));
+            at += n;
+            bi += 1;
+        }
+        for u in uploads {
+            u.await
+                .map_err(|e| DataError::Store(format!("upload task failed: {e}")))??;
+        }
+        let size = end - start;
+        let new = Slice {
+            pos: start,
+            id,
+            size,
+            off: 0,
+            len: size,
+        };
+        if self.meta.compact_chunk(ino, indx, &records, &new).await? {
+            Ok(records.len())
+        } else {
+            Ok(0)
+        }
+    }
+
     pub async fn chunk_pieces(&self, ino: u64, indx: u64) -> Result<Vec<Piece>> {
         Ok(build_pieces(&self.meta.read_chunk(ino, indx).await?))
     }
@@ -496,10 +578,15 @@ impl FileWriter {
         self.slices.clear();
         self.buffered = 0;
         self.pending_len = 0;
-        let attr = ds
+        let (attr, kept) = ds
             .meta
             .write_slices(self.ino, &records, ds.capacity)
             .await?;
+        for (indx, n) in kept {
+            if n >= COMPACT_AT {
+                ds.spawn_compaction(self.ino, indx);
+            }
+        }
         Ok(Some(attr))
     }
 }

@@ -1012,10 +1012,22 @@ impl Vfs {
             let n = ((indx + 1) * CHUNK_SIZE).min(end) - pos;
             let pieces = self.pieces(ino, indx).await?;
             let at = (pos - offset) as usize;
-            self.data
-                .read_chunk_range(&pieces, coff, &mut out[at..at + n as usize], !sequential)
+            let dst = &mut out[at..at + n as usize];
+            if let Err(e) = self
+                .data
+                .read_chunk_range(&pieces, coff, dst, !sequential)
                 .await
-                .map_err(|e| data_errno("read", e))?;
+            {
+                // The cached slice list may name slices that compaction or
+                // an overwrite replaced and whose objects are gone by now.
+                tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
+                self.forget_pieces(ino);
+                let pieces = self.pieces(ino, indx).await?;
+                self.data
+                    .read_chunk_range(&pieces, coff, dst, !sequential)
+                    .await
+                    .map_err(|e| data_errno("read", e))?;
+            }
             pos += n;
         }
         crate::metrics::READ_BYTES.add(out.len() as u64);

@@ -51,6 +51,7 @@ struct Scripts {
     setattr: Script,
     truncate: Script,
     write: Script,
+    compact: Script,
     fallocate: Script,
     setxattr: Script,
     release: Script,
@@ -77,6 +78,7 @@ impl Scripts {
             setattr: script(include_str!("lua/setattr.lua")),
             truncate: script(include_str!("lua/truncate.lua")),
             write: script(include_str!("lua/write.lua")),
+            compact: script(include_str!("lua/compact.lua")),
             fallocate: script(include_str!("lua/fallocate.lua")),
             setxattr: script(include_str!("lua/setxattr.lua")),
             release: script(include_str!("lua/release.lua")),
@@ -602,13 +604,15 @@ impl Meta {
         raw.iter().map(|b| Slice::decode(b)).collect()
     }
 
-    /// Commits slices (chunk index, slice) in order, in one atomic step.
+    /// Commits slices (chunk index, slice) in order, in one atomic step, and
+    /// drops the records they hide. Returns the new attributes and, per chunk
+    /// touched, how many records it keeps (long lists want compaction).
     pub async fn write_slices(
         &self,
         ino: u64,
         slices: &[(u64, Slice)],
         capacity: u64,
-    ) -> Result<Attr> {
+    ) -> Result<(Attr, Vec<(u64, usize)>)> {
         let (sec, ns) = now();
         let mut inv = self.scripts.write.key(self.key("setting"));
         inv.arg(&self.prefix)
@@ -626,7 +630,38 @@ impl Meta {
             .await
             .map_err(redis_err)?;
         let r = outcome(v)?;
-        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+        let attr = Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)?;
+        let mut kept = Vec::new();
+        if let Some(Value::Array(l)) = r.get(2) {
+            for pair in l.chunks(2) {
+                if let [indx, n] = pair {
+                    kept.push((int(indx)? as u64, int(n)? as usize));
+                }
+            }
+        }
+        Ok((attr, kept))
+    }
+
+    /// Replaces the first `old.len()` records of a chunk with `new` (a slice
+    /// holding their bytes) if the chunk still starts with them. Returns
+    /// false (and journals `new` for deletion) when the chunk changed.
+    pub async fn compact_chunk(
+        &self,
+        ino: u64,
+        indx: u64,
+        old: &[Slice],
+        new: &Slice,
+    ) -> Result<bool> {
+        let joined: Vec<u8> = old.iter().flat_map(|s| s.encode()).collect();
+        let new = new.encode().to_vec();
+        match self
+            .run(&self.scripts.compact, args![&ino, &indx, &joined, &new])
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(MetaError::Errno(e)) if e == libc::EAGAIN => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     // ---- xattrs --------------------------------------------------------

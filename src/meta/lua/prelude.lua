@@ -67,3 +67,44 @@ end
 local function notify_inode(ino)
   redis.call("PUBLISH", P .. "events", struct.pack("<BI8I8", 2, 0, ino) .. SID .. "/")
 end
+-- Drops the records of chunk list `ck` that later records hide completely
+-- (journaling their objects for deferred deletion: readers elsewhere may
+-- still hold the old list) and returns how many records the chunk keeps.
+local SLICE = "<I4I8I4I4I4"
+local function prune_chunk(ck)
+  local recs = redis.call("LRANGE", ck, 0, -1)
+  if #recs < 2 then return #recs end
+  local cov, keep, dropped = {}, {}, false
+  for j = #recs, 1, -1 do
+    local pos, id, _, _, len = struct.unpack(SLICE, recs[j])
+    local s, e = pos, pos + len
+    local hidden = false
+    for _, iv in ipairs(cov) do
+      if iv[1] <= s and e <= iv[2] then hidden = true; break end
+    end
+    if hidden then
+      dropped = true
+      if id ~= 0 then redis.call("ZADD", P .. "delslices", NOW, recs[j]) end
+    else
+      keep[#keep + 1] = recs[j]
+      local merged = {}
+      for _, iv in ipairs(cov) do
+        if iv[2] < s or iv[1] > e then merged[#merged + 1] = iv
+        else s, e = math.min(s, iv[1]), math.max(e, iv[2]) end
+      end
+      merged[#merged + 1] = {s, e}
+      cov = merged
+    end
+  end
+  if dropped then
+    redis.call("DEL", ck)
+    -- keep is newest first; push in batches (Lua's unpack has a stack limit)
+    local batch = {}
+    for j = #keep, 1, -1 do
+      batch[#batch + 1] = keep[j]
+      if #batch == 1000 then redis.call("RPUSH", ck, unpack(batch)); batch = {} end
+    end
+    if #batch > 0 then redis.call("RPUSH", ck, unpack(batch)) end
+  end
+  return #keep
+end

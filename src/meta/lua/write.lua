@@ -1,5 +1,6 @@
 -- args: ino, capacity, then groups of (chunk index, slice record, end
--- offset): appends slices in order and grows the length -> {0, attr}
+-- offset): appends slices in order, grows the length and drops records the
+-- new ones hide -> {0, attr, {chunk index, records kept}...}
 local ino, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
@@ -13,12 +14,19 @@ while i + 2 <= #ARGV do
 end
 if newlen > a.length and not check_space(space(newlen) - space(a.length), cap) then return {ENOSPC} end
 i = 7
+local touched, order = {}, {}
 while i + 2 <= #ARGV do
   redis.call("RPUSH", key("c", ino) .. "_" .. ARGV[i], ARGV[i + 1])
+  if not touched[ARGV[i]] then touched[ARGV[i]] = true; order[#order + 1] = ARGV[i] end
   i = i + 3
+end
+local lens = {}
+for _, indx in ipairs(order) do
+  lens[#lens + 1] = tonumber(indx)
+  lens[#lens + 1] = prune_chunk(key("c", ino) .. "_" .. indx)
 end
 used_delta(space(newlen) - space(a.length))
 a.length = newlen
 touch_m(a)
 notify_inode(ino)
-return {0, put_attr(ino, a)}
+return {0, put_attr(ino, a), lens}
