@@ -95,12 +95,13 @@ impl DiskCache {
         }
     }
 
-    fn load(&self, key: &str) -> Option<Vec<u8>> {
+    fn load(&self, key: &str) -> Option<Bytes> {
         let p = self.path(key);
-        let data = std::fs::read(&p).ok()?;
-        match codec::decode(&data) {
+        let data = Bytes::from(std::fs::read(&p).ok()?);
+        let len = data.len() as u64;
+        match codec::decode_shared(data) {
             Ok(raw) => {
-                self.touch(&p, data.len() as u64);
+                self.touch(&p, len);
                 Some(raw)
             }
             Err(e) => {
@@ -169,10 +170,13 @@ impl DiskCache {
         st.f_bavail as f64 / st.f_blocks as f64
     }
 
-    fn store(&self, key: &str, encoded: &[u8]) {
+    /// Keeps a decoded block as a raw framed block (header and table, then
+    /// the bytes as they are: no copy of the block is made).
+    fn store(&self, key: &str, raw: &[u8]) {
+        let head = codec::raw_head(raw);
+        let len = (head.len() + raw.len()) as u64;
         // Never overshoot: eviction runs in the background, this just refuses.
-        if self.used() + encoded.len() as u64 > self.capacity || self.free_share() < self.free_ratio
-        {
+        if self.used() + len > self.capacity || self.free_share() < self.free_ratio {
             return;
         }
         let p = self.path(key);
@@ -182,9 +186,14 @@ impl DiskCache {
         }
         // Temp file + rename: a crash never leaves a half-written entry under the real name.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
-        if std::fs::write(&tmp, encoded).is_ok() && std::fs::rename(&tmp, &p).is_ok() {
-            let old = self.touch(&p, encoded.len() as u64).unwrap_or(0);
-            self.used.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&head)?;
+            f.write_all(raw)
+        });
+        if written.is_ok() && std::fs::rename(&tmp, &p).is_ok() {
+            let old = self.touch(&p, len).unwrap_or(0);
+            self.used.fetch_add(len, Ordering::Relaxed);
             self.used.fetch_sub(old.min(self.used()), Ordering::Relaxed);
         } else {
             let _ = std::fs::remove_file(&tmp);
@@ -221,9 +230,23 @@ impl DiskCache {
     }
 }
 
+/// Writes a block to the disk cache off the async workers, unless too many
+/// writes are already waiting for the disk.
+fn store_later(writes: &Arc<tokio::sync::Semaphore>, d: Arc<DiskCache>, key: String, raw: Bytes) {
+    if let Ok(permit) = writes.clone().try_acquire_owned() {
+        tokio::task::spawn_blocking(move || {
+            d.store(&key, &raw);
+            drop(permit);
+        });
+    }
+}
+
 pub struct BlockCache {
     mem: moka::future::Cache<String, Bytes>,
     disk: Option<Arc<DiskCache>>,
+    /// Disk writes in flight; when the disk lags, blocks are not cached
+    /// rather than piling up in memory.
+    disk_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl BlockCache {
@@ -235,6 +258,7 @@ impl BlockCache {
         BlockCache {
             mem,
             disk: disk.map(Arc::new),
+            disk_writes: Arc::new(tokio::sync::Semaphore::new(16)),
         }
     }
 
@@ -250,6 +274,7 @@ impl BlockCache {
             return Ok(hit);
         }
         let disk = self.disk.clone();
+        let writes = self.disk_writes.clone();
         let k = key.to_string();
         self.mem
             .try_get_with(key.to_string(), async move {
@@ -257,18 +282,16 @@ impl BlockCache {
                     let k2 = k.clone();
                     if let Ok(Some(raw)) = tokio::task::spawn_blocking(move || d.load(&k2)).await {
                         metrics::DISK_CACHE_HITS.add(1);
-                        return Ok(Bytes::from(raw));
+                        return Ok(raw);
                     }
                 }
                 let encoded = fetch().await?;
-                let raw = tokio::task::spawn_blocking(move || codec::decode(&encoded))
+                let raw = tokio::task::spawn_blocking(move || codec::decode_shared(encoded))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("block {k}: {e}"))?;
-                let raw = Bytes::from(raw);
                 if let Some(d) = disk {
-                    let r = raw.clone();
-                    tokio::task::spawn_blocking(move || d.store(&k, &codec::encode_raw(&r)));
+                    store_later(&writes, d, k, raw.clone());
                 }
                 Ok::<Bytes, String>(raw)
             })
@@ -276,12 +299,20 @@ impl BlockCache {
             .map_err(|e: Arc<String>| CacheError::Fetch(e))
     }
 
-    /// Remembers a block just written, so the writer's own reads stay local.
-    pub async fn insert(&self, key: &str, raw: Bytes) {
-        self.mem.insert(key.to_string(), raw.clone()).await;
-        if let Some(d) = self.disk.clone() {
-            let k = key.to_string();
-            tokio::task::spawn_blocking(move || d.store(&k, &codec::encode_raw(&raw)));
+    /// Remembers a block just written, so the writer's own reads stay
+    /// local: on disk when there is a disk cache (a writer streaming a
+    /// segment out would otherwise fill the memory cache with blocks it
+    /// never reads, and push the daemon's RSS past its budgets), else in
+    /// memory.
+    pub async fn insert_written(&self, key: &str, raw: Bytes) {
+        match self.disk.clone() {
+            Some(d) => store_later(&self.disk_writes, d, key.to_string(), raw),
+            None => {
+                self.mem.insert(key.to_string(), raw).await;
+                // moka evicts lazily; a fast writer would run the cache far
+                // past its size before it catches up, so catch up now.
+                self.mem.run_pending_tasks().await;
+            }
         }
     }
 

@@ -487,13 +487,43 @@ pub fn encode_as(raw: &[u8], enc: Encoding, level: i32) -> Vec<u8> {
 /// disk cache keeps, so a warm read from disk costs a copy and a CRC, never
 /// a decompression, and a random read from disk reads only its frames.
 pub fn encode_raw(raw: &[u8]) -> Vec<u8> {
-    encode_framed(raw, Encoding::Raw, 0)
+    let mut out = raw_head(raw);
+    out.extend_from_slice(raw);
+    out
+}
+
+/// The header and table of a raw framed block: followed by `raw` itself,
+/// they make the block, so a raw block is stored without copying it.
+pub fn raw_head(raw: &[u8]) -> Vec<u8> {
+    let n = raw.len().div_ceil(MIN_FRAME);
+    let mut out = vec![0u8; table_end(n)];
+    for (i, frame) in raw.chunks(MIN_FRAME).enumerate() {
+        let at = FRAMED_HEADER_LEN + 8 * i;
+        out[at..at + 4].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+        out[at + 4..at + 8].copy_from_slice(&crc32c::crc32c(frame).to_le_bytes());
+    }
+    seal_head(&mut out, Encoding::Raw, raw.len(), MIN_FRAME, n);
+    out
+}
+
+/// A stored block as pieces to send in order: the raw bytes are shared, not
+/// copied, when the block is stored raw.
+pub fn encode_parts(raw: &bytes::Bytes, codec: Codec) -> Vec<bytes::Bytes> {
+    match compress_block(raw, codec) {
+        Some(block) => vec![bytes::Bytes::from(block)],
+        None => vec![bytes::Bytes::from(raw_head(raw)), raw.clone()],
+    }
 }
 
 /// Encodes `raw` into a stored block, picking the encoding per the volume's
 /// setting; a block whose compressed form does not save MIN_SAVING (lz4:
 /// 1/32) is stored raw, so reading it never pays for decompression.
 pub fn encode(raw: &[u8], codec: Codec) -> Vec<u8> {
+    compress_block(raw, codec).unwrap_or_else(|| encode_raw(raw))
+}
+
+/// The compressed block, or None when the block is best stored raw.
+fn compress_block(raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     let enc = match codec.compression {
         Compression::None => Encoding::Raw,
         _ if raw.is_empty() => Encoding::Raw,
@@ -501,7 +531,7 @@ pub fn encode(raw: &[u8], codec: Codec) -> Vec<u8> {
         Compression::Auto | Compression::Zstd => choose(raw, codec),
     };
     if enc == Encoding::Raw {
-        return encode_framed(raw, Encoding::Raw, 0);
+        return None;
     }
     let out = encode_framed(raw, enc, codec.zstd_level);
     let stored = out.len() - table_end(raw.len().div_ceil(frame_size(enc)));
@@ -510,11 +540,7 @@ pub fn encode(raw: &[u8], codec: Codec) -> Vec<u8> {
     } else {
         (stored as f64) <= raw.len() as f64 * (1.0 - MIN_SAVING)
     };
-    if keep {
-        out
-    } else {
-        encode_framed(raw, Encoding::Raw, 0)
-    }
+    keep.then_some(out)
 }
 
 // ---- framed blocks ---------------------------------------------------------
@@ -573,14 +599,19 @@ fn encode_framed(raw: &[u8], enc: Encoding, level: i32) -> Vec<u8> {
         out[at..at + 4].copy_from_slice(&(stored as u32).to_le_bytes());
         out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
     }
+    seal_head(&mut out, enc, raw.len(), fs, n);
+    out
+}
+
+/// Writes the header fields and the CRC over them and the (filled) table.
+fn seal_head(out: &mut [u8], enc: Encoding, raw_len: usize, frame_size: usize, frames: usize) {
     out[0..2].copy_from_slice(FRAMED_MAGIC);
     out[2] = enc.id();
     out[3] = enc.offset() as u8;
-    out[4..8].copy_from_slice(&(raw.len() as u32).to_le_bytes());
-    out[8..12].copy_from_slice(&(fs as u32).to_le_bytes());
-    let crc = table_crc(&out[..table_end(n)]);
+    out[4..8].copy_from_slice(&(raw_len as u32).to_le_bytes());
+    out[8..12].copy_from_slice(&(frame_size as u32).to_le_bytes());
+    let crc = table_crc(&out[..table_end(frames)]);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
-    out
 }
 
 fn table_crc(head: &[u8]) -> u32 {
@@ -774,6 +805,36 @@ pub fn encoding_of(block: &[u8]) -> Option<Encoding> {
         return None;
     }
     Encoding::from_header(block[2], block[3])
+}
+
+/// As `decode`, but a raw framed block is checked in place and its bytes
+/// handed back without a copy (warm reads from the disk cache, raw blocks).
+pub fn decode_shared(block: bytes::Bytes) -> Result<bytes::Bytes, CodecError> {
+    if block.len() >= FRAMED_HEADER_LEN && &block[0..2] == FRAMED_MAGIC {
+        let layout = Layout::parse(&block)?.ok_or(CodecError::BadMagic)?;
+        let all_raw = layout.encoding == Encoding::Raw
+            && (0..layout.frame_count()).all(|i| layout.frames[i].1 == layout.raw_frame_len(i));
+        if all_raw {
+            let start = table_end(layout.frame_count());
+            if block.len() != start + layout.raw_len {
+                return Err(CodecError::Length {
+                    expected: start + layout.raw_len,
+                    actual: block.len(),
+                });
+            }
+            for &(at, len, crc) in &layout.frames {
+                let actual = crc32c::crc32c(&block[at..at + len]);
+                if actual != crc {
+                    return Err(CodecError::Checksum {
+                        expected: crc,
+                        actual,
+                    });
+                }
+            }
+            return Ok(block.slice(start..));
+        }
+    }
+    decode(&block).map(bytes::Bytes::from)
 }
 
 /// Decodes a stored block (either format) and verifies its checksums.

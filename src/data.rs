@@ -144,7 +144,8 @@ impl DataStore {
         jobs
     }
 
-    /// Reads [off, off+len) of a chunk described by `pieces` into `buf`.
+    /// Reads [off, off+len) of a chunk described by `pieces` into `buf`,
+    /// which the caller hands in zeroed: holes are left as they are.
     /// A `random` reader gets only the frames it needs of blocks that are
     /// not in memory; a sequential one gets whole blocks, which read-ahead
     /// has usually fetched already.
@@ -156,7 +157,6 @@ impl DataStore {
         random: bool,
     ) -> Result<()> {
         let end = off + buf.len() as u32;
-        buf.fill(0);
         let jobs = self.block_reads(pieces, off, end);
         // Blocks are fetched concurrently (each through the single-flight cache).
         let futs = jobs.iter().map(|(key, inblock, n, _)| async move {
@@ -610,15 +610,14 @@ fn spawn_upload(
         let codec = ds.codec;
         let raw = Bytes::from(raw);
         let r2 = raw.clone();
-        let encoded = tokio::task::spawn_blocking(move || codec::encode(&r2, codec))
+        let parts = tokio::task::spawn_blocking(move || codec::encode_parts(&r2, codec))
             .await
             .map_err(|e| DataError::Store(e.to_string()))?;
-        let encoded = Bytes::from(encoded);
         ds.blocks
-            .put(&key, encoded.clone())
+            .put_parts(&key, parts)
             .await
             .map_err(|e| DataError::Store(e.to_string()))?;
-        ds.cache.insert(&key, raw).await;
+        ds.cache.insert_written(&key, raw).await;
         Ok(())
     })
 }

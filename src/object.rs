@@ -345,10 +345,14 @@ impl BlockStore {
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
-        let n = data.len() as u64;
-        self.store
-            .put(&ObjPath::from(key), PutPayload::from_bytes(data))
-            .await?;
+        self.put_parts(key, vec![data]).await
+    }
+
+    /// Stores an object given as pieces, sent in order without joining them.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), ObjectError> {
+        let payload: PutPayload = parts.into_iter().collect();
+        let n = payload.content_length() as u64;
+        self.store.put(&ObjPath::from(key), payload).await?;
         metrics::OBJECT_PUTS.add(1);
         metrics::OBJECT_PUT_BYTES.add(n);
         Ok(())

@@ -1023,6 +1023,7 @@ impl Vfs {
                 tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
                 self.forget_pieces(ino);
                 let pieces = self.pieces(ino, indx).await?;
+                dst.fill(0);
                 self.data
                     .read_chunk_range(&pieces, coff, dst, !sequential)
                     .await
