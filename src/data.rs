@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::cache::BlockCache;
 use crate::codec::{self, Codec, Layout};
-use crate::meta::{build_pieces, Meta, MetaError, Piece, Slice, CHUNK_SIZE};
+use crate::meta::{build_pieces, is_inline, Meta, MetaError, Piece, Slice, CHUNK_SIZE, INLINE_ID};
 use crate::object::BlockStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,8 @@ pub struct DataStore {
     pub cache: Arc<BlockCache>,
     pub block_size: u32,
     pub codec: Codec,
+    /// Slices ending within this many bytes of a file's start are inline.
+    pub inline_size: u32,
     /// Bytes of write buffers allowed in flight, in KiB permits.
     buffer_budget: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
@@ -57,6 +59,9 @@ pub struct DataStore {
 /// A chunk whose list keeps this many records after a write is compacted:
 /// every read replays the list, and each record may cost a fetch.
 pub const COMPACT_AT: usize = 16;
+
+/// Prefix of the cache keys of inline slices' bytes.
+const INLINE_PREFIX: &str = "inline/";
 
 /// Random reads are served in pieces of this many raw bytes (the smallest
 /// frame size), each cached in memory on its own.
@@ -79,6 +84,7 @@ impl DataStore {
             cache,
             block_size,
             codec,
+            inline_size: 0,
             buffer_budget: Arc::new(Semaphore::new(kib)),
             uploads: Arc::new(Semaphore::new(16)),
             fetches: Arc::new(Semaphore::new(32)),
@@ -89,6 +95,22 @@ impl DataStore {
     }
 
     async fn fetch_block(&self, key: String) -> Result<Bytes> {
+        if let Some(id) = key.strip_prefix(INLINE_PREFIX) {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| DataError::Store(format!("bad inline key {key}")))?;
+            let meta = self.meta.clone();
+            return self
+                .cache
+                .mem_get_with(&key, async move {
+                    meta.read_inline(id)
+                        .await
+                        .map(Bytes::from)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| DataError::Store(e.to_string()));
+        }
         let blocks = self.blocks.clone();
         let fetches = self.fetches.clone();
         let k = key.clone();
@@ -99,6 +121,16 @@ impl DataStore {
             })
             .await
             .map_err(|e| DataError::Store(e.to_string()))
+    }
+
+    /// Where a block lives: an object key, or for an inline slice (one
+    /// block, kept in Redis) a key the fetch path recognises.
+    fn block_key(&self, id: u64, index: u32, len: u32) -> String {
+        if is_inline(id) {
+            format!("{INLINE_PREFIX}{id}")
+        } else {
+            self.blocks.block_key(id, index, len)
+        }
     }
 
     /// The blocks of `piece` that cover bytes [from, to) of the piece.
@@ -113,7 +145,7 @@ impl DataStore {
             let bstart = bi * bs;
             let blen = bs.min(p.size - bstart);
             let n = (end - s).min(bstart + blen - s);
-            out.push((self.blocks.block_key(p.id, bi, blen), bstart, s - bstart, n));
+            out.push((self.block_key(p.id, bi, blen), bstart, s - bstart, n));
             s += n;
         }
         out
@@ -161,7 +193,8 @@ impl DataStore {
         // Blocks are fetched concurrently (each through the single-flight cache).
         let futs = jobs.iter().map(|(key, inblock, n, _)| async move {
             let raw_len = block_len_of(key);
-            if random && *n < raw_len / 2 && !self.cache.contains(key).await {
+            let ranged = random && *n < raw_len / 2 && !key.starts_with(INLINE_PREFIX);
+            if ranged && !self.cache.contains(key).await {
                 match self.read_frames(key, raw_len, *inblock, *n).await {
                     Ok(b) => return Ok((b, 0)),
                     Err(e) => {
@@ -401,6 +434,10 @@ impl DataStore {
             if s.id == 0 {
                 continue;
             }
+            if is_inline(s.id) {
+                self.meta.delete_inline(s.id).await?;
+                continue;
+            }
             let bs = self.block_size;
             let n = s.size.div_ceil(bs);
             for bi in 0..n {
@@ -533,7 +570,18 @@ impl FileWriter {
             return Ok(None);
         }
         let bs = ds.block_size;
+        let mut inline: Vec<Option<Vec<u8>>> = Vec::with_capacity(self.slices.len());
         for s in self.slices.iter_mut() {
+            // A small file's bytes go to Redis with the commit: one round
+            // trip instead of an object PUT and then the commit.
+            let small = s.indx == 0 && s.uploaded == 0 && s.pos + s.len <= ds.inline_size;
+            if small && s.len > 0 {
+                s.id |= INLINE_ID;
+                s.uploaded = s.len;
+                inline.push(Some(std::mem::take(&mut s.buf)));
+                continue;
+            }
+            inline.push(None);
             if s.len > s.uploaded {
                 let raw = std::mem::take(&mut s.buf);
                 let bi = s.uploaded / bs;
@@ -559,20 +607,19 @@ impl FileWriter {
             self.pending_len = 0;
             return Err(e);
         }
-        let records: Vec<(u64, Slice)> = self
+        let records: Vec<(u64, Slice, Option<Vec<u8>>)> = self
             .slices
             .iter()
-            .map(|s| {
-                (
-                    s.indx,
-                    Slice {
-                        pos: s.pos,
-                        id: s.id,
-                        size: s.len,
-                        off: 0,
-                        len: s.len,
-                    },
-                )
+            .zip(inline)
+            .map(|(s, data)| {
+                let slice = Slice {
+                    pos: s.pos,
+                    id: s.id,
+                    size: s.len,
+                    off: 0,
+                    len: s.len,
+                };
+                (s.indx, slice, data)
             })
             .collect();
         self.slices.clear();

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod metacache;
 pub mod metrics;
 pub mod object;
 pub mod session;

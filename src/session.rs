@@ -75,6 +75,7 @@ pub async fn run_event_listener(vfs: Arc<Vfs>) {
         match vfs.meta.subscribe().await {
             Ok(mut ps) => {
                 tracing::debug!("subscribed to change events");
+                vfs.events_resumed();
                 let mut stream = ps.on_message();
                 while let Some(msg) = stream.next().await {
                     let Some(ev) = Event::parse(msg.get_payload_bytes()) else {

@@ -16,6 +16,7 @@ use crate::meta::{
     Attr, Event, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN,
     ROOT_INO,
 };
+use crate::metacache::MetaCache;
 
 /// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
 /// so the VFS makes them from blocking threads, never from async workers.
@@ -61,6 +62,9 @@ pub struct VfsConfig {
     /// Most bytes read ahead of a sequential reader; the window starts at two
     /// blocks and doubles each time the reader had to wait for the store.
     pub readahead: u64,
+    /// How long this node answers lookups and stats from its own cache
+    /// (kept coherent by change events; zero turns it off).
+    pub meta_cache_ttl: Duration,
 }
 
 impl Default for VfsConfig {
@@ -72,6 +76,7 @@ impl Default for VfsConfig {
             read_only: false,
             root: ROOT_INO,
             readahead: 128 << 20,
+            meta_cache_ttl: Duration::ZERO,
         }
     }
 }
@@ -173,6 +178,7 @@ pub struct Vfs {
     next_fh: AtomicU64,
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
     seen: Mutex<HashMap<u64, Version>>,
+    mcache: MetaCache,
 }
 
 fn lock_type(typ: i32) -> VResult<u32> {
@@ -196,6 +202,7 @@ fn check_name(name: &[u8]) -> VResult<()> {
 
 impl Vfs {
     pub fn new(meta: Arc<Meta>, data: Arc<DataStore>, format: Format, cfg: VfsConfig) -> Vfs {
+        let mcache = MetaCache::new(cfg.meta_cache_ttl);
         Vfs {
             meta,
             data,
@@ -208,7 +215,13 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
+            mcache,
         }
+    }
+
+    /// The event channel (re)connected: events may have been missed.
+    pub fn events_resumed(&self) {
+        self.mcache.clear();
     }
 
     /// Kernel inode -> volume inode.
@@ -256,6 +269,7 @@ impl Vfs {
     pub async fn on_remote_change(&self, ev: Event) {
         match ev {
             Event::Inode { ino, .. } => {
+                self.mcache.drop_attr(ino);
                 self.forget_pieces(ino);
                 if let Ok(mut seen) = self.seen.lock() {
                     seen.remove(&ino);
@@ -266,6 +280,8 @@ impl Vfs {
                 self.invalidate_inode(ino).await;
             }
             Event::Entry { parent, name, .. } => {
+                self.mcache.drop_name(parent, &name);
+                self.mcache.drop_attr(parent);
                 if let Some(inv) = self.invalidator.get().cloned() {
                     let p = self.shown(parent);
                     let _ = tokio::task::spawn_blocking(move || inv.inval_entry(p, &name)).await;
@@ -356,22 +372,38 @@ impl Vfs {
             return Err(libc::ENAMETOOLONG);
         }
         let parent = self.real(parent);
-        let (ino, attr) = self
-            .meta
-            .lookup(parent, name)
-            .await
-            .map_err(|e| meta_errno("lookup", e))?;
+        let (ino, attr) = match self.mcache.lookup(parent, name) {
+            Some(hit) => hit,
+            None => {
+                let generation = self.mcache.generation();
+                let (ino, attr) = self
+                    .meta
+                    .lookup(parent, name)
+                    .await
+                    .map_err(|e| meta_errno("lookup", e))?;
+                self.mcache.put(generation, Some((parent, name)), ino, attr);
+                (ino, attr)
+            }
+        };
         let attr = self.fix_attr(ino, attr).await;
         Ok(self.entry(ino, attr))
     }
 
     pub async fn getattr(&self, ino: u64) -> VResult<Entry> {
         let real = self.real(ino);
-        let attr = self
-            .meta
-            .getattr(real)
-            .await
-            .map_err(|e| meta_errno("getattr", e))?;
+        let attr = match self.mcache.attr(real) {
+            Some(a) => a,
+            None => {
+                let generation = self.mcache.generation();
+                let attr = self
+                    .meta
+                    .getattr(real)
+                    .await
+                    .map_err(|e| meta_errno("getattr", e))?;
+                self.mcache.put(generation, None, real, attr);
+                attr
+            }
+        };
         let attr = self.fix_attr(real, attr).await;
         Ok(self.entry(real, attr))
     }
@@ -407,6 +439,9 @@ impl Vfs {
             )
             .await
             .map_err(|e| meta_errno("mknod", e))?;
+        self.mcache.drop_attr(parent);
+        self.mcache
+            .put(self.mcache.generation(), Some((parent, name)), ino, attr);
         Ok(self.entry(ino, attr))
     }
 
@@ -463,6 +498,9 @@ impl Vfs {
             .unlink(self.real(parent), name, sid, |i| self.is_open_here(i))
             .await
             .map_err(|e| meta_errno("unlink", e))?;
+        self.mcache.drop_name(self.real(parent), name);
+        self.mcache.drop_attr(self.real(parent));
+        self.mcache.drop_attr(ino);
         if nlink == 0 {
             self.mark_unlinked(ino);
         }
@@ -478,10 +516,14 @@ impl Vfs {
             return Err(libc::ENOTEMPTY);
         }
         check_name(name)?;
-        self.meta
+        let r = self
+            .meta
             .rmdir(self.real(parent), name)
             .await
-            .map_err(|e| meta_errno("rmdir", e))
+            .map_err(|e| meta_errno("rmdir", e));
+        self.mcache.drop_name(self.real(parent), name);
+        self.mcache.drop_attr(self.real(parent));
+        r
     }
 
     /// flags: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2).
@@ -514,6 +556,11 @@ impl Vfs {
             )
             .await
             .map_err(|e| meta_errno("rename", e))?;
+        for (p, n) in [(parent, name), (newparent, newname)] {
+            self.mcache.drop_name(self.real(p), n);
+            self.mcache.drop_attr(self.real(p));
+        }
+        self.mcache.drop_attr(replaced);
         if replaced != 0 && flags & 2 == 0 {
             if let Ok(a) = self.meta.getattr(replaced).await {
                 if a.nlink == 0 {
@@ -539,6 +586,8 @@ impl Vfs {
             .link(real, self.real(newparent), newname)
             .await
             .map_err(|e| meta_errno("link", e))?;
+        self.mcache.drop_attr(real);
+        self.mcache.drop_attr(self.real(newparent));
         let attr = self.fix_attr(real, attr).await;
         Ok(self.entry(real, attr))
     }
@@ -585,6 +634,7 @@ impl Vfs {
                     .map_err(|e| meta_errno("setattr", e))?,
             );
         }
+        self.mcache.drop_attr(real);
         let attr = match attr {
             Some(a) => a,
             None => self
@@ -680,6 +730,7 @@ impl Vfs {
         } else {
             0
         };
+        self.mcache.drop_attr(self.real(ino));
         self.meta
             .setxattr(self.real(ino), name, value, f)
             .await
@@ -712,6 +763,7 @@ impl Vfs {
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> VResult<()> {
         self.writable()?;
         Self::check_xattr_name(name)?;
+        self.mcache.drop_attr(self.real(ino));
         self.meta
             .removexattr(self.real(ino), name)
             .await
@@ -894,11 +946,13 @@ impl Vfs {
         if writable || flags & libc::O_TRUNC != 0 {
             self.writable()?;
         }
+        let generation = self.mcache.generation();
         let attr = self
             .meta
             .getattr(real)
             .await
             .map_err(|e| meta_errno("open", e))?;
+        self.mcache.put(generation, None, real, attr);
         match attr.kind {
             FileKind::Dir => return Err(libc::EISDIR),
             FileKind::File => {}
@@ -1090,6 +1144,7 @@ impl Vfs {
     async fn commit(&self, ino: u64, w: &mut FileWriter) -> VResult<()> {
         let r = w.flush(&self.data).await;
         self.forget_pieces(ino);
+        self.mcache.drop_attr(ino);
         match r {
             Ok(Some(attr)) => {
                 if let Some((_, _, len)) = self.open_state(ino) {
@@ -1227,6 +1282,7 @@ impl Vfs {
             }
         };
         if last == Some(true) {
+            self.mcache.drop_attr(ino);
             self.meta
                 .release_sustained(ino, self.sid())
                 .await
@@ -1250,6 +1306,7 @@ impl Vfs {
             .fallocate(h.ino, mode, offset, length, self.format.capacity)
             .await
             .map_err(|e| meta_errno("fallocate", e))?;
+        self.mcache.drop_attr(h.ino);
         if let Some((_, _, len)) = self.open_state(h.ino) {
             len.store(attr.length, Ordering::Relaxed);
         }

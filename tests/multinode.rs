@@ -474,3 +474,43 @@ fn change_events_beat_long_ttls() {
     a.unmount();
     b.unmount();
 }
+
+#[test]
+fn metadata_cache_follows_other_nodes_changes() {
+    // Kernel entries expire after 1 s; this node's metadata cache would keep
+    // answering for 60 s if change events did not clear it.
+    let v = Volume::new(Storage::S3);
+    let a = v.mount();
+    let b = v.mount_with(&["--meta-cache", "60"]);
+    fs::create_dir(a.p("d")).unwrap();
+    fs::write(a.p("d/f"), b"1").unwrap();
+    let before = fs::metadata(b.p("d/f")).unwrap();
+    assert_eq!(before.len(), 1);
+    fs::write(a.p("d/f"), b"12345").unwrap();
+    wait_for("new size on B", SOON, || {
+        fs::metadata(b.p("d/f")).map(|m| m.len()).ok() == Some(5)
+    });
+    fs::rename(a.p("d/f"), a.p("d/g")).unwrap();
+    wait_for("rename on B", SOON, || {
+        !b.p("d/f").exists() && fs::metadata(b.p("d/g")).map(|m| m.len()).ok() == Some(5)
+    });
+    fs::write(a.p("d/f"), b"new").unwrap();
+    wait_for("re-created name on B", SOON, || {
+        fs::metadata(b.p("d/f")).map(|m| (m.len(), m.ino())).ok()
+            == Some((3, fs::metadata(a.p("d/f")).unwrap().ino()))
+    });
+    fs::remove_file(a.p("d/g")).unwrap();
+    wait_for("unlink on B", SOON, || !b.p("d/g").exists());
+    // and B lists what A lists
+    let names = |m: &common::Mount| {
+        let mut n: Vec<_> = fs::read_dir(m.p("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&a), names(&b));
+    a.unmount();
+    b.unmount();
+}

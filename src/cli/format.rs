@@ -44,6 +44,11 @@ pub struct FormatArgs {
     /// Inode limit (0: unlimited).
     #[arg(long, default_value_t = 0)]
     inodes: u64,
+    /// Keep the bytes of small files (slices ending within this many bytes of
+    /// the file's start) in Redis: one round trip per small file instead of
+    /// an object PUT (0: off; at most 64K).
+    #[arg(long, default_value = "16K")]
+    inline_size: String,
     /// Overwrite an existing volume with a different layout.
     #[arg(long)]
     force: bool,
@@ -78,6 +83,15 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
             a.block_size
         );
     }
+    let inline_size =
+        parse_size(&a.inline_size, 1).map_err(|e| anyhow::anyhow!("--inline-size: {e}"))?;
+    if inline_size > 64 << 10 || inline_size > block_size {
+        bail!(
+            "--inline-size {} is too large: Redis keeps these bytes in memory; use at most 64K (0 turns it off)",
+            a.inline_size
+        );
+    }
+    let inline_size = inline_size as u32;
     let bucket = match (&a.bucket, storage) {
         (Some(b), _) => b.clone(),
         (None, StorageKind::File) => default_bucket(&a.name),
@@ -105,6 +119,7 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         capacity: a.capacity << 30,
         inodes: a.inodes,
         meta_version: 1,
+        inline_size,
     };
     if let Some(o) = &old {
         if !o.same_layout(&new) && !a.force {

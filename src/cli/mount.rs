@@ -73,6 +73,10 @@ pub struct MountArgs {
     /// Do not subscribe to other nodes' change events (rely on the TTLs alone).
     #[arg(long)]
     no_events: bool,
+    /// Seconds this node answers lookups and stats from its own metadata
+    /// cache, which change events keep coherent (off with --no-events; 0: off).
+    #[arg(long, default_value_t = 10.0)]
+    meta_cache: f64,
     /// Seconds between session heartbeats; a session silent for 5 of them is cleaned up.
     #[arg(long, default_value_t = 12)]
     heartbeat: u64,
@@ -233,7 +237,7 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         mib(&a.mem_cache_size, "mem-cache-size")?,
         disk,
     ));
-    let data = Arc::new(DataStore::new(
+    let mut data = DataStore::new(
         meta.clone(),
         blocks,
         cache,
@@ -241,7 +245,9 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         fmt.codec(),
         mib(&a.buffer_size, "buffer-size")?,
         fmt.capacity,
-    ));
+    );
+    data.inline_size = fmt.inline_size;
+    let data = Arc::new(data);
     let root = match &a.subdir {
         Some(s) => resolve_subdir(&meta, s).await?,
         None => ROOT_INO,
@@ -259,6 +265,11 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         dir_entry_ttl: secs(a.dir_entry_cache, "dir-entry-cache")?,
         read_only: a.read_only,
         root,
+        meta_cache_ttl: if a.no_events {
+            Duration::ZERO
+        } else {
+            secs(a.meta_cache, "meta-cache")?
+        },
         ..VfsConfig::default()
     };
     let trash = fmt.trash_days;
@@ -437,6 +448,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
     opt("delete-delay", Some(a.delete_delay.to_string()));
     opt("heartbeat", Some(a.heartbeat.to_string()));
+    opt("meta-cache", Some(a.meta_cache.to_string()));
     opt("metrics", Some(a.metrics.clone()));
     opt("log", Some(log.to_string_lossy().into_owned()));
     opt("name", a.name.clone());

@@ -233,6 +233,14 @@ pub struct Piece {
     pub len: u32,
 }
 
+/// Marks a slice whose bytes live in Redis (small files), not in objects.
+/// Below 2^53, so the Lua scripts (doubles) still see ids exactly.
+pub const INLINE_ID: u64 = 1 << 52;
+
+pub fn is_inline(id: u64) -> bool {
+    id & INLINE_ID != 0
+}
+
 /// Replays a chunk's slice list: later slices win, uncovered ranges are holes.
 pub fn build_pieces(slices: &[Slice]) -> Vec<Piece> {
     let mut pieces: Vec<Piece> = Vec::new();
@@ -295,6 +303,10 @@ pub struct Format {
     /// 0 is unlimited.
     pub inodes: u64,
     pub meta_version: u32,
+    /// Slices that end within this many bytes of a file's start are kept in
+    /// Redis, not the object store (0: never; volumes from before it: 0).
+    #[serde(default)]
+    pub inline_size: u32,
 }
 
 fn default_zstd_level() -> i32 {

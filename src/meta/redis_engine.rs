@@ -7,6 +7,7 @@
 //! | `{v}i<ino>`         | string | packed attributes (72 bytes)                 |
 //! | `{v}d<ino>`         | hash   | name -> type(1) + ino(8)                     |
 //! | `{v}c<ino>_<chunk>` | list   | slice records (24 bytes each), oldest first  |
+//! | `{v}b<slice id>`    | string | bytes of an inline slice (small files)       |
 //! | `{v}s<ino>`         | string | symlink target                               |
 //! | `{v}x<ino>`         | hash   | extended attributes                          |
 //! | `{v}delfiles`       | zset   | `ino:length` of deleted files, by due time   |
@@ -607,10 +608,11 @@ impl Meta {
     /// Commits slices (chunk index, slice) in order, in one atomic step, and
     /// drops the records they hide. Returns the new attributes and, per chunk
     /// touched, how many records it keeps (long lists want compaction).
+    /// Inline slices come with their bytes, stored in Redis in the same step.
     pub async fn write_slices(
         &self,
         ino: u64,
-        slices: &[(u64, Slice)],
+        slices: &[(u64, Slice, Option<Vec<u8>>)],
         capacity: u64,
     ) -> Result<(Attr, Vec<(u64, usize)>)> {
         let (sec, ns) = now();
@@ -621,9 +623,12 @@ impl Meta {
             .arg(self.sid())
             .arg(ino)
             .arg(capacity);
-        for (indx, s) in slices {
+        for (indx, s, data) in slices {
             let end = indx * CHUNK_SIZE + s.pos as u64 + s.len as u64;
-            inv.arg(*indx).arg(&s.encode()[..]).arg(end);
+            inv.arg(*indx)
+                .arg(&s.encode()[..])
+                .arg(end)
+                .arg(data.as_deref().unwrap_or(&[]));
         }
         let v: Value = inv
             .invoke_async(&mut self.conn())
@@ -662,6 +667,25 @@ impl Meta {
             Err(MetaError::Errno(e)) if e == libc::EAGAIN => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// The bytes of an inline slice.
+    pub async fn read_inline(&self, id: u64) -> Result<Vec<u8>> {
+        let v: Option<Vec<u8>> = self
+            .conn()
+            .get(self.ikey('b', id))
+            .await
+            .map_err(redis_err)?;
+        v.ok_or_else(|| MetaError::Corrupt(format!("inline slice {id} has no bytes")))
+    }
+
+    pub async fn delete_inline(&self, id: u64) -> Result<()> {
+        let _: i64 = self
+            .conn()
+            .del(self.ikey('b', id))
+            .await
+            .map_err(redis_err)?;
+        Ok(())
     }
 
     // ---- xattrs --------------------------------------------------------

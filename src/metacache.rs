@@ -1,0 +1,174 @@
+//! This node's cache of names (parent, name -> inode) and attributes, so a
+//! stat or lookup whose kernel entry expired is answered without a Redis
+//! round trip. It stays coherent because every change this node makes drops
+//! what it touches, and every other node's change arrives as an event that
+//! drops it too (the vfs turns the cache off when events are off, and clears
+//! it when the event channel reconnects, since events may have been missed).
+//! A generation counter keeps a lookup that raced with an invalidation from
+//! caching what it read before it. Open always asks Redis (close-to-open).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::meta::Attr;
+
+/// Past this many entries a map is cleared rather than evicted piecemeal.
+const MAX_ENTRIES: usize = 500_000;
+
+/// (parent, name) -> (inode, when cached)
+type Names = HashMap<(u64, Vec<u8>), (u64, Instant)>;
+
+pub struct MetaCache {
+    ttl: Duration,
+    generation: AtomicU64,
+    names: Mutex<Names>,
+    attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+}
+
+impl MetaCache {
+    /// A cache whose entries live `ttl` at most (zero: off).
+    pub fn new(ttl: Duration) -> MetaCache {
+        MetaCache {
+            ttl,
+            generation: AtomicU64::new(0),
+            names: Mutex::new(HashMap::new()),
+            attrs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn on(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// Take before reading Redis; hand to `put` after.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.ttl
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<(u64, Attr)> {
+        if !self.on() {
+            return None;
+        }
+        let ino = {
+            let names = self.names.lock().ok()?;
+            let (ino, at) = names.get(&(parent, name.to_vec()))?;
+            self.fresh(*at).then_some(*ino)?
+        };
+        Some((ino, self.attr(ino)?))
+    }
+
+    pub fn attr(&self, ino: u64) -> Option<Attr> {
+        if !self.on() {
+            return None;
+        }
+        let attrs = self.attrs.lock().ok()?;
+        let (attr, at) = attrs.get(&ino)?;
+        self.fresh(*at).then_some(*attr)
+    }
+
+    /// Caches what was read from Redis, unless something was invalidated
+    /// since `generation` was taken (the read may predate that change).
+    pub fn put(&self, generation: u64, name: Option<(u64, &[u8])>, ino: u64, attr: Attr) {
+        if !self.on() || self.generation() != generation {
+            return;
+        }
+        let now = Instant::now();
+        if let (Some((parent, name)), Ok(mut names)) = (name, self.names.lock()) {
+            if names.len() >= MAX_ENTRIES {
+                names.clear();
+            }
+            names.insert((parent, name.to_vec()), (ino, now));
+        }
+        if let Ok(mut attrs) = self.attrs.lock() {
+            if attrs.len() >= MAX_ENTRIES {
+                attrs.clear();
+            }
+            attrs.insert(ino, (attr, now));
+        }
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Forgets a name (and the attributes of the inode it named).
+    pub fn drop_name(&self, parent: u64, name: &[u8]) {
+        if !self.on() {
+            return;
+        }
+        self.bump();
+        let old = self
+            .names
+            .lock()
+            .ok()
+            .and_then(|mut n| n.remove(&(parent, name.to_vec())));
+        if let Some((ino, _)) = old {
+            self.drop_attr(ino);
+        }
+    }
+
+    pub fn drop_attr(&self, ino: u64) {
+        if !self.on() {
+            return;
+        }
+        self.bump();
+        if let Ok(mut a) = self.attrs.lock() {
+            a.remove(&ino);
+        }
+    }
+
+    pub fn clear(&self) {
+        self.bump();
+        if let Ok(mut n) = self.names.lock() {
+            n.clear();
+        }
+        if let Ok(mut a) = self.attrs.lock() {
+            a.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(length: u64) -> Attr {
+        Attr {
+            flags: 0,
+            kind: crate::meta::FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            atime: (0, 0),
+            mtime: (0, 0),
+            ctime: (0, 0),
+            nlink: 1,
+            length,
+            rdev: 0,
+            parent: 1,
+        }
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_cached() {
+        let c = MetaCache::new(Duration::from_secs(10));
+        let g = c.generation();
+        c.put(g, Some((1, b"a")), 5, attr(1));
+        assert_eq!(c.lookup(1, b"a").map(|(i, a)| (i, a.length)), Some((5, 1)));
+        let g = c.generation();
+        c.drop_attr(5); // another node changed inode 5 meanwhile
+        c.put(g, Some((1, b"a")), 5, attr(1));
+        assert!(c.lookup(1, b"a").is_none());
+        c.drop_name(1, b"a");
+        assert!(c.lookup(1, b"a").is_none());
+        let off = MetaCache::new(Duration::ZERO);
+        off.put(off.generation(), Some((1, b"a")), 5, attr(1));
+        assert!(off.lookup(1, b"a").is_none());
+    }
+}
