@@ -63,6 +63,13 @@ impl MetaCache {
         Some((ino, self.attr(ino)?))
     }
 
+    /// The inode a name held when this node last saw it (any age): a hint
+    /// for operations that verify it in Redis anyway.
+    pub fn ino_hint(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        let names = self.names.lock().ok()?;
+        names.get(&(parent, name.to_vec())).map(|(ino, _)| *ino)
+    }
+
     pub fn attr(&self, ino: u64) -> Option<Attr> {
         if !self.on() {
             return None;

@@ -495,7 +495,13 @@ impl Vfs {
         let sid = self.sid();
         let (ino, nlink) = self
             .meta
-            .unlink(self.real(parent), name, sid, |i| self.is_open_here(i))
+            .unlink(
+                self.real(parent),
+                name,
+                sid,
+                |i| self.is_open_here(i),
+                self.mcache.ino_hint(self.real(parent), name),
+            )
             .await
             .map_err(|e| meta_errno("unlink", e))?;
         self.mcache.drop_name(self.real(parent), name);
@@ -1142,11 +1148,13 @@ impl Vfs {
     }
 
     async fn commit(&self, ino: u64, w: &mut FileWriter) -> VResult<()> {
+        let generation = self.mcache.generation();
         let r = w.flush(&self.data).await;
         self.forget_pieces(ino);
-        self.mcache.drop_attr(ino);
         match r {
             Ok(Some(attr)) => {
+                // the commit's reply is the inode as Redis now has it
+                self.mcache.put(generation, None, ino, attr);
                 if let Some((_, _, len)) = self.open_state(ino) {
                     len.fetch_max(attr.length, Ordering::Relaxed);
                 }

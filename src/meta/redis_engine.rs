@@ -400,9 +400,15 @@ impl Meta {
         name: &[u8],
         sid: u64,
         open_here: impl Fn(u64) -> bool,
+        mut hint: Option<u64>,
     ) -> Result<(u64, u32)> {
         for _ in 0..16 {
-            let (ino, _) = self.lookup(parent, name).await?;
+            // The inode the name held when last looked up here: when it is
+            // still right this saves a round trip; the script checks it.
+            let ino = match hint.take() {
+                Some(ino) => ino,
+                None => self.lookup(parent, name).await?.0,
+            };
             let keep = open_here(ino) as u8;
             match self
                 .run(
