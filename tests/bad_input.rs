@@ -223,6 +223,8 @@ fn bad_format_options() {
     fails_with(&o, &["unknown storage", "file, s3, azure"]);
     let o = format_vol1(&["--compress", "brotli"]);
     fails_with(&o, &["unknown compression"]);
+    let o = format_vol1(&["--inline-size", "1M"]);
+    fails_with(&o, &["--inline-size 1M is too large", "at most 64K"]);
     assert!(redis_is_empty(&r, 1), "nothing half-written");
 
     // Formatting again with the same settings is harmless; a different layout needs --force.
