@@ -101,6 +101,27 @@ print(f"{j[sys.argv[2]] / 1024:.1f}" if sys.argv[2] == "bw" else f"{j[sys.argv[2
 ' "$side" "$key" <<<"$out")"
 }
 
+# wait_uploaded BUCKET: until every file the write jobs made is in BUCKET
+wait_uploaded() {
+  python3 - "$endpoint" "$1" <<'PY'
+import sys, time, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}))
+want = {"seq1": 1 << 30, **{f"seq4.{j}.0": 256 << 20 for j in range(4)},
+        **{f"seg/seg.0.{i}": 64 << 20 for i in range(16)}}
+deadline = time.time() + 600
+while time.time() < deadline:
+    have = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[2]):
+        have.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    if all(have.get(k) == n for k, n in want.items()):
+        sys.exit(0)
+    time.sleep(1)
+sys.exit("uploads did not finish within 10 minutes")
+PY
+}
+
 seq1=(--name=seq1 --filename=seq1 --bs=1M --size=1G)
 seq4=(--name=seq4 --bs=1M --size=256M --numjobs=4)
 seg=(--name=seg --directory=seg --bs=1M --nrfiles=16 --filesize=64M --size=1G --file_service_type=sequential --openfiles=1)
@@ -127,6 +148,9 @@ for t in "${targets[@]}"; do
     record vecfs "daemon peak RSS MiB (after writes)" "$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/"$(vecfs_pid)"/status)"
   fi
   fio_job "$t" "segment write MiB/s" write bw "${seg[@]}" --rw=write --fsync_on_close=1
+  # rclone uploads after close (write-back): its files reach S3 only later,
+  # and a remount before that loses them
+  [[ $t == rclone ]] && wait_uploaded rclone
   for phase in cold local warm; do read_phase "$t" "$phase"; done
   n=$mdfiles; [[ $t == s3fs ]] && n=$s3fs_mdfiles
   for p in 1 2; do

@@ -230,8 +230,9 @@ impl DiskCache {
     }
 }
 
-/// Writes a block to the disk cache off the async workers, unless too many
-/// writes are already waiting for the disk.
+/// Writes a block to the disk cache off the async workers. At most `writes`
+/// permits' worth wait for the disk; past that the block is not cached
+/// rather than piling up in memory.
 fn store_later(writes: &Arc<tokio::sync::Semaphore>, d: Arc<DiskCache>, key: String, raw: Bytes) {
     if let Ok(permit) = writes.clone().try_acquire_owned() {
         tokio::task::spawn_blocking(move || {
@@ -244,9 +245,13 @@ fn store_later(writes: &Arc<tokio::sync::Semaphore>, d: Arc<DiskCache>, key: Str
 pub struct BlockCache {
     mem: moka::future::Cache<String, Bytes>,
     disk: Option<Arc<DiskCache>>,
-    /// Disk writes in flight; when the disk lags, blocks are not cached
-    /// rather than piling up in memory.
-    disk_writes: Arc<tokio::sync::Semaphore>,
+    /// Disk writes waiting, of blocks written here (their memory is outside
+    /// the write budget once uploaded, so few) and of blocks read (shared
+    /// with the memory cache, so many: a cold read must fill the disk cache).
+    written_to_disk: Arc<tokio::sync::Semaphore>,
+    read_to_disk: Arc<tokio::sync::Semaphore>,
+    /// Misses since moka last caught up with its evictions.
+    misses: AtomicU64,
 }
 
 impl BlockCache {
@@ -258,7 +263,9 @@ impl BlockCache {
         BlockCache {
             mem,
             disk: disk.map(Arc::new),
-            disk_writes: Arc::new(tokio::sync::Semaphore::new(16)),
+            written_to_disk: Arc::new(tokio::sync::Semaphore::new(16)),
+            read_to_disk: Arc::new(tokio::sync::Semaphore::new(128)),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -274,9 +281,10 @@ impl BlockCache {
             return Ok(hit);
         }
         let disk = self.disk.clone();
-        let writes = self.disk_writes.clone();
+        let writes = self.read_to_disk.clone();
         let k = key.to_string();
-        self.mem
+        let got = self
+            .mem
             .try_get_with(key.to_string(), async move {
                 if let Some(d) = disk.clone() {
                     let k2 = k.clone();
@@ -296,7 +304,13 @@ impl BlockCache {
                 Ok::<Bytes, String>(raw)
             })
             .await
-            .map_err(|e: Arc<String>| CacheError::Fetch(e))
+            .map_err(|e: Arc<String>| CacheError::Fetch(e));
+        // moka evicts lazily: a fast sequential reader (4 MiB per miss) would
+        // run the cache hundreds of MiB past its size before it catches up.
+        if self.misses.fetch_add(1, Ordering::Relaxed) % 4 == 3 {
+            self.mem.run_pending_tasks().await;
+        }
+        got
     }
 
     /// Remembers a block just written, so the writer's own reads stay
@@ -306,7 +320,7 @@ impl BlockCache {
     /// memory.
     pub async fn insert_written(&self, key: &str, raw: Bytes) {
         match self.disk.clone() {
-            Some(d) => store_later(&self.disk_writes, d, key.to_string(), raw),
+            Some(d) => store_later(&self.written_to_disk, d, key.to_string(), raw),
             None => {
                 self.mem.insert(key.to_string(), raw).await;
                 // moka evicts lazily; a fast writer would run the cache far

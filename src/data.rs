@@ -51,6 +51,9 @@ pub struct DataStore {
     /// Frame tables of blocks read at random, by object key: a random
     /// reader fetches a block's table once, then only the frames it needs.
     layouts: moka::future::Cache<String, Option<Arc<Layout>>>,
+    /// Blocks being fetched whole right now: a random read of one of them
+    /// joins that fetch rather than fetching its frames a second time.
+    fetching: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Chunks being compacted by this node (inode, chunk index).
     compacting: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
     pub capacity: u64,
@@ -89,6 +92,7 @@ impl DataStore {
             uploads: Arc::new(Semaphore::new(16)),
             fetches: Arc::new(Semaphore::new(32)),
             layouts: moka::future::Cache::new(16_384),
+            fetching: std::sync::Mutex::new(std::collections::HashSet::new()),
             compacting: std::sync::Mutex::new(std::collections::HashSet::new()),
             capacity,
         }
@@ -114,13 +118,28 @@ impl DataStore {
         let blocks = self.blocks.clone();
         let fetches = self.fetches.clone();
         let k = key.clone();
+        let fetching = &self.fetching;
         self.cache
             .get(&key, move || async move {
-                let _permit = fetches.acquire_owned().await.map_err(|e| e.to_string())?;
-                blocks.get(&k).await.map_err(|e| e.to_string())
+                if let Ok(mut f) = fetching.lock() {
+                    f.insert(k.clone());
+                }
+                let got = async {
+                    let _permit = fetches.acquire_owned().await.map_err(|e| e.to_string())?;
+                    blocks.get(&k).await.map_err(|e| e.to_string())
+                }
+                .await;
+                if let Ok(mut f) = fetching.lock() {
+                    f.remove(&k);
+                }
+                got
             })
             .await
             .map_err(|e| DataError::Store(e.to_string()))
+    }
+
+    fn being_fetched(&self, key: &str) -> bool {
+        self.fetching.lock().is_ok_and(|f| f.contains(key))
     }
 
     /// Where a block lives: an object key, or for an inline slice (one
@@ -194,7 +213,7 @@ impl DataStore {
         let futs = jobs.iter().map(|(key, inblock, n, _)| async move {
             let raw_len = block_len_of(key);
             let ranged = random && *n < raw_len / 2 && !key.starts_with(INLINE_PREFIX);
-            if ranged && !self.cache.contains(key).await {
+            if ranged && !self.being_fetched(key) && !self.cache.contains(key).await {
                 match self.read_frames(key, raw_len, *inblock, *n).await {
                     Ok(b) => return Ok((b, 0)),
                     Err(e) => {

@@ -1064,7 +1064,11 @@ impl Vfs {
         let end = (offset + size as u64).min(len);
         let mut out = vec![0u8; (end - offset) as usize];
         let started = std::time::Instant::now();
-        let sequential = h.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
+        // Near where this handle last read counts as sequential: readers
+        // sharing one page cache, and the kernel's own read-ahead, arrive a
+        // little out of order. A jump further than a block is random.
+        let last = h.last_end.swap(end, Ordering::Relaxed);
+        let sequential = offset == 0 || last.abs_diff(offset) <= self.data.block_size as u64;
         let mut pos = offset;
         while pos < end {
             let indx = pos / CHUNK_SIZE;
