@@ -81,6 +81,9 @@ impl Default for VfsConfig {
     }
 }
 
+/// Requests at least this large are never treated as random reads.
+const RANDOM_READ_MAX: u32 = 128 << 10;
+
 /// Who asks: the kernel's view of the calling process.
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx {
@@ -1064,11 +1067,12 @@ impl Vfs {
         let end = (offset + size as u64).min(len);
         let mut out = vec![0u8; (end - offset) as usize];
         let started = std::time::Instant::now();
-        // Near where this handle last read counts as sequential: readers
-        // sharing one page cache, and the kernel's own read-ahead, arrive a
-        // little out of order. A jump further than a block is random.
+        // A random reader asks for a few pages far from where it last read.
+        // Kernel read-ahead (large requests, running megabytes ahead and out
+        // of order) and readers sharing one page cache are sequential.
         let last = h.last_end.swap(end, Ordering::Relaxed);
-        let sequential = offset == 0 || last.abs_diff(offset) <= self.data.block_size as u64;
+        let far = last.abs_diff(offset) > self.data.block_size as u64;
+        let sequential = offset == 0 || !far || size >= RANDOM_READ_MAX;
         let mut pos = offset;
         while pos < end {
             let indx = pos / CHUNK_SIZE;
