@@ -3,7 +3,7 @@
 # vecfs over moto's S3 server, s3fs-fuse and rclone mount over the same
 # server, all in one go on this machine. Prints each table and the vecfs
 # daemon's peak RSS. Usage: scripts/bench-compare.sh [BIG_FILE_SIZE] [JOBS]
-# A first harness: the fio and mdtest jobs of issue 4 are still to come.
+# The fio and mdtest harness of issue 4 is scripts/bench-fio.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1G}

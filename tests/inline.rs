@@ -5,22 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use common::{free_port, pattern, wait_for, Storage, Volume};
-
-fn metric(port: u16, name: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from metrics:\n{body}"))
-}
+use common::{pattern, wait_for, Storage, Volume};
 
 fn inline_keys(v: &Volume) -> usize {
     v.redis
@@ -33,13 +21,8 @@ fn inline_keys(v: &Volume) -> usize {
 #[test]
 fn small_files_live_in_redis_and_grow_into_objects() {
     let v = Volume::with_args(Storage::S3, &["--trash-days", "0", "--inline-size", "8K"]);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let a = v.mount_with(&["--metrics", &addr, "--delete-delay", "0"]);
-    wait_for("metrics endpoint", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let puts0 = metric(port, "vecfs_object_put_total");
+    let (a, metrics) = v.mount_with_metrics(&["--delete-delay", "0"]);
+    let puts0 = metrics.get("vecfs_object_put_total");
     std::fs::create_dir(a.p("meta")).unwrap();
     for i in 0..20 {
         std::fs::write(
@@ -49,7 +32,7 @@ fn small_files_live_in_redis_and_grow_into_objects() {
         .unwrap();
     }
     assert_eq!(
-        metric(port, "vecfs_object_put_total"),
+        metrics.get("vecfs_object_put_total"),
         puts0,
         "small files cost no object PUT"
     );
@@ -77,7 +60,7 @@ fn small_files_live_in_redis_and_grow_into_objects() {
         f.write_all_at(&big, 100).unwrap();
         f.sync_all().unwrap();
     }
-    assert!(metric(port, "vecfs_object_put_total") > puts0);
+    assert!(metrics.get("vecfs_object_put_total") > puts0);
     let mut want = pattern(100, 0);
     want.extend_from_slice(&big);
     assert!(

@@ -7,21 +7,10 @@
 mod common;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 
-use common::{free_port, stderr, vecfs, wait_for, Rng, Storage, Volume};
-
-fn metric(port: u16, name: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from metrics:\n{body}"))
-}
+use common::{stderr, vecfs, wait_for, Rng, Storage, Volume};
 
 /// Text-like bytes: lz4 halves them, byte shuffling does not help, so each
 /// block is stored as plain lz4 in 256 KiB frames.
@@ -75,21 +64,14 @@ fn random_reads_of_compressed_blocks_fetch_frames_not_blocks() {
             offsets.push(off);
         }
     }
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let b = v.mount_with(&["--cache-dir", "memory", "--metrics", &addr]);
-    wait_for(
-        "metrics endpoint",
-        std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
+    let (b, metrics) = v.mount_with_metrics(&["--cache-dir", "memory"]);
     // the mount's probe object counts too: measure from here
-    let whole0 = metric(port, "vecfs_object_get_total");
-    let bytes0 = metric(port, "vecfs_object_get_bytes_total");
+    let whole0 = metrics.get("vecfs_object_get_total");
+    let bytes0 = metrics.get("vecfs_object_get_bytes_total");
     random_reads(&b.p("index.bin"), &data, &offsets);
-    let whole = metric(port, "vecfs_object_get_total") - whole0;
-    let ranged = metric(port, "vecfs_object_range_get_total");
-    let bytes = metric(port, "vecfs_object_get_bytes_total") - bytes0;
+    let whole = metrics.get("vecfs_object_get_total") - whole0;
+    let ranged = metrics.get("vecfs_object_range_get_total");
+    let bytes = metrics.get("vecfs_object_get_bytes_total") - bytes0;
     assert_eq!(whole, 0, "no whole-block GET for random 4 KiB reads");
     assert!(ranged >= offsets.len() as u64, "{ranged} ranged GETs");
     // A frame holds 256 KiB raw (about half that stored); whole blocks
@@ -106,15 +88,13 @@ fn random_reads_of_compressed_blocks_fetch_frames_not_blocks() {
         .read_to_end(&mut whole_file)
         .unwrap();
     assert!(whole_file == data, "sequential read");
-    assert!(metric(port, "vecfs_object_get_total") - whole0 >= 12);
+    assert!(metrics.get("vecfs_object_get_total") - whole0 >= 12);
     b.unmount();
 
     // From the disk cache, random reads read frames of the cached blocks,
     // and the object store is not asked at all.
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_str().unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let c = v.mount_with(&["--cache-dir", cache_dir]);
     let o = vecfs(&["warmup", c.p("index.bin").to_str().unwrap(), "-q"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -122,16 +102,11 @@ fn random_reads_of_compressed_blocks_fetch_frames_not_blocks() {
         common::dir_bytes(cache.path()) >= data.len() as u64
     });
     c.unmount();
-    let d = v.mount_with(&["--cache-dir", cache_dir, "--metrics", &addr]);
-    wait_for(
-        "metrics endpoint",
-        std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
-    let bytes0 = metric(port, "vecfs_object_get_bytes_total");
+    let (d, metrics) = v.mount_with_metrics(&["--cache-dir", cache_dir]);
+    let bytes0 = metrics.get("vecfs_object_get_bytes_total");
     random_reads(&d.p("index.bin"), &data, &offsets);
-    assert_eq!(metric(port, "vecfs_object_get_bytes_total"), bytes0);
-    assert!(metric(port, "vecfs_disk_cache_hit_total") >= offsets.len() as u64);
+    assert_eq!(metrics.get("vecfs_object_get_bytes_total"), bytes0);
+    assert!(metrics.get("vecfs_disk_cache_hit_total") >= offsets.len() as u64);
     d.unmount();
 }
 
@@ -142,15 +117,8 @@ fn ten_readers_of_one_segment_download_it_once() {
     let a = v.mount();
     std::fs::write(a.p("seg"), &data).unwrap();
     a.unmount();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let b = v.mount_with(&["--cache-dir", "memory", "--metrics", &addr]);
-    wait_for(
-        "metrics endpoint",
-        std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
-    let bytes0 = metric(port, "vecfs_object_get_bytes_total");
+    let (b, metrics) = v.mount_with_metrics(&["--cache-dir", "memory"]);
+    let bytes0 = metrics.get("vecfs_object_get_bytes_total");
     let path = b.p("seg");
     let readers: Vec<_> = (0..10)
         .map(|_| {
@@ -165,7 +133,7 @@ fn ten_readers_of_one_segment_download_it_once() {
     // frames a reader whose first request lands mid-file (the page cache
     // already held the start) fetches before a whole-block fetch begins.
     // Ten separate downloads would be 240 MiB.
-    let fetched = metric(port, "vecfs_object_get_bytes_total") - bytes0;
+    let fetched = metrics.get("vecfs_object_get_bytes_total") - bytes0;
     assert!(
         fetched <= 30 << 20,
         "{fetched} bytes fetched for ten readers of 24 MiB"

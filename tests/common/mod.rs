@@ -283,6 +283,19 @@ impl Volume {
         self.mount_with(&[])
     }
 
+    /// Mounts with the Prometheus endpoint on a free port, once it answers.
+    pub fn mount_with_metrics(&self, extra: &[&str]) -> (Mount, Metrics) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--metrics", &addr]);
+        let m = self.mount_with(&args);
+        wait_for("metrics endpoint", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        (m, Metrics(port))
+    }
+
     /// Mounts in the foreground as a child process, so the test owns it.
     pub fn mount_with(&self, extra: &[&str]) -> Mount {
         self.mount_via(&[], &self.url, extra)
@@ -457,6 +470,24 @@ impl Rng {
         let u1 = ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         let u2 = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
         ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+}
+
+/// A daemon's Prometheus endpoint.
+pub struct Metrics(pub u16);
+
+impl Metrics {
+    /// The current value of counter `name`.
+    pub fn get(&self, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.0)).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from metrics:\n{body}"))
     }
 }
 
