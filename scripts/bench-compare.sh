@@ -8,26 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1G}
 jobs=${2:-1}
-bash scripts/deps.sh --bench
-cargo build --release --quiet
-vecfs=$PWD/target/release/vecfs
-work=$(mktemp -d /tmp/vecfs-compare.XXXX)
-pids=()
-cleanup() {
-  for m in "$work"/mnt-*; do umount -l "$m" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(free_port); sport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --dir "$work" --daemonize no >/dev/null &
-pids+=($!)
-moto_server -H 127.0.0.1 -p "$sport" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$sport) 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
-for b in vecfs s3fs rclone; do python3 scripts/mkbucket.py s3 "http://127.0.0.1:$sport/$b"; done
+WORK_PREFIX=vecfs-compare source scripts/bench-servers.sh
 mkdir -p "$work/mnt-local" "$work/mnt-vecfs" "$work/mnt-s3fs" "$work/mnt-rclone"
 
 echo "== local disk ($work)"

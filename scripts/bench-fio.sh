@@ -26,28 +26,8 @@ targets=("$@")
 mdfiles=${MDTEST_FILES:-10000}
 s3fs_mdfiles=${S3FS_MDTEST_FILES:-1000}
 rand_secs=${RANDREAD_SECONDS:-15}
-bash scripts/deps.sh --bench
-cargo build --release --quiet
-vecfs=$PWD/target/release/vecfs
-work=$(mktemp -d /tmp/vecfs-fio.XXXX)
+WORK_PREFIX=vecfs-fio BUCKETS="vecfs s3fs rclone raw" source scripts/bench-servers.sh
 results=$work/results.tsv
-pids=()
-cleanup() {
-  for m in "$work"/mnt-*; do umount -l "$m" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(free_port); sport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --dir "$work" --daemonize no >/dev/null &
-pids+=($!)
-moto_server -H 127.0.0.1 -p "$sport" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$sport) 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
-endpoint=http://127.0.0.1:$sport
-for b in vecfs s3fs rclone raw; do python3 scripts/mkbucket.py s3 "$endpoint/$b"; done
 echo "bench:bench" > "$work/s3fs.passwd"; chmod 600 "$work/s3fs.passwd"
 meta=redis://127.0.0.1:$rport/1
 "$vecfs" format "$meta" bench --storage s3 --bucket "$endpoint/vecfs" >/dev/null
