@@ -154,7 +154,7 @@ impl DataStore {
 
     /// The blocks of `piece` that cover bytes [from, to) of the piece.
     fn piece_blocks(&self, p: &Piece, from: u32, to: u32) -> Vec<(String, u32, u32, u32)> {
-        // (key, block start within slice, copy start within block, copy len)
+        // (key, block length, copy start within block, copy len)
         let bs = self.block_size;
         let mut out = Vec::new();
         let mut s = p.off + from;
@@ -164,20 +164,14 @@ impl DataStore {
             let bstart = bi * bs;
             let blen = bs.min(p.size - bstart);
             let n = (end - s).min(bstart + blen - s);
-            out.push((self.block_key(p.id, bi, blen), bstart, s - bstart, n));
+            out.push((self.block_key(p.id, bi, blen), blen, s - bstart, n));
             s += n;
         }
         out
     }
 
-    /// The block reads that cover chunk range [off, end): (object key,
-    /// start within the block, length, offset in the range). Holes are left out.
-    fn block_reads(
-        &self,
-        pieces: &[Piece],
-        off: u32,
-        end: u32,
-    ) -> Vec<(String, usize, usize, usize)> {
+    /// The block reads that cover chunk range [off, end). Holes are left out.
+    fn block_reads(&self, pieces: &[Piece], off: u32, end: u32) -> Vec<BlockRead> {
         let mut jobs = Vec::new();
         for p in pieces {
             let (ps, pe) = (p.pos, p.pos + p.len);
@@ -187,8 +181,14 @@ impl DataStore {
             let s = ps.max(off);
             let e = pe.min(end);
             let mut dst = (s - off) as usize;
-            for (key, _bstart, inblock, n) in self.piece_blocks(p, s - ps, e - ps) {
-                jobs.push((key, inblock as usize, n as usize, dst));
+            for (key, block_len, at, n) in self.piece_blocks(p, s - ps, e - ps) {
+                jobs.push(BlockRead {
+                    key,
+                    block_len: block_len as usize,
+                    at: at as usize,
+                    len: n as usize,
+                    dst,
+                });
                 dst += n as usize;
             }
         }
@@ -210,30 +210,30 @@ impl DataStore {
         let end = off + buf.len() as u32;
         let jobs = self.block_reads(pieces, off, end);
         // Blocks are fetched concurrently (each through the single-flight cache).
-        let futs = jobs.iter().map(|(key, inblock, n, _)| async move {
-            let raw_len = block_len_of(key);
-            let ranged = random && *n < raw_len / 2 && !key.starts_with(INLINE_PREFIX);
+        let futs = jobs.iter().map(|j| async move {
+            let key = &j.key;
+            let ranged = random && j.len < j.block_len / 2 && !key.starts_with(INLINE_PREFIX);
             if ranged && !self.being_fetched(key) && !self.cache.contains(key).await {
-                match self.read_frames(key, raw_len, *inblock, *n).await {
+                match self.read_frames(key, j.block_len, j.at, j.len).await {
                     Ok(b) => return Ok((b, 0)),
                     Err(e) => {
                         tracing::debug!(key, error = %e, "ranged read failed, reading the block")
                     }
                 }
             }
-            self.fetch_block(key.clone()).await.map(|b| (b, *inblock))
+            self.fetch_block(key.clone()).await.map(|b| (b, j.at))
         });
         let results = futures::future::join_all(futs).await;
-        for ((_, _, n, dst), r) in jobs.iter().zip(results) {
+        for (j, r) in jobs.iter().zip(results) {
             let (block, at) = r?;
-            if at + n > block.len() {
+            if at + j.len > block.len() {
                 return Err(DataError::Store(format!(
                     "block shorter than its key says ({} < {})",
                     block.len(),
-                    at + n
+                    at + j.len
                 )));
             }
-            buf[*dst..*dst + *n].copy_from_slice(&block[at..at + *n]);
+            buf[j.dst..j.dst + j.len].copy_from_slice(&block[at..at + j.len]);
         }
         Ok(())
     }
@@ -352,7 +352,7 @@ impl DataStore {
         let mut keys: Vec<String> = self
             .block_reads(pieces, off, off.saturating_add(len))
             .into_iter()
-            .map(|j| j.0)
+            .map(|j| j.key)
             .collect();
         keys.dedup();
         for key in keys {
@@ -471,12 +471,14 @@ impl DataStore {
     }
 }
 
-/// The raw length of a block, which its key ends with.
-fn block_len_of(key: &str) -> usize {
-    key.rsplit('_')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+/// Part of one block a read needs: `len` bytes from `at` within the block
+/// (of `block_len` raw bytes), copied to `dst` in the caller's buffer.
+struct BlockRead {
+    key: String,
+    block_len: usize,
+    at: usize,
+    len: usize,
+    dst: usize,
 }
 
 /// One slice being written: bytes buffered since the last uploaded block.

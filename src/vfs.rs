@@ -392,20 +392,23 @@ impl Vfs {
         Ok(self.entry(ino, attr))
     }
 
+    /// An inode's attributes from Redis, remembered in the metadata cache.
+    async fn fresh_attr(&self, real: u64, op: &str) -> VResult<Attr> {
+        let generation = self.mcache.generation();
+        let attr = self
+            .meta
+            .getattr(real)
+            .await
+            .map_err(|e| meta_errno(op, e))?;
+        self.mcache.put(generation, None, real, attr);
+        Ok(attr)
+    }
+
     pub async fn getattr(&self, ino: u64) -> VResult<Entry> {
         let real = self.real(ino);
         let attr = match self.mcache.attr(real) {
             Some(a) => a,
-            None => {
-                let generation = self.mcache.generation();
-                let attr = self
-                    .meta
-                    .getattr(real)
-                    .await
-                    .map_err(|e| meta_errno("getattr", e))?;
-                self.mcache.put(generation, None, real, attr);
-                attr
-            }
+            None => self.fresh_attr(real, "getattr").await?,
         };
         let attr = self.fix_attr(real, attr).await;
         Ok(self.entry(real, attr))
@@ -955,13 +958,7 @@ impl Vfs {
         if writable || flags & libc::O_TRUNC != 0 {
             self.writable()?;
         }
-        let generation = self.mcache.generation();
-        let attr = self
-            .meta
-            .getattr(real)
-            .await
-            .map_err(|e| meta_errno("open", e))?;
-        self.mcache.put(generation, None, real, attr);
+        let attr = self.fresh_attr(real, "open").await?;
         match attr.kind {
             FileKind::Dir => return Err(libc::EISDIR),
             FileKind::File => {}
