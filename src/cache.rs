@@ -15,13 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::error::{Error, Result};
 use crate::{codec, metrics};
-
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum CacheError {
-    #[error("{0}")]
-    Fetch(Arc<String>),
-}
 
 pub struct DiskCache {
     dir: PathBuf,
@@ -271,10 +266,10 @@ impl BlockCache {
 
     /// Returns the decoded block, fetching it (once, however many ask) with
     /// `fetch`, which yields the encoded block.
-    pub async fn get<F, Fut>(&self, key: &str, fetch: F) -> Result<Bytes, CacheError>
+    pub async fn get<F, Fut>(&self, key: &str, fetch: F) -> Result<Bytes>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Bytes, String>>,
+        Fut: Future<Output = Result<Bytes>>,
     {
         if let Some(hit) = self.mem.get(key).await {
             metrics::MEM_CACHE_HITS.add(1);
@@ -295,16 +290,15 @@ impl BlockCache {
                 }
                 let encoded = fetch().await?;
                 let raw = tokio::task::spawn_blocking(move || codec::decode_shared(encoded))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("block {k}: {e}"))?;
+                    .await?
+                    .map_err(|e| Error::from(e).context(format!("block {k}")))?;
                 if let Some(d) = disk {
                     store_later(&writes, d, k, raw.clone());
                 }
-                Ok::<Bytes, String>(raw)
+                Ok::<Bytes, Error>(raw)
             })
             .await
-            .map_err(|e: Arc<String>| CacheError::Fetch(e));
+            .map_err(|e: Arc<Error>| (*e).clone());
         // moka evicts lazily: a fast sequential reader (4 MiB per miss) would
         // run the cache hundreds of MiB past its size before it catches up.
         if self.misses.fetch_add(1, Ordering::Relaxed) % 4 == 3 {
@@ -330,20 +324,28 @@ impl BlockCache {
         }
     }
 
+    /// Drops a block that no file uses any more (placeholder until the disk
+    /// side lands: memory only).
+    pub fn forget(&self, key: &str) {
+        let mem = self.mem.clone();
+        let key = key.to_string();
+        tokio::spawn(async move { mem.invalidate(&key).await });
+    }
+
     /// Keeps `raw` in memory only (pieces of blocks read at random).
     pub async fn insert_mem(&self, key: &str, raw: Bytes) {
         self.mem.insert(key.to_string(), raw).await;
     }
 
     /// The memory entry for `key`, made once by `init` however many ask.
-    pub async fn mem_get_with<Fut>(&self, key: &str, init: Fut) -> Result<Bytes, CacheError>
+    pub async fn mem_get_with<Fut>(&self, key: &str, init: Fut) -> Result<Bytes>
     where
-        Fut: Future<Output = Result<Bytes, String>>,
+        Fut: Future<Output = Result<Bytes>>,
     {
         self.mem
             .try_get_with(key.to_string(), init)
             .await
-            .map_err(|e: Arc<String>| CacheError::Fetch(e))
+            .map_err(|e: Arc<Error>| (*e).clone())
     }
 
     pub async fn contains(&self, key: &str) -> bool {

@@ -496,7 +496,7 @@ impl Filesystem for FuseFs {
                                 mtime: SystemTime::UNIX_EPOCH,
                                 ctime: SystemTime::UNIX_EPOCH,
                                 crtime: SystemTime::UNIX_EPOCH,
-                                kind: FileType::Directory,
+                                kind: kind(it.kind),
                                 perm: 0o755,
                                 nlink: 2,
                                 uid: 0,

@@ -100,6 +100,22 @@ impl MetaCache {
         }
     }
 
+    /// This node changed `ino` and knows its attributes as Redis now has
+    /// them: any read that started before must not cache what it saw
+    /// (the generation moves), and this replaces the entry.
+    pub fn replace(&self, ino: u64, attr: Attr) {
+        if !self.on() {
+            return;
+        }
+        self.bump();
+        if let Ok(mut attrs) = self.attrs.lock() {
+            if attrs.len() >= MAX_ENTRIES {
+                attrs.clear();
+            }
+            attrs.insert(ino, (attr, Instant::now()));
+        }
+    }
+
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }

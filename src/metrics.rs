@@ -56,7 +56,20 @@ pub static READ_BYTES: Counter =
 pub static WRITE_BYTES: Counter =
     Counter::new("vecfs_write_bytes_total", "bytes written by applications");
 
-static ALL: [&Counter; 10] = [
+pub static RETRIES: Counter = Counter::new(
+    "vecfs_retry_total",
+    "uploads and commits retried after a transient failure",
+);
+pub static BUFFER_WAITS: Counter = Counter::new(
+    "vecfs_buffer_wait_total",
+    "writes that waited for write-buffer budget",
+);
+pub static BACKGROUND_FLUSHES: Counter = Counter::new(
+    "vecfs_background_flush_total",
+    "buffered writes committed by the flusher (idle, pressure or retry)",
+);
+
+static ALL: [&Counter; 13] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -67,6 +80,9 @@ static ALL: [&Counter; 10] = [
     &DISK_CACHE_HITS,
     &READ_BYTES,
     &WRITE_BYTES,
+    &RETRIES,
+    &BUFFER_WAITS,
+    &BACKGROUND_FLUSHES,
 ];
 
 /// All counters in the Prometheus text format.

@@ -74,6 +74,8 @@ pub enum ObjectError {
         expected: usize,
         actual: usize,
     },
+    #[error("{0}")]
+    Denied(String),
     #[error("object store: {0}")]
     Store(String),
 }
@@ -83,7 +85,7 @@ impl From<object_store::Error> for ObjectError {
         match e {
             object_store::Error::NotFound { path, .. } => ObjectError::NotFound { key: path },
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => ObjectError::Store(
+            | object_store::Error::Unauthenticated { .. } => ObjectError::Denied(
                 "the store refused the credentials (access denied): check the access and secret keys"
                     .into(),
             ),

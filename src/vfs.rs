@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Mutex as AsyncMutex;
-
-use crate::data::{DataError, DataStore, FileWriter};
+use crate::data::writer::MAX_PENDING_SLICES;
+use crate::data::{DataStore, FileWriter, PendingBlocks};
+use crate::error::Error;
 use crate::meta::{
     Attr, Event, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN,
     ROOT_INO,
@@ -41,12 +41,12 @@ fn meta_errno(op: &str, e: MetaError) -> i32 {
     }
 }
 
-fn data_errno(op: &str, e: DataError) -> i32 {
-    match &e {
-        DataError::Meta(MetaError::Errno(n)) => *n,
-        other => {
-            tracing::error!(op, error = %other, "data failure");
-            other.errno()
+fn data_errno(op: &str, e: Error) -> i32 {
+    match e.kind {
+        crate::error::Kind::Fs(n) => n,
+        _ => {
+            tracing::error!(op, error = %e, "data failure");
+            e.errno()
         }
     }
 }
@@ -118,15 +118,134 @@ pub struct DirItem {
     pub attr: Option<Attr>,
 }
 
-/// State of an inode that has open handles on this node.
+/// Chunk index -> (committed slice records, replayed pieces), valid until
+/// this node changes the file or a new open asks for fresh metadata
+/// (close-to-open). The generation moves at every invalidation, so a read
+/// that fetched a list before one never caches what it fetched.
+#[derive(Default)]
+struct ChunkCache {
+    generation: u64,
+    chunks: HashMap<u64, ChunkLists>,
+}
+
+/// A chunk's committed slice records and their replay.
+type ChunkLists = (Arc<Vec<crate::meta::Slice>>, Arc<Vec<Piece>>);
+
+/// State of an inode that has open handles on this node (or, after its
+/// last close, writes that could not be committed yet).
 struct OpenFile {
+    /// Handles, plus unlink/rename calls pinning the entry meanwhile.
     refs: u32,
-    writer: Arc<AsyncMutex<FileWriter>>,
-    /// Chunk index -> replayed slice list, valid until this node changes the
-    /// file or a new open asks for fresh metadata (close-to-open).
-    pieces: Arc<Mutex<HashMap<u64, Arc<Vec<Piece>>>>>,
+    writer: Arc<FileWriter>,
+    chunks: Arc<Mutex<ChunkCache>>,
+    /// This node's view of the length: the committed length as opened,
+    /// raised by every acknowledged write, set by truncate.
     length: Arc<AtomicU64>,
+    /// Written or truncated here since opened: attribute replies must
+    /// show `length` at least.
+    wrote: Arc<std::sync::atomic::AtomicBool>,
     unlinked: bool,
+}
+
+impl OpenFile {
+    fn handles(&self) -> Handles {
+        Handles {
+            writer: self.writer.clone(),
+            chunks: self.chunks.clone(),
+            length: self.length.clone(),
+            wrote: self.wrote.clone(),
+        }
+    }
+}
+
+/// What a request needs of an open file, taken out of the open-file table.
+struct Handles {
+    writer: Arc<FileWriter>,
+    chunks: Arc<Mutex<ChunkCache>>,
+    length: Arc<AtomicU64>,
+    wrote: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Attributes this node produced by its own changes (commits, truncates),
+/// numbered. A Redis read that started before such a change may have seen
+/// the file before it; whoever took `ticket()` before reading asks `newer`
+/// and answers with the newer attributes instead. This is what keeps a
+/// stat racing a commit from handing the kernel a length it already
+/// outgrew (the kernel would then append over acknowledged data).
+struct Recent {
+    inner: Mutex<RecentInner>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    seq: u64,
+    /// Changes below this number were forgotten.
+    pruned_below: u64,
+    by_ino: HashMap<u64, (u64, Attr, std::time::Instant)>,
+}
+
+/// Answer of `Recent::newer`.
+enum Newer {
+    /// No change here since the ticket: what was read stands.
+    No,
+    /// This node changed the inode since: these attributes are newer.
+    Yes(Attr),
+    /// The record was forgotten: read again.
+    Unknown,
+}
+
+/// Changes are remembered this long: far longer than any Redis read.
+const RECENT_KEEP: Duration = Duration::from_secs(60);
+
+impl Recent {
+    fn new() -> Recent {
+        Recent {
+            inner: Mutex::new(RecentInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ticket(&self) -> u64 {
+        self.lock().seq
+    }
+
+    fn record(&self, ino: u64, attr: Attr) {
+        let mut r = self.lock();
+        r.seq += 1;
+        let seq = r.seq;
+        r.by_ino.insert(ino, (seq, attr, std::time::Instant::now()));
+        if r.by_ino.len() > 4096 {
+            let mut cut = r.pruned_below;
+            r.by_ino.retain(|_, (seq, _, at)| {
+                let keep = at.elapsed() < RECENT_KEEP;
+                if !keep {
+                    cut = cut.max(*seq + 1);
+                }
+                keep
+            });
+            r.pruned_below = cut;
+        }
+    }
+
+    fn forget(&self, ino: u64) {
+        let mut r = self.lock();
+        if let Some((seq, _, _)) = r.by_ino.remove(&ino) {
+            r.pruned_below = r.pruned_below.max(seq + 1);
+        }
+    }
+
+    fn newer(&self, ino: u64, ticket: u64) -> Newer {
+        let r = self.lock();
+        match r.by_ino.get(&ino) {
+            Some((seq, attr, _)) if *seq > ticket => Newer::Yes(*attr),
+            Some(_) => Newer::No,
+            None if ticket < r.pruned_below => Newer::Unknown,
+            None => Newer::No,
+        }
+    }
 }
 
 /// (mtime, length): what identifies a version of a file's content.
@@ -145,6 +264,8 @@ struct FileHandle {
 
 struct DirHandle {
     items: Vec<DirItem>,
+    /// `Recent` ticket taken before the listing's attributes were read.
+    ticket: u64,
 }
 
 enum Handle {
@@ -182,7 +303,16 @@ pub struct Vfs {
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
     seen: Mutex<HashMap<u64, Version>>,
     mcache: MetaCache,
+    recent: Recent,
+    /// Wakes the flusher early (a writer piles up slices).
+    kick: tokio::sync::Notify,
 }
+
+/// How often the flusher looks for buffered writes to commit, and when:
+/// the last write is FLUSH_IDLE old, or the oldest buffered one FLUSH_MAX_AGE.
+const FLUSH_TICK: Duration = Duration::from_millis(250);
+const FLUSH_IDLE: Duration = Duration::from_secs(1);
+const FLUSH_MAX_AGE: Duration = Duration::from_secs(5);
 
 fn lock_type(typ: i32) -> VResult<u32> {
     match typ {
@@ -219,6 +349,8 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
             mcache,
+            recent: Recent::new(),
+            kick: tokio::sync::Notify::new(),
         }
     }
 
@@ -273,6 +405,7 @@ impl Vfs {
         match ev {
             Event::Inode { ino, .. } => {
                 self.mcache.drop_attr(ino);
+                self.recent.forget(ino);
                 self.forget_pieces(ino);
                 if let Ok(mut seen) = self.seen.lock() {
                     seen.remove(&ino);
@@ -297,14 +430,32 @@ impl Vfs {
         (self.format.capacity, self.format.inodes)
     }
 
-    /// Overlays what this node knows better than Redis: uncommitted length.
-    async fn fix_attr(&self, ino: u64, mut attr: Attr) -> Attr {
-        let writer = self.open_state(ino).map(|(w, _, _)| w);
-        if let Some(w) = writer {
-            let w = w.lock().await;
-            attr.length = attr.length.max(w.pending_len);
+    /// Overlays what this node knows better than Redis: the length of
+    /// writes it acknowledged, committed or not. Never waits on a writer.
+    fn fix_attr(&self, ino: u64, mut attr: Attr) -> Attr {
+        if let Some(h) = self.open_state(ino) {
+            if h.wrote.load(Ordering::Acquire) {
+                attr.length = attr.length.max(h.length.load(Ordering::Acquire));
+            }
         }
         attr
+    }
+
+    /// Settles attributes read from Redis after taking `ticket`: a change
+    /// this node made meanwhile wins. None: read again.
+    fn settle(&self, ino: u64, ticket: u64, attr: Attr) -> Option<Attr> {
+        match self.recent.newer(ino, ticket) {
+            Newer::No => Some(attr),
+            Newer::Yes(mine) => Some(mine),
+            Newer::Unknown => None,
+        }
+    }
+
+    /// This node changed `ino` and Redis answered with `attr`: remember it
+    /// so reads that raced the change cannot answer with what they saw.
+    fn changed_here(&self, ino: u64, attr: Attr) {
+        self.recent.record(ino, attr);
+        self.mcache.replace(ino, attr);
     }
 
     fn entry(&self, ino: u64, attr: Attr) -> Entry {
@@ -331,18 +482,9 @@ impl Vfs {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn open_state(
-        &self,
-        ino: u64,
-    ) -> Option<(
-        Arc<AsyncMutex<FileWriter>>,
-        Arc<Mutex<HashMap<u64, Arc<Vec<Piece>>>>>,
-        Arc<AtomicU64>,
-    )> {
+    fn open_state(&self, ino: u64) -> Option<Handles> {
         let open = self.open.lock().ok()?;
-        open.get(&ino)
-            .map(|o| (o.writer.clone(), o.pieces.clone(), o.length.clone()))
+        open.get(&ino).map(OpenFile::handles)
     }
 
     fn is_open_here(&self, ino: u64) -> bool {
@@ -352,18 +494,73 @@ impl Vfs {
             .unwrap_or(false)
     }
 
-    fn mark_unlinked(&self, ino: u64) {
-        if let Ok(mut o) = self.open.lock() {
-            if let Some(f) = o.get_mut(&ino) {
-                f.unlinked = true;
-            }
+    /// Takes a reference on `ino` if it is open here (see unlink).
+    fn pin(&self, ino: u64) -> bool {
+        match self.open.lock() {
+            Ok(mut o) => match o.get_mut(&ino) {
+                Some(f) => {
+                    f.refs += 1;
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
         }
     }
 
+    /// Ends a pin; `unlinked`: the call took the file's last name.
+    async fn unpin(&self, ino: u64, unlinked: bool) {
+        if unlinked {
+            if let Ok(mut o) = self.open.lock() {
+                if let Some(f) = o.get_mut(&ino) {
+                    f.unlinked = true;
+                }
+            }
+        }
+        if let Err(e) = self.drop_ref(ino).await {
+            tracing::warn!(ino, errno = e, "cannot free an unlinked file");
+        }
+    }
+
+    /// Drops one reference to an open file. The last one removes the entry
+    /// (unless writes wait to be committed: the flusher keeps retrying
+    /// them) and frees the inode if it lost its last name meanwhile.
+    async fn drop_ref(&self, ino: u64) -> VResult<()> {
+        let free = {
+            let mut o = self.open.lock().map_err(|_| libc::EIO)?;
+            let Some(f) = o.get_mut(&ino) else {
+                return Ok(());
+            };
+            f.refs = f.refs.saturating_sub(1);
+            if f.refs > 0 {
+                false
+            } else if f.unlinked {
+                f.writer.discard();
+                o.remove(&ino);
+                true
+            } else {
+                if !f.writer.is_dirty() {
+                    o.remove(&ino);
+                }
+                false
+            }
+        };
+        if free {
+            self.mcache.drop_attr(ino);
+            self.recent.forget(ino);
+            self.meta
+                .release_sustained(ino, self.sid())
+                .await
+                .map_err(|e| meta_errno("release", e))?;
+        }
+        Ok(())
+    }
+
     fn forget_pieces(&self, ino: u64) {
-        if let Some((_, pieces, _)) = self.open_state(ino) {
-            if let Ok(mut p) = pieces.lock() {
-                p.clear();
+        if let Some(h) = self.open_state(ino) {
+            if let Ok(mut c) = h.chunks.lock() {
+                c.generation += 1;
+                c.chunks.clear();
             }
         }
     }
@@ -378,30 +575,53 @@ impl Vfs {
         let (ino, attr) = match self.mcache.lookup(parent, name) {
             Some(hit) => hit,
             None => {
-                let generation = self.mcache.generation();
-                let (ino, attr) = self
-                    .meta
-                    .lookup(parent, name)
-                    .await
-                    .map_err(|e| meta_errno("lookup", e))?;
-                self.mcache.put(generation, Some((parent, name)), ino, attr);
-                (ino, attr)
+                let mut tries = 0;
+                loop {
+                    let generation = self.mcache.generation();
+                    let ticket = self.recent.ticket();
+                    let (ino, attr) = self
+                        .meta
+                        .lookup(parent, name)
+                        .await
+                        .map_err(|e| meta_errno("lookup", e))?;
+                    tries += 1;
+                    match self.settle(ino, ticket, attr) {
+                        Some(a) => {
+                            self.mcache.put(generation, Some((parent, name)), ino, a);
+                            break (ino, a);
+                        }
+                        None if tries < 3 => continue,
+                        None => break (ino, attr),
+                    }
+                }
             }
         };
-        let attr = self.fix_attr(ino, attr).await;
+        let attr = self.fix_attr(ino, attr);
         Ok(self.entry(ino, attr))
     }
 
-    /// An inode's attributes from Redis, remembered in the metadata cache.
+    /// An inode's attributes from Redis (or from a change this node made
+    /// while reading), remembered in the metadata cache.
     async fn fresh_attr(&self, real: u64, op: &str) -> VResult<Attr> {
-        let generation = self.mcache.generation();
-        let attr = self
-            .meta
-            .getattr(real)
-            .await
-            .map_err(|e| meta_errno(op, e))?;
-        self.mcache.put(generation, None, real, attr);
-        Ok(attr)
+        let mut tries = 0;
+        loop {
+            let generation = self.mcache.generation();
+            let ticket = self.recent.ticket();
+            let attr = self
+                .meta
+                .getattr(real)
+                .await
+                .map_err(|e| meta_errno(op, e))?;
+            tries += 1;
+            match self.settle(real, ticket, attr) {
+                Some(a) => {
+                    self.mcache.put(generation, None, real, a);
+                    return Ok(a);
+                }
+                None if tries < 3 => continue,
+                None => return Ok(attr),
+            }
+        }
     }
 
     pub async fn getattr(&self, ino: u64) -> VResult<Entry> {
@@ -410,7 +630,7 @@ impl Vfs {
             Some(a) => a,
             None => self.fresh_attr(real, "getattr").await?,
         };
-        let attr = self.fix_attr(real, attr).await;
+        let attr = self.fix_attr(real, attr);
         Ok(self.entry(real, attr))
     }
 
@@ -499,23 +719,39 @@ impl Vfs {
         self.writable()?;
         check_name(name)?;
         let sid = self.sid();
-        let (ino, nlink) = self
+        // An open file is pinned while the script runs: a release racing
+        // the unlink then cannot drop the entry before it is marked
+        // unlinked, which would leave the inode held forever.
+        let pinned = Mutex::new(Vec::new());
+        let r = self
             .meta
             .unlink(
                 self.real(parent),
                 name,
                 sid,
-                |i| self.is_open_here(i),
+                |i| {
+                    let keep = self.pin(i);
+                    if keep {
+                        if let Ok(mut p) = pinned.lock() {
+                            p.push(i);
+                        }
+                    }
+                    keep
+                },
                 self.mcache.ino_hint(self.real(parent), name),
             )
-            .await
-            .map_err(|e| meta_errno("unlink", e))?;
+            .await;
+        let gone = match &r {
+            Ok((ino, 0)) => Some(*ino),
+            _ => None,
+        };
+        for i in pinned.into_inner().unwrap_or_default() {
+            self.unpin(i, Some(i) == gone).await;
+        }
+        let (ino, _) = r.map_err(|e| meta_errno("unlink", e))?;
         self.mcache.drop_name(self.real(parent), name);
         self.mcache.drop_attr(self.real(parent));
         self.mcache.drop_attr(ino);
-        if nlink == 0 {
-            self.mark_unlinked(ino);
-        }
         Ok(())
     }
 
@@ -555,7 +791,9 @@ impl Vfs {
             return Err(libc::EINVAL);
         }
         let sid = self.sid();
-        let (_, replaced) = self
+        // As in unlink: a replaced file open here stays pinned meanwhile.
+        let pinned = Mutex::new(Vec::new());
+        let r = self
             .meta
             .rename(
                 self.real(parent),
@@ -564,22 +802,30 @@ impl Vfs {
                 newname,
                 flags,
                 sid,
-                |i| self.is_open_here(i),
+                |i| {
+                    let keep = self.pin(i);
+                    if keep {
+                        if let Ok(mut p) = pinned.lock() {
+                            p.push(i);
+                        }
+                    }
+                    keep
+                },
             )
-            .await
-            .map_err(|e| meta_errno("rename", e))?;
+            .await;
+        let replaced = r.as_ref().map(|(_, d)| *d).unwrap_or(0);
+        for i in pinned.into_inner().unwrap_or_default() {
+            let gone = i == replaced
+                && flags & 2 == 0
+                && matches!(self.meta.getattr(i).await, Ok(a) if a.nlink == 0);
+            self.unpin(i, gone).await;
+        }
+        r.map_err(|e| meta_errno("rename", e))?;
         for (p, n) in [(parent, name), (newparent, newname)] {
             self.mcache.drop_name(self.real(p), n);
             self.mcache.drop_attr(self.real(p));
         }
         self.mcache.drop_attr(replaced);
-        if replaced != 0 && flags & 2 == 0 {
-            if let Ok(a) = self.meta.getattr(replaced).await {
-                if a.nlink == 0 {
-                    self.mark_unlinked(replaced);
-                }
-            }
-        }
         Ok(())
     }
 
@@ -598,9 +844,9 @@ impl Vfs {
             .link(real, self.real(newparent), newname)
             .await
             .map_err(|e| meta_errno("link", e))?;
-        self.mcache.drop_attr(real);
+        self.changed_here(real, attr);
         self.mcache.drop_attr(self.real(newparent));
-        let attr = self.fix_attr(real, attr).await;
+        let attr = self.fix_attr(real, attr);
         Ok(self.entry(real, attr))
     }
 
@@ -626,10 +872,12 @@ impl Vfs {
                 .truncate(real, size, self.format.capacity)
                 .await
                 .map_err(|e| meta_errno("truncate", e))?;
-            if let Some((_, _, len)) = self.open_state(real) {
-                len.store(size, Ordering::Relaxed);
+            if let Some(h) = self.open_state(real) {
+                h.length.store(size, Ordering::Release);
+                h.wrote.store(true, Ordering::Release);
             }
             self.forget_pieces(real);
+            self.changed_here(real, a);
             attr = Some(a);
         }
         let any = set.mode.is_some()
@@ -639,23 +887,19 @@ impl Vfs {
             || set.mtime.is_some()
             || set.ctime.is_some();
         if any {
-            attr = Some(
-                self.meta
-                    .setattr(real, set)
-                    .await
-                    .map_err(|e| meta_errno("setattr", e))?,
-            );
+            let a = self
+                .meta
+                .setattr(real, set)
+                .await
+                .map_err(|e| meta_errno("setattr", e))?;
+            self.changed_here(real, a);
+            attr = Some(a);
         }
-        self.mcache.drop_attr(real);
         let attr = match attr {
             Some(a) => a,
-            None => self
-                .meta
-                .getattr(real)
-                .await
-                .map_err(|e| meta_errno("getattr", e))?,
+            None => self.fresh_attr(real, "getattr").await?,
         };
-        let attr = self.fix_attr(real, attr).await;
+        let attr = self.fix_attr(real, attr);
         Ok(self.entry(real, attr))
     }
 
@@ -786,6 +1030,7 @@ impl Vfs {
 
     pub async fn opendir(&self, ino: u64, plus: bool) -> VResult<u64> {
         let real = self.real(ino);
+        let ticket = self.recent.ticket();
         let attr = self
             .meta
             .getattr(real)
@@ -841,10 +1086,6 @@ impl Vfs {
             if plus && a.is_none() {
                 continue; // removed meanwhile
             }
-            let a = match a {
-                Some(a) => Some(self.fix_attr(e.ino, a).await),
-                None => None,
-            };
             items.push(DirItem {
                 ino: self.shown(e.ino),
                 name: e.name,
@@ -857,24 +1098,39 @@ impl Vfs {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut h) = self.handles.lock() {
-            h.insert(fh, Handle::Dir(Arc::new(DirHandle { items })));
+            h.insert(fh, Handle::Dir(Arc::new(DirHandle { items, ticket })));
         }
         Ok(fh)
     }
 
     /// Entries from `offset` on (offset n resumes after the n-th entry).
+    /// Attributes read at opendir are settled now against what this node
+    /// changed since, so a listing never shows a file shorter than writes
+    /// this node already acknowledged.
     pub fn readdir(&self, fh: u64, offset: u64) -> VResult<Vec<(u64, DirItem)>> {
-        let h = self.handles.lock().map_err(|_| libc::EIO)?;
-        match h.get(&fh) {
-            Some(Handle::Dir(d)) => Ok(d
-                .items
-                .iter()
-                .enumerate()
-                .skip(offset as usize)
-                .map(|(i, it)| (i as u64 + 1, it.clone()))
-                .collect()),
-            _ => Err(libc::EBADF),
-        }
+        let d = match self.handles.lock().map_err(|_| libc::EIO)?.get(&fh) {
+            Some(Handle::Dir(d)) => d.clone(),
+            _ => return Err(libc::EBADF),
+        };
+        Ok(d.items
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, it)| {
+                let mut it = it.clone();
+                if let Some(a) = it.attr.filter(|a| a.kind == FileKind::File) {
+                    let real = self.real(it.ino);
+                    it.attr = self.settle(real, d.ticket, a).map(|a| {
+                        let a = self.fix_attr(real, a);
+                        Attr {
+                            parent: self.shown(a.parent),
+                            ..a
+                        }
+                    });
+                }
+                (i as u64 + 1, it)
+            })
+            .collect())
     }
 
     pub fn entry_for_item(&self, item: &DirItem) -> Option<Entry> {
@@ -902,19 +1158,24 @@ impl Vfs {
         if let Ok(mut o) = self.open.lock() {
             let e = o.entry(ino).or_insert_with(|| OpenFile {
                 refs: 0,
-                writer: Arc::new(AsyncMutex::new(FileWriter::new(ino))),
-                pieces: Arc::new(Mutex::new(HashMap::new())),
+                writer: Arc::new(FileWriter::new(ino, self.data.clone())),
+                chunks: Arc::new(Mutex::new(ChunkCache::default())),
                 length: Arc::new(AtomicU64::new(length)),
+                wrote: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 unlinked: false,
             });
             e.refs += 1;
             // Close-to-open: a new open re-reads the slice lists.
-            if let Ok(mut p) = e.pieces.lock() {
-                p.clear();
+            if let Ok(mut c) = e.chunks.lock() {
+                c.generation += 1;
+                c.chunks.clear();
             }
-            let w_dirty = e.writer.try_lock().map(|w| w.is_dirty()).unwrap_or(true);
-            if !w_dirty {
-                e.length.store(length, Ordering::Relaxed);
+            if !e.writer.is_dirty() {
+                if e.wrote.load(Ordering::Acquire) {
+                    e.length.fetch_max(length, Ordering::AcqRel);
+                } else {
+                    e.length.store(length, Ordering::Release);
+                }
             }
         }
     }
@@ -1025,39 +1286,62 @@ impl Vfs {
         }
     }
 
-    async fn pieces(&self, ino: u64, indx: u64) -> VResult<Arc<Vec<Piece>>> {
-        let cache = self.open_state(ino).map(|(_, p, _)| p);
-        if let Some(c) = &cache {
-            if let Some(p) = c.lock().ok().and_then(|m| m.get(&indx).cloned()) {
-                return Ok(p);
+    /// Committed slice records of a chunk and their replay, from the open
+    /// file's cache or Redis.
+    async fn committed(&self, ino: u64, indx: u64, h: &Handles) -> VResult<ChunkLists> {
+        let generation = match h.chunks.lock() {
+            Ok(c) => {
+                if let Some(hit) = c.chunks.get(&indx) {
+                    return Ok(hit.clone());
+                }
+                c.generation
             }
-        }
-        let p = Arc::new(
-            self.data
-                .chunk_pieces(ino, indx)
+            Err(_) => 0,
+        };
+        let records = Arc::new(
+            self.meta
+                .read_chunk(ino, indx)
                 .await
-                .map_err(|e| data_errno("read", e))?,
+                .map_err(|e| meta_errno("read", e))?,
         );
-        if let Some(c) = cache {
-            if let Ok(mut m) = c.lock() {
-                m.insert(indx, p.clone());
+        let pieces = Arc::new(crate::meta::build_pieces(&records));
+        if let Ok(mut c) = h.chunks.lock() {
+            // Not if the file changed while this list was being read.
+            if c.generation == generation {
+                c.chunks.insert(indx, (records.clone(), pieces.clone()));
             }
         }
-        Ok(p)
+        Ok((records, pieces))
+    }
+
+    /// What a read of chunk bytes [from, to) replays: committed records with
+    /// this node's uncommitted slices on top, and where the latter's blocks
+    /// are. The overlay is taken first: a commit finishing in between then
+    /// shows its slices in both views, never in neither.
+    async fn chunk_view(
+        &self,
+        ino: u64,
+        indx: u64,
+        h: &Handles,
+        from: u32,
+        to: u32,
+    ) -> VResult<(Arc<Vec<Piece>>, PendingBlocks)> {
+        let (mine, pending) = h.writer.overlay(indx, from, to);
+        let (records, pieces) = self.committed(ino, indx, h).await?;
+        if mine.is_empty() {
+            return Ok((pieces, pending));
+        }
+        let mut all = Vec::with_capacity(records.len() + mine.len());
+        all.extend_from_slice(&records);
+        all.extend(mine);
+        Ok((Arc::new(crate::meta::build_pieces(&all)), pending))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<u8>> {
         let h = self.file_handle(fh)?;
         let ino = h.ino;
-        let (writer, _, length) = self.open_state(ino).ok_or(libc::EBADF)?;
-        {
-            let mut w = writer.lock().await;
-            if w.is_dirty() {
-                // Read-your-writes: commit what this node buffered first.
-                self.commit(ino, &mut w).await?;
-            }
-        }
-        let len = length.load(Ordering::Relaxed);
+        let of = self.open_state(ino).ok_or(libc::EBADF)?;
+        let len = of.length.load(Ordering::Acquire);
         if offset >= len {
             return Ok(Vec::new());
         }
@@ -1075,22 +1359,23 @@ impl Vfs {
             let indx = pos / CHUNK_SIZE;
             let coff = (pos % CHUNK_SIZE) as u32;
             let n = ((indx + 1) * CHUNK_SIZE).min(end) - pos;
-            let pieces = self.pieces(ino, indx).await?;
+            let to = coff + n as u32;
+            let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
             let at = (pos - offset) as usize;
             let dst = &mut out[at..at + n as usize];
             if let Err(e) = self
                 .data
-                .read_chunk_range(&pieces, coff, dst, !sequential)
+                .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
                 .await
             {
                 // The cached slice list may name slices that compaction or
                 // an overwrite replaced and whose objects are gone by now.
                 tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
                 self.forget_pieces(ino);
-                let pieces = self.pieces(ino, indx).await?;
+                let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
                 dst.fill(0);
                 self.data
-                    .read_chunk_range(&pieces, coff, dst, !sequential)
+                    .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
                     .await
                     .map_err(|e| data_errno("read", e))?;
             }
@@ -1119,7 +1404,7 @@ impl Vfs {
                     let indx = p / CHUNK_SIZE;
                     let coff = (p % CHUNK_SIZE) as u32;
                     let n = ((indx + 1) * CHUNK_SIZE).min(want_to) - p;
-                    if let Ok(pieces) = self.pieces(ino, indx).await {
+                    if let Ok((_, pieces)) = self.committed(ino, indx, &of).await {
                         self.data.prefetch(&pieces, coff, n as u32);
                     }
                     p += n;
@@ -1138,53 +1423,125 @@ impl Vfs {
         if offset.saturating_add(data.len() as u64) > (1u64 << 50) {
             return Err(libc::EFBIG);
         }
-        let (writer, _, length) = self.open_state(h.ino).ok_or(libc::EBADF)?;
-        let mut w = writer.lock().await;
-        let flush_now = w
-            .write(&self.data, offset, data)
+        let of = self.open_state(h.ino).ok_or(libc::EBADF)?;
+        let pending = of
+            .writer
+            .write(offset, data)
             .await
             .map_err(|e| data_errno("write", e))?;
-        length.fetch_max(offset + data.len() as u64, Ordering::Relaxed);
+        // Before the reply: from now on every attribute reply shows it.
+        of.length
+            .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
+        of.wrote.store(true, Ordering::Release);
         crate::metrics::WRITE_BYTES.add(data.len() as u64);
-        if flush_now {
-            self.commit(h.ino, &mut w).await?;
+        if pending >= 4 * MAX_PENDING_SLICES {
+            // The flusher is not keeping up with this writer: help it. The
+            // write itself is buffered either way; a failure sticks for fsync.
+            if let Err(e) = self.flush_inode(h.ino).await {
+                tracing::debug!(ino = h.ino, errno = e, "flush of many small slices failed");
+            }
+        } else if pending >= MAX_PENDING_SLICES {
+            self.kick.notify_one();
         }
         Ok(data.len() as u32)
     }
 
-    async fn commit(&self, ino: u64, w: &mut FileWriter) -> VResult<()> {
-        let generation = self.mcache.generation();
-        let r = w.flush(&self.data).await;
-        self.forget_pieces(ino);
-        match r {
-            Ok(Some(attr)) => {
-                // the commit's reply is the inode as Redis now has it
-                self.mcache.put(generation, None, ino, attr);
-                if let Some((_, _, len)) = self.open_state(ino) {
-                    len.fetch_max(attr.length, Ordering::Relaxed);
-                }
-                if let Ok(mut seen) = self.seen.lock() {
-                    seen.remove(&ino);
-                }
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(data_errno("flush", e)),
+    /// The writer committed: its slices are in Redis now.
+    fn after_commit(&self, ino: u64, h: &Handles, attr: Attr) {
+        if let Ok(mut c) = h.chunks.lock() {
+            c.generation += 1;
+            c.chunks.clear();
+        }
+        h.length.fetch_max(attr.length, Ordering::AcqRel);
+        self.changed_here(ino, attr);
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.remove(&ino);
         }
     }
 
+    /// Commits every write to `ino` buffered on this node.
     async fn flush_inode(&self, ino: u64) -> VResult<()> {
-        if let Some((writer, _, _)) = self.open_state(ino) {
-            let mut w = writer.lock().await;
-            self.commit(ino, &mut w).await?;
-        }
-        Ok(())
+        let Some(h) = self.open_state(ino) else {
+            return Ok(());
+        };
+        h.writer
+            .flush(|attr| self.after_commit(ino, &h, *attr))
+            .await
+            .map_err(|e| data_errno("flush", e))
     }
 
-    /// close(2): commit buffered writes, drop the closing process's POSIX locks.
+    /// Commits buffered writes in the background: those idle for a moment,
+    /// the oldest ones when the write budget runs dry, and those whose last
+    /// flush failed (and the files closed meanwhile, kept for this).
+    pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let vfs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let pressure = tokio::select! {
+                    _ = tokio::time::sleep(FLUSH_TICK) => false,
+                    _ = vfs.data.budget.pressure.notified() => true,
+                    _ = vfs.kick.notified() => false,
+                };
+                let due: Vec<(u64, Arc<FileWriter>)> = match vfs.open.lock() {
+                    Ok(o) => o
+                        .iter()
+                        .filter(|(_, f)| {
+                            if pressure {
+                                f.writer.is_dirty()
+                            } else {
+                                f.writer.flush_due(FLUSH_IDLE, FLUSH_MAX_AGE)
+                            }
+                        })
+                        .map(|(ino, f)| (*ino, f.writer.clone()))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                for (ino, w) in due {
+                    if w.background.swap(true, Ordering::AcqRel) {
+                        continue; // one at a time per file
+                    }
+                    let vfs = vfs.clone();
+                    tokio::spawn(async move {
+                        match vfs.flush_inode(ino).await {
+                            Ok(()) => {
+                                crate::metrics::BACKGROUND_FLUSHES.add(1);
+                                vfs.forget_if_closed(ino);
+                            }
+                            Err(e) => tracing::warn!(
+                                ino,
+                                errno = e,
+                                "background flush failed; the data stays buffered and is retried"
+                            ),
+                        }
+                        w.background.store(false, Ordering::Release);
+                    });
+                }
+            }
+        })
+    }
+
+    /// Drops the entry of a file closed everywhere here once its writes
+    /// are committed.
+    fn forget_if_closed(&self, ino: u64) {
+        if let Ok(mut o) = self.open.lock() {
+            if o.get(&ino)
+                .is_some_and(|f| f.refs == 0 && !f.writer.is_dirty())
+            {
+                o.remove(&ino);
+            }
+        }
+    }
+
+    /// close(2): commit buffered writes, drop the closing process's POSIX
+    /// locks. Closing a handle that cannot write does not wait for other
+    /// handles' uploads.
     pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> VResult<()> {
         let h = self.file_handle(fh)?;
-        let r = self.flush_inode(h.ino).await;
+        let r = if h.writable {
+            self.flush_inode(h.ino).await
+        } else {
+            Ok(())
+        };
         if let Some(owner) = lock_owner {
             self.unlock_all(h.ino, owner).await;
         }
@@ -1192,7 +1549,8 @@ impl Vfs {
     }
 
     pub async fn fsync(&self, fh: u64) -> VResult<()> {
-        self.flush(fh, None).await
+        let h = self.file_handle(fh)?;
+        self.flush_inode(h.ino).await
     }
 
     async fn unlock_all(&self, ino: u64, owner: u64) {
@@ -1276,31 +1634,15 @@ impl Vfs {
             _ => return Err(libc::EBADF),
         };
         let ino = h.ino;
-        let flushed = self.flush_inode(ino).await;
+        let flushed = if h.writable {
+            self.flush_inode(ino).await
+        } else {
+            Ok(())
+        };
         if let Some(owner) = flock_owner {
             self.unlock_all(ino, owner).await;
         }
-        let last = {
-            let mut o = self.open.lock().map_err(|_| libc::EIO)?;
-            match o.get_mut(&ino) {
-                Some(f) => {
-                    f.refs = f.refs.saturating_sub(1);
-                    if f.refs == 0 {
-                        o.remove(&ino).map(|f| f.unlinked)
-                    } else {
-                        None
-                    }
-                }
-                None => None,
-            }
-        };
-        if last == Some(true) {
-            self.mcache.drop_attr(ino);
-            self.meta
-                .release_sustained(ino, self.sid())
-                .await
-                .map_err(|e| meta_errno("release", e))?;
-        }
+        self.drop_ref(ino).await?;
         flushed
     }
 
@@ -1319,11 +1661,12 @@ impl Vfs {
             .fallocate(h.ino, mode, offset, length, self.format.capacity)
             .await
             .map_err(|e| meta_errno("fallocate", e))?;
-        self.mcache.drop_attr(h.ino);
-        if let Some((_, _, len)) = self.open_state(h.ino) {
-            len.store(attr.length, Ordering::Relaxed);
+        if let Some(of) = self.open_state(h.ino) {
+            of.length.store(attr.length, Ordering::Release);
+            of.wrote.store(true, Ordering::Release);
         }
         self.forget_pieces(h.ino);
+        self.changed_here(h.ino, attr);
         Ok(())
     }
 

@@ -58,6 +58,10 @@ pub struct MountArgs {
     /// Memory for write buffers in MiB.
     #[arg(long, default_value = "300")]
     buffer_size: String,
+    /// Seconds transient upload and commit failures are retried before
+    /// fsync/close report EIO (the data stays buffered and is retried).
+    #[arg(long, default_value_t = 30.0)]
+    io_retry: f64,
     /// Attribute cache timeout in seconds.
     #[arg(long, default_value_t = 1.0)]
     attr_cache: f64,
@@ -247,6 +251,10 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         fmt.capacity,
     );
     data.inline_size = fmt.inline_size;
+    if !(a.io_retry.is_finite() && a.io_retry >= 0.0) {
+        bail!("--io-retry must be a number of seconds >= 0 (e.g. 30)");
+    }
+    data.retry_for = Duration::from_secs_f64(a.io_retry);
     let data = Arc::new(data);
     let root = match &a.subdir {
         Some(s) => resolve_subdir(&meta, s).await?,
@@ -279,6 +287,9 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         bail!("--free-space-ratio must be between 0 and 1 (e.g. 0.1)");
     }
     bg.extend(data.cache.spawn_evictor());
+    if !a.read_only {
+        bg.push(vfs.spawn_flusher());
+    }
     if a.metrics != "none" {
         // A busy port (another mount on this host) costs the metrics, not the mount.
         match tokio::net::TcpListener::bind(&a.metrics).await {
@@ -442,6 +453,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("free-space-ratio", Some(a.free_space_ratio.to_string()));
     opt("mem-cache-size", Some(a.mem_cache_size.clone()));
     opt("buffer-size", Some(a.buffer_size.clone()));
+    opt("io-retry", Some(a.io_retry.to_string()));
     opt("readahead-kb", Some(a.readahead_kb.to_string()));
     opt("attr-cache", Some(a.attr_cache.to_string()));
     opt("entry-cache", Some(a.entry_cache.to_string()));

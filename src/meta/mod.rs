@@ -5,7 +5,7 @@
 mod redis_engine;
 pub mod url;
 
-pub use redis_engine::{Meta, SessionInfo};
+pub use redis_engine::{Committed, Meta, SessionInfo};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +23,10 @@ pub enum MetaError {
     /// A file-system error the caller hands to the application as is.
     #[error("{}", std::io::Error::from_raw_os_error(*.0))]
     Errno(i32),
-    #[error("{0}")]
-    Redis(String),
+    /// Redis failed or refused; `transient` when trying again may help
+    /// (connection lost, timeout, server loading), not for bad credentials.
+    #[error("{msg}")]
+    Redis { msg: String, transient: bool },
     #[error("metadata is corrupt: {0}")]
     Corrupt(String),
 }
@@ -33,7 +35,7 @@ impl MetaError {
     pub fn errno(&self) -> i32 {
         match self {
             MetaError::Errno(e) => *e,
-            MetaError::Redis(_) | MetaError::Corrupt(_) => libc::EIO,
+            MetaError::Redis { .. } | MetaError::Corrupt(_) => libc::EIO,
         }
     }
 }

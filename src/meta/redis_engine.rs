@@ -15,6 +15,7 @@
 //! | `{v}sessions`       | zset   | session id -> heartbeat expiry               |
 //! | `{v}session<sid>`   | string | session info (JSON)                          |
 //! | `{v}sustained<sid>` | set    | unlinked inodes the session still has open   |
+//! | `{v}w<token>`       | string | a commit applied (idempotent retries; 1 h)   |
 //!
 //! Counters: `nextinode`, `nextslice`, `nextsession`, `usedSpace`, `totalInodes`.
 //! Per file this costs one 72-byte string plus a 9-byte directory field.
@@ -111,6 +112,14 @@ pub struct SessionInfo {
     pub expire: i64,
 }
 
+/// What a commit did: the file's attributes after it, per chunk touched how
+/// many records it keeps, and the records it dropped as hidden.
+pub struct Committed {
+    pub attr: Attr,
+    pub kept: Vec<(u64, usize)>,
+    pub dropped: Vec<Slice>,
+}
+
 pub struct Meta {
     client: redis::Client,
     conn: ConnectionManager,
@@ -121,15 +130,29 @@ pub struct Meta {
     scripts: Scripts,
     inodes: Mutex<IdBatch>,
     slices: Mutex<IdBatch>,
+    /// Tokens of commits that succeeded, whose idempotency markers the next
+    /// commit deletes.
+    commit_markers: Mutex<Vec<u64>>,
 }
 
 /// Turns a Redis failure into a message that says what to do, without secrets.
 fn redis_err(e: redis::RedisError) -> MetaError {
     let code = e.code().unwrap_or("");
-    let msg = if code == "WRONGPASS"
+    let denied = code == "WRONGPASS"
         || code == "NOAUTH"
-        || e.kind() == redis::ErrorKind::AuthenticationFailed
-    {
+        || code == "NOPERM"
+        || e.kind() == redis::ErrorKind::AuthenticationFailed;
+    let transient = !denied
+        && (e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+            || matches!(
+                code,
+                "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "READONLY"
+            ));
+    let msg = if denied {
         "Redis refused the credentials: check the password in META-URL or META_PASSWORD".to_string()
     } else if e.is_connection_refusal() {
         "cannot connect to Redis (connection refused): is redis-server running at that address?"
@@ -141,7 +164,7 @@ fn redis_err(e: redis::RedisError) -> MetaError {
     } else {
         format!("Redis error: {e}")
     };
-    MetaError::Redis(msg)
+    MetaError::Redis { msg, transient }
 }
 
 fn int(v: &Value) -> Result<i64> {
@@ -225,6 +248,7 @@ impl Meta {
             scripts: Scripts::new(),
             inodes: Mutex::new(IdBatch { next: 0, end: 0 }),
             slices: Mutex::new(IdBatch { next: 0, end: 0 }),
+            commit_markers: Mutex::new(Vec::new()),
         })
     }
 
@@ -235,10 +259,13 @@ impl Meta {
         match names.len() {
             0 => Ok(None),
             1 => Ok(names.into_iter().next()),
-            _ => Err(MetaError::Redis(format!(
-                "this Redis database holds several volumes ({}): give the name with --name",
-                names.join(", ")
-            ))),
+            _ => Err(MetaError::Redis {
+                msg: format!(
+                    "this Redis database holds several volumes ({}): give the name with --name",
+                    names.join(", ")
+                ),
+                transient: false,
+            }),
         }
     }
 
@@ -612,15 +639,30 @@ impl Meta {
     }
 
     /// Commits slices (chunk index, slice) in order, in one atomic step, and
-    /// drops the records they hide. Returns the new attributes and, per chunk
-    /// touched, how many records it keeps (long lists want compaction).
+    /// drops the records they hide. Returns the new attributes, per chunk
+    /// touched how many records it keeps (long lists want compaction), and
+    /// the records dropped (their objects are deleted after the grace
+    /// period; the writer drops them from its cache at once).
     /// Inline slices come with their bytes, stored in Redis in the same step.
+    ///
+    /// `token` (unique, e.g. the first slice id) makes the commit idempotent:
+    /// a retry after a lost reply finds the marker the first attempt left
+    /// and applies nothing. Markers of commits whose replies arrived are
+    /// deleted by the next commit.
     pub async fn write_slices(
         &self,
         ino: u64,
         slices: &[(u64, Slice, Option<Vec<u8>>)],
         capacity: u64,
-    ) -> Result<(Attr, Vec<(u64, usize)>)> {
+        token: u64,
+    ) -> Result<Committed> {
+        let done: Vec<u64> = match self.commit_markers.lock() {
+            Ok(mut m) => {
+                let n = m.len().min(64);
+                m.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        };
         let (sec, ns) = now();
         let mut inv = self.scripts.write.key(self.key("setting"));
         inv.arg(&self.prefix)
@@ -628,7 +670,12 @@ impl Meta {
             .arg(ns)
             .arg(self.sid())
             .arg(ino)
-            .arg(capacity);
+            .arg(capacity)
+            .arg(token)
+            .arg(done.len());
+        for t in &done {
+            inv.arg(*t);
+        }
         for (indx, s, data) in slices {
             let end = indx * CHUNK_SIZE + s.pos as u64 + s.len as u64;
             inv.arg(*indx)
@@ -636,11 +683,17 @@ impl Meta {
                 .arg(end)
                 .arg(data.as_deref().unwrap_or(&[]));
         }
-        let v: Value = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
-        let r = outcome(v)?;
+        let v = inv.invoke_async(&mut self.conn()).await.map_err(redis_err);
+        if let Ok(mut m) = self.commit_markers.lock() {
+            if v.is_ok() && token != 0 {
+                m.push(token);
+            }
+            if v.is_err() {
+                // Not known to be deleted: try again with the next commit.
+                m.extend(done);
+            }
+        }
+        let r = outcome(v?)?;
         let attr = Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)?;
         let mut kept = Vec::new();
         if let Some(Value::Array(l)) = r.get(2) {
@@ -650,7 +703,17 @@ impl Meta {
                 }
             }
         }
-        Ok((attr, kept))
+        let mut dropped = Vec::new();
+        if let Some(Value::Array(l)) = r.get(3) {
+            for rec in l {
+                dropped.push(Slice::decode(bytes(rec)?)?);
+            }
+        }
+        Ok(Committed {
+            attr,
+            kept,
+            dropped,
+        })
     }
 
     /// Replaces the first `old.len()` records of a chunk with `new` (a slice

@@ -71,20 +71,21 @@ end
 -- (journaling their objects for deferred deletion: readers elsewhere may
 -- still hold the old list) and returns how many records the chunk keeps.
 local SLICE = "<I4I8I4I4I4"
+-- Records prune_chunk journaled, so the writer can drop their cached blocks.
+local DROPPED = {}
 local function prune_chunk(ck)
   local recs = redis.call("LRANGE", ck, 0, -1)
   if #recs < 2 then return #recs end
-  local cov, keep, dropped = {}, {}, false
+  local cov, keep, hidden_recs = {}, {}, {}
   for j = #recs, 1, -1 do
-    local pos, id, _, _, len = struct.unpack(SLICE, recs[j])
+    local pos, _, _, _, len = struct.unpack(SLICE, recs[j])
     local s, e = pos, pos + len
     local hidden = false
     for _, iv in ipairs(cov) do
       if iv[1] <= s and e <= iv[2] then hidden = true; break end
     end
     if hidden then
-      dropped = true
-      if id ~= 0 then redis.call("ZADD", P .. "delslices", NOW, recs[j]) end
+      hidden_recs[#hidden_recs + 1] = recs[j]
     else
       keep[#keep + 1] = recs[j]
       local merged = {}
@@ -96,7 +97,20 @@ local function prune_chunk(ck)
       cov = merged
     end
   end
-  if dropped then
+  if #hidden_recs > 0 then
+    -- A slice still named by a kept record (a duplicate) keeps its objects.
+    local live = {}
+    for _, r in ipairs(keep) do
+      local _, id = struct.unpack(SLICE, r)
+      live[id] = true
+    end
+    for _, r in ipairs(hidden_recs) do
+      local _, id = struct.unpack(SLICE, r)
+      if id ~= 0 and not live[id] then
+        redis.call("ZADD", P .. "delslices", NOW, r)
+        DROPPED[#DROPPED + 1] = r
+      end
+    end
     redis.call("DEL", ck)
     -- keep is newest first; push in batches (Lua's unpack has a stack limit)
     local batch = {}

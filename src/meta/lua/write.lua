@@ -1,20 +1,29 @@
--- args: ino, capacity, then groups of (chunk index, slice record, end
--- offset, inline bytes or ""): appends slices in order (an inline slice's
--- bytes stored under b<id> first), grows the length and drops records the
--- new ones hide -> {0, attr, {chunk index, records kept}...}
-local ino, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- args: ino, capacity, commit token, n, n tokens of earlier commits whose
+-- replies arrived (their markers go), then groups of (chunk index, slice
+-- record, end offset, inline bytes or ""): appends slices in order (an
+-- inline slice's bytes stored under b<id> first), grows the length and drops
+-- records the new ones hide -> {0, attr, {chunk index, records kept}...,
+-- {records dropped}}.
+-- Idempotent: the token (the commit's first slice id) leaves a marker, and a
+-- commit whose marker exists was applied already (its reply was lost).
+local ino, cap, token = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local ndone = tonumber(ARGV[8])
+for j = 1, ndone do redis.call("DEL", P .. "w" .. ARGV[8 + j]) end
+local first = 9 + ndone
 local a = get_attr(ino)
 if not a then return {ENOENT} end
 if a.typ ~= T_FILE then return {EINVAL} end
+local marker = P .. "w" .. token
+if token ~= "0" and redis.call("EXISTS", marker) == 1 then return {0, pack_attr(a), {}} end
 local newlen = a.length
-local i = 7
+local i = first
 while i + 3 <= #ARGV do
   local e = tonumber(ARGV[i + 2])
   if e > newlen then newlen = e end
   i = i + 4
 end
 if newlen > a.length and not check_space(space(newlen) - space(a.length), cap) then return {ENOSPC} end
-i = 7
+i = first
 local touched, order = {}, {}
 while i + 3 <= #ARGV do
   if ARGV[i + 3] ~= "" then
@@ -34,4 +43,6 @@ used_delta(space(newlen) - space(a.length))
 a.length = newlen
 touch_m(a)
 notify_inode(ino)
-return {0, put_attr(ino, a), lens}
+-- Kept an hour at most: the writer deletes it with its next commit.
+if token ~= "0" then redis.call("SET", marker, "1", "EX", 3600) end
+return {0, put_attr(ino, a), lens, DROPPED}

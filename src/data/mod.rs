@@ -1,40 +1,137 @@
-//! The data path. Writers turn application writes into slices: each slice
-//! buffers its bytes, and every block that fills is encoded and uploaded at
-//! once (bounded in parallel) while the application goes on writing. A flush
-//! uploads the tails, waits for every upload, and only then commits the
-//! slice records to metadata: upload before commit, so metadata never names
-//! missing data. Readers replay a chunk's slice list and fetch the blocks they
-//! need through the shared cache, prefetching ahead of sequential readers.
+//! The data path. `writer` turns application writes into slices: bytes are
+//! buffered per file, every block that fills is encoded and uploaded at once
+//! (bounded in parallel, retried while the failure is transient), and a
+//! flush commits the slice records only after every block is stored: upload
+//! before commit, so metadata never names missing data. This file owns the
+//! shared store (budgets, the block fetch path) and the reader: a chunk's
+//! slice list is replayed and the blocks a read needs come through the
+//! shared cache, or from a writer's buffers for data not yet committed.
 
+pub mod writer;
+
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::cache::BlockCache;
 use crate::codec::{self, Codec, Layout};
-use crate::meta::{build_pieces, is_inline, Meta, MetaError, Piece, Slice, CHUNK_SIZE, INLINE_ID};
+use crate::error::{Error, Result};
+use crate::meta::{build_pieces, is_inline, Meta, Piece, Slice};
 use crate::object::BlockStore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error(transparent)]
-    Meta(#[from] MetaError),
-    #[error("object store: {0}")]
-    Store(String),
+pub use writer::FileWriter;
+
+/// Marks the local id of a slice still being written on this node: it only
+/// appears in the slice lists a reader replays here, never in Redis. Below
+/// INLINE_ID, so the two never mix.
+pub const PENDING_ID: u64 = 1 << 51;
+
+pub fn is_pending(id: u64) -> bool {
+    id & PENDING_ID != 0 && !is_inline(id)
 }
 
-impl DataError {
-    pub fn errno(&self) -> i32 {
-        match self {
-            DataError::Meta(m) => m.errno(),
-            DataError::Store(_) => libc::EIO,
+/// Where a block of a slice not yet committed can be read: bytes still held
+/// by the writer, or (once uploaded) its object.
+#[derive(Clone, Debug)]
+pub enum PendingSource {
+    Mem(Bytes),
+    Key(String),
+}
+
+/// Blocks of this node's uncommitted slices, by (local id, block index).
+pub type PendingBlocks = HashMap<(u64, u32), PendingSource>;
+
+/// Bytes of write buffers in flight, counted as they are held: a write
+/// takes what it buffers, a stored block gives its bytes back. When the
+/// budget runs dry, `pressure` asks the flusher to write partial buffers
+/// out, so a writer never waits for memory that only a flush could free.
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    pub pressure: Notify,
+}
+
+/// Budget bytes held by a buffer; given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    sem: Arc<Semaphore>,
+    n: usize,
+}
+
+impl Held {
+    pub fn bytes(&self) -> usize {
+        self.n
+    }
+
+    /// Moves `k` bytes (at most all) of this hold into a new one.
+    pub fn split(&mut self, k: usize) -> Held {
+        let k = k.min(self.n);
+        self.n -= k;
+        Held {
+            sem: self.sem.clone(),
+            n: k,
+        }
+    }
+
+    pub fn absorb(&mut self, mut other: Held) {
+        self.n += other.n;
+        other.n = 0;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.sem.add_permits(self.n);
         }
     }
 }
 
-pub type Result<T> = std::result::Result<T, DataError>;
+impl Budget {
+    pub fn new(bytes: u64) -> Budget {
+        Budget {
+            sem: Arc::new(Semaphore::new(
+                bytes.min(Semaphore::MAX_PERMITS as u64) as usize
+            )),
+            pressure: Notify::new(),
+        }
+    }
+
+    pub fn empty(&self) -> Held {
+        Held {
+            sem: self.sem.clone(),
+            n: 0,
+        }
+    }
+
+    /// Takes `n` bytes, asking for a flush first when they are not free.
+    pub async fn take(&self, n: usize) -> Result<Held> {
+        let n32 = n.min(u32::MAX as usize) as u32;
+        let permit = match self.sem.clone().try_acquire_many_owned(n32) {
+            Ok(p) => p,
+            Err(_) => {
+                self.pressure.notify_one();
+                crate::metrics::BUFFER_WAITS.add(1);
+                self.sem
+                    .clone()
+                    .acquire_many_owned(n32)
+                    .await
+                    .map_err(|e| Error::internal(format!("write budget closed: {e}")))?
+            }
+        };
+        permit.forget();
+        Ok(Held {
+            sem: self.sem.clone(),
+            n: n32 as usize,
+        })
+    }
+
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+}
 
 pub struct DataStore {
     pub meta: Arc<Meta>,
@@ -44,8 +141,11 @@ pub struct DataStore {
     pub codec: Codec,
     /// Slices ending within this many bytes of a file's start are inline.
     pub inline_size: u32,
-    /// Bytes of write buffers allowed in flight, in KiB permits.
-    buffer_budget: Arc<Semaphore>,
+    /// Bytes of write buffers allowed in flight.
+    pub budget: Budget,
+    /// How long transient upload and commit failures are retried before a
+    /// flush reports EIO (the data stays buffered and is retried later).
+    pub retry_for: Duration,
     uploads: Arc<Semaphore>,
     fetches: Arc<Semaphore>,
     /// Frame tables of blocks read at random, by object key: a random
@@ -80,7 +180,8 @@ impl DataStore {
         buffer_bytes: u64,
         capacity: u64,
     ) -> DataStore {
-        let kib = (buffer_bytes / 1024).clamp(4096, u32::MAX as u64 / 2) as usize;
+        // A single write (up to 1 MiB) plus a few blocks must always fit.
+        let budget = buffer_bytes.max(4 * block_size as u64 + (2 << 20));
         DataStore {
             meta,
             blocks,
@@ -88,7 +189,8 @@ impl DataStore {
             block_size,
             codec,
             inline_size: 0,
-            buffer_budget: Arc::new(Semaphore::new(kib)),
+            budget: Budget::new(budget),
+            retry_for: Duration::from_secs(30),
             uploads: Arc::new(Semaphore::new(16)),
             fetches: Arc::new(Semaphore::new(32)),
             layouts: moka::future::Cache::new(16_384),
@@ -98,11 +200,34 @@ impl DataStore {
         }
     }
 
+    /// Runs `op` until it succeeds, fails for a reason retrying cannot fix,
+    /// or `retry_for` has passed; waits back off from 50 ms to 5 s.
+    pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
+                    tracing::debug!(what, error = %e, "transient failure; retrying");
+                    crate::metrics::RETRIES.add(1);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.context(what)),
+            }
+        }
+    }
+
     async fn fetch_block(&self, key: String) -> Result<Bytes> {
         if let Some(id) = key.strip_prefix(INLINE_PREFIX) {
             let id: u64 = id
                 .parse()
-                .map_err(|_| DataError::Store(format!("bad inline key {key}")))?;
+                .map_err(|_| Error::internal(format!("bad inline key {key}")))?;
             let meta = self.meta.clone();
             return self
                 .cache
@@ -110,10 +235,9 @@ impl DataStore {
                     meta.read_inline(id)
                         .await
                         .map(Bytes::from)
-                        .map_err(|e| e.to_string())
+                        .map_err(Error::from)
                 })
-                .await
-                .map_err(|e| DataError::Store(e.to_string()));
+                .await;
         }
         let blocks = self.blocks.clone();
         let fetches = self.fetches.clone();
@@ -125,8 +249,11 @@ impl DataStore {
                     f.insert(k.clone());
                 }
                 let got = async {
-                    let _permit = fetches.acquire_owned().await.map_err(|e| e.to_string())?;
-                    blocks.get(&k).await.map_err(|e| e.to_string())
+                    let _permit = fetches
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| Error::internal(e.to_string()))?;
+                    blocks.get(&k).await.map_err(Error::from)
                 }
                 .await;
                 if let Ok(mut f) = fetching.lock() {
@@ -135,7 +262,6 @@ impl DataStore {
                 got
             })
             .await
-            .map_err(|e| DataError::Store(e.to_string()))
     }
 
     fn being_fetched(&self, key: &str) -> bool {
@@ -152,9 +278,9 @@ impl DataStore {
         }
     }
 
-    /// The blocks of `piece` that cover bytes [from, to) of the piece.
-    fn piece_blocks(&self, p: &Piece, from: u32, to: u32) -> Vec<(String, u32, u32, u32)> {
-        // (key, block length, copy start within block, copy len)
+    /// The blocks of `piece` that cover bytes [from, to) of the piece:
+    /// (block index, block length, copy start within block, copy length).
+    fn piece_blocks(&self, p: &Piece, from: u32, to: u32) -> Vec<(u32, u32, u32, u32)> {
         let bs = self.block_size;
         let mut out = Vec::new();
         let mut s = p.off + from;
@@ -164,7 +290,7 @@ impl DataStore {
             let bstart = bi * bs;
             let blen = bs.min(p.size - bstart);
             let n = (end - s).min(bstart + blen - s);
-            out.push((self.block_key(p.id, bi, blen), blen, s - bstart, n));
+            out.push((bi, blen, s - bstart, n));
             s += n;
         }
         out
@@ -181,9 +307,15 @@ impl DataStore {
             let s = ps.max(off);
             let e = pe.min(end);
             let mut dst = (s - off) as usize;
-            for (key, block_len, at, n) in self.piece_blocks(p, s - ps, e - ps) {
+            let pending = is_pending(p.id);
+            for (bi, block_len, at, n) in self.piece_blocks(p, s - ps, e - ps) {
                 jobs.push(BlockRead {
-                    key,
+                    key: if pending {
+                        String::new()
+                    } else {
+                        self.block_key(p.id, bi, block_len)
+                    },
+                    pending: pending.then_some((p.id, bi)),
                     block_len: block_len as usize,
                     at: at as usize,
                     len: n as usize,
@@ -199,18 +331,31 @@ impl DataStore {
     /// which the caller hands in zeroed: holes are left as they are.
     /// A `random` reader gets only the frames it needs of blocks that are
     /// not in memory; a sequential one gets whole blocks, which read-ahead
-    /// has usually fetched already.
+    /// has usually fetched already. Pieces of slices this node has not
+    /// committed yet are read from `pending`.
     pub async fn read_chunk_range(
         &self,
         pieces: &[Piece],
         off: u32,
         buf: &mut [u8],
         random: bool,
+        pending: &PendingBlocks,
     ) -> Result<()> {
         let end = off + buf.len() as u32;
         let jobs = self.block_reads(pieces, off, end);
         // Blocks are fetched concurrently (each through the single-flight cache).
         let futs = jobs.iter().map(|j| async move {
+            if let Some((local, index)) = j.pending {
+                return match pending.get(&(local, index)) {
+                    Some(PendingSource::Mem(b)) => Ok((b.clone(), j.at)),
+                    Some(PendingSource::Key(k)) => {
+                        self.fetch_block(k.clone()).await.map(|b| (b, j.at))
+                    }
+                    None => Err(Error::internal(format!(
+                        "block {index} of a pending slice is missing"
+                    ))),
+                };
+            }
             let key = &j.key;
             let ranged = random && j.len < j.block_len / 2 && !key.starts_with(INLINE_PREFIX);
             if ranged && !self.being_fetched(key) && !self.cache.contains(key).await {
@@ -227,7 +372,7 @@ impl DataStore {
         for (j, r) in jobs.iter().zip(results) {
             let (block, at) = r?;
             if at + j.len > block.len() {
-                return Err(DataError::Store(format!(
+                return Err(Error::corrupt(format!(
                     "block shorter than its key says ({} < {})",
                     block.len(),
                     at + j.len
@@ -279,7 +424,7 @@ impl DataStore {
             let layout = self.layout(key, raw_len).await?;
             let frames = layout.frames_for(start, len);
             if frames.is_empty() {
-                return Err(DataError::Store(format!(
+                return Err(Error::corrupt(format!(
                     "block {key}: no frame holds byte {start}"
                 )));
             }
@@ -288,18 +433,16 @@ impl DataStore {
                     .fetches
                     .acquire()
                     .await
-                    .map_err(|e| DataError::Store(e.to_string()))?;
+                    .map_err(|e| Error::internal(e.to_string()))?;
                 self.blocks
                     .get_range(key, layout.stored_range(&frames))
-                    .await
-                    .map_err(|e| DataError::Store(e.to_string()))?
+                    .await?
             };
             let l2 = layout.clone();
             let f2 = frames.clone();
             let raw = tokio::task::spawn_blocking(move || l2.decode_frames(f2, &stored))
-                .await
-                .map_err(|e| DataError::Store(e.to_string()))?
-                .map_err(|e| DataError::Store(format!("block {key}: {e}")))?;
+                .await?
+                .map_err(|e| Error::from(e).context(format!("block {key}")))?;
             // The frames decoded hold other pieces too: keep them all.
             let raw = Bytes::from(raw);
             let base = frames.start * layout.frame_size;
@@ -318,12 +461,7 @@ impl DataStore {
             }
             Ok(mine)
         };
-        self.cache
-            .mem_get_with(&piece_key, async {
-                init.await.map_err(|e: DataError| e.to_string())
-            })
-            .await
-            .map_err(|e| DataError::Store(e.to_string()))
+        self.cache.mem_get_with(&piece_key, init).await
     }
 
     /// The frame table of a stored block (one small ranged GET, then cached).
@@ -332,18 +470,14 @@ impl DataStore {
             .layouts
             .try_get_with(key.to_string(), async {
                 let prefix = Layout::prefix_len(raw_len);
-                let head = self
-                    .blocks
-                    .get_range(key, 0..prefix)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let head = self.blocks.get_range(key, 0..prefix).await?;
                 Layout::parse(&head)
                     .map(|l| l.map(Arc::new))
-                    .map_err(|e| format!("block {key}: {e}"))
+                    .map_err(|e| Error::from(e).context(format!("block {key}")))
             })
             .await
-            .map_err(|e| DataError::Store(e.to_string()))?;
-        found.ok_or_else(|| DataError::Store(format!("block {key} has no frame table")))
+            .map_err(|e: Arc<Error>| (*e).clone())?;
+        found.ok_or_else(|| Error::corrupt(format!("block {key} has no frame table")))
     }
 
     /// Starts fetching the blocks that cover chunk range [off, off+len) into
@@ -352,6 +486,7 @@ impl DataStore {
         let mut keys: Vec<String> = self
             .block_reads(pieces, off, off.saturating_add(len))
             .into_iter()
+            .filter(|j| j.pending.is_none())
             .map(|j| j.key)
             .collect();
         keys.dedup();
@@ -412,21 +547,22 @@ impl DataStore {
         let mut bi = 0;
         while at < end {
             let n = bs.min(end - at);
-            let permit = self
-                .buffer_budget
-                .clone()
-                .acquire_many_owned(n.div_ceil(1024))
-                .await
-                .map_err(|e| DataError::Store(e.to_string()))?;
+            let held = self.budget.take(n as usize).await?;
             let mut raw = vec![0u8; n as usize];
-            self.read_chunk_range(&pieces, at, &mut raw, false).await?;
-            uploads.push(spawn_upload(self, id, bi, raw, vec![permit]));
+            self.read_chunk_range(&pieces, at, &mut raw, false, &PendingBlocks::new())
+                .await?;
+            uploads.push(writer::spawn_store_block(
+                self,
+                id,
+                bi,
+                Bytes::from(raw),
+                held,
+            ));
             at += n;
             bi += 1;
         }
         for u in uploads {
-            u.await
-                .map_err(|e| DataError::Store(format!("upload task failed: {e}")))??;
+            u.await??;
         }
         let size = end - start;
         let new = Slice {
@@ -437,6 +573,7 @@ impl DataStore {
             len: size,
         };
         if self.meta.compact_chunk(ino, indx, &records, &new).await? {
+            self.forget_cached(&records);
             Ok(records.len())
         } else {
             Ok(0)
@@ -445,6 +582,29 @@ impl DataStore {
 
     pub async fn chunk_pieces(&self, ino: u64, indx: u64) -> Result<Vec<Piece>> {
         Ok(build_pieces(&self.meta.read_chunk(ino, indx).await?))
+    }
+
+    /// The cache keys of a slice's blocks.
+    fn slice_keys(&self, s: &Slice) -> Vec<String> {
+        if s.id == 0 {
+            return Vec::new();
+        }
+        if is_inline(s.id) {
+            return vec![format!("{INLINE_PREFIX}{}", s.id)];
+        }
+        let bs = self.block_size;
+        (0..s.size.div_ceil(bs))
+            .map(|bi| self.blocks.block_key(s.id, bi, bs.min(s.size - bi * bs)))
+            .collect()
+    }
+
+    /// Drops slices' blocks from this node's memory and disk cache.
+    pub fn forget_cached(&self, slices: &[Slice]) {
+        for s in slices {
+            for key in self.slice_keys(s) {
+                self.cache.forget(&key);
+            }
+        }
     }
 
     /// Deletes the objects of slices nobody refers to any more.
@@ -457,14 +617,9 @@ impl DataStore {
                 self.meta.delete_inline(s.id).await?;
                 continue;
             }
-            let bs = self.block_size;
-            let n = s.size.div_ceil(bs);
-            for bi in 0..n {
-                let blen = bs.min(s.size - bi * bs);
-                self.blocks
-                    .delete(&self.blocks.block_key(s.id, bi, blen))
-                    .await
-                    .map_err(|e| DataError::Store(e.to_string()))?;
+            for key in self.slice_keys(s) {
+                self.cache.forget(&key);
+                self.blocks.delete(&key).await?;
             }
         }
         Ok(())
@@ -475,217 +630,10 @@ impl DataStore {
 /// (of `block_len` raw bytes), copied to `dst` in the caller's buffer.
 struct BlockRead {
     key: String,
+    /// (local id, block index) of a block of a slice not committed yet.
+    pending: Option<(u64, u32)>,
     block_len: usize,
     at: usize,
     len: usize,
     dst: usize,
-}
-
-/// One slice being written: bytes buffered since the last uploaded block.
-struct SliceBuf {
-    indx: u64,
-    pos: u32,
-    id: u64,
-    len: u32,
-    uploaded: u32,
-    buf: Vec<u8>,
-    permits: Vec<OwnedSemaphorePermit>,
-}
-
-/// Pending writes of one inode on this node, shared by all its handles.
-pub struct FileWriter {
-    ino: u64,
-    slices: Vec<SliceBuf>,
-    uploads: Vec<JoinHandle<Result<()>>>,
-    /// Highest end offset written but not yet committed.
-    pub pending_len: u64,
-    buffered: u64,
-}
-
-const MAX_PENDING_SLICES: usize = 64;
-
-impl FileWriter {
-    pub fn new(ino: u64) -> FileWriter {
-        FileWriter {
-            ino,
-            slices: Vec::new(),
-            uploads: Vec::new(),
-            pending_len: 0,
-            buffered: 0,
-        }
-    }
-
-    pub fn is_dirty(&self) -> bool {
-        !self.slices.is_empty()
-    }
-
-    /// Buffers `data` at file offset `off`; uploads blocks as they fill.
-    /// Returns true when the caller should flush (too many small slices).
-    pub async fn write(&mut self, ds: &Arc<DataStore>, off: u64, data: &[u8]) -> Result<bool> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos_in_file = off + done as u64;
-            let indx = pos_in_file / CHUNK_SIZE;
-            let cpos = (pos_in_file % CHUNK_SIZE) as u32;
-            let room = (CHUNK_SIZE - cpos as u64) as usize;
-            let n = room.min(data.len() - done);
-            let part = &data[done..done + n];
-            let append = matches!(self.slices.last(),
-                Some(s) if s.indx == indx && s.pos + s.len == cpos);
-            if !append {
-                let id = ds.meta.new_slice_id().await?;
-                self.slices.push(SliceBuf {
-                    indx,
-                    pos: cpos,
-                    id,
-                    len: 0,
-                    uploaded: 0,
-                    buf: Vec::new(),
-                    permits: Vec::new(),
-                });
-            }
-            let kib = (n as u32).div_ceil(1024);
-            let permit = ds
-                .buffer_budget
-                .clone()
-                .acquire_many_owned(kib)
-                .await
-                .map_err(|e| DataError::Store(e.to_string()))?;
-            let bs = ds.block_size;
-            let mut spawned = Vec::new();
-            if let Some(s) = self.slices.last_mut() {
-                s.permits.push(permit);
-                // Fill the current block; each one that fills is handed to an
-                // upload task whole (no copy) and a fresh buffer starts.
-                let mut rest = part;
-                while !rest.is_empty() {
-                    let room = (bs - (s.len - s.uploaded)) as usize;
-                    let take = room.min(rest.len());
-                    if s.buf.capacity() == 0 {
-                        s.buf.reserve_exact(bs as usize);
-                    }
-                    s.buf.extend_from_slice(&rest[..take]);
-                    s.len += take as u32;
-                    rest = &rest[take..];
-                    if s.len - s.uploaded == bs {
-                        let raw = std::mem::take(&mut s.buf);
-                        let bi = s.uploaded / bs;
-                        s.uploaded += bs;
-                        // Permits are released once this block is in the store.
-                        let held = std::mem::take(&mut s.permits);
-                        spawned.push(spawn_upload(ds, s.id, bi, raw, held));
-                    }
-                }
-            }
-            self.uploads.extend(spawned);
-            self.buffered += n as u64;
-            self.pending_len = self.pending_len.max(pos_in_file + n as u64);
-            done += n;
-        }
-        Ok(self.slices.len() >= MAX_PENDING_SLICES)
-    }
-
-    /// Uploads the tails, waits for all uploads, commits all slices in order.
-    pub async fn flush(&mut self, ds: &Arc<DataStore>) -> Result<Option<crate::meta::Attr>> {
-        if self.slices.is_empty() {
-            return Ok(None);
-        }
-        let bs = ds.block_size;
-        let mut inline: Vec<Option<Vec<u8>>> = Vec::with_capacity(self.slices.len());
-        for s in self.slices.iter_mut() {
-            // A small file's bytes go to Redis with the commit: one round
-            // trip instead of an object PUT and then the commit.
-            let small = s.indx == 0 && s.uploaded == 0 && s.pos + s.len <= ds.inline_size;
-            if small && s.len > 0 {
-                s.id |= INLINE_ID;
-                s.uploaded = s.len;
-                inline.push(Some(std::mem::take(&mut s.buf)));
-                continue;
-            }
-            inline.push(None);
-            if s.len > s.uploaded {
-                let raw = std::mem::take(&mut s.buf);
-                let bi = s.uploaded / bs;
-                s.uploaded = s.len;
-                let held = std::mem::take(&mut s.permits);
-                self.uploads.push(spawn_upload(ds, s.id, bi, raw, held));
-            }
-        }
-        let mut first_err = None;
-        for h in self.uploads.drain(..) {
-            let r = match h.await {
-                Ok(r) => r,
-                Err(e) => Err(DataError::Store(format!("upload task failed: {e}"))),
-            };
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_err {
-            // The data never reached the store: drop it rather than commit a
-            // slice that points at missing blocks.
-            self.slices.clear();
-            self.pending_len = 0;
-            return Err(e);
-        }
-        let records: Vec<(u64, Slice, Option<Vec<u8>>)> = self
-            .slices
-            .iter()
-            .zip(inline)
-            .map(|(s, data)| {
-                let slice = Slice {
-                    pos: s.pos,
-                    id: s.id,
-                    size: s.len,
-                    off: 0,
-                    len: s.len,
-                };
-                (s.indx, slice, data)
-            })
-            .collect();
-        self.slices.clear();
-        self.buffered = 0;
-        self.pending_len = 0;
-        let (attr, kept) = ds
-            .meta
-            .write_slices(self.ino, &records, ds.capacity)
-            .await?;
-        for (indx, n) in kept {
-            if n >= COMPACT_AT {
-                ds.spawn_compaction(self.ino, indx);
-            }
-        }
-        Ok(Some(attr))
-    }
-}
-
-fn spawn_upload(
-    ds: &Arc<DataStore>,
-    id: u64,
-    index: u32,
-    raw: Vec<u8>,
-    held: Vec<OwnedSemaphorePermit>,
-) -> JoinHandle<Result<()>> {
-    let ds = ds.clone();
-    tokio::spawn(async move {
-        let _held = held;
-        let _slot = ds
-            .uploads
-            .acquire()
-            .await
-            .map_err(|e| DataError::Store(e.to_string()))?;
-        let key = ds.blocks.block_key(id, index, raw.len() as u32);
-        let codec = ds.codec;
-        let raw = Bytes::from(raw);
-        let r2 = raw.clone();
-        let parts = tokio::task::spawn_blocking(move || codec::encode_parts(&r2, codec))
-            .await
-            .map_err(|e| DataError::Store(e.to_string()))?;
-        ds.blocks
-            .put_parts(&key, parts)
-            .await
-            .map_err(|e| DataError::Store(e.to_string()))?;
-        ds.cache.insert_written(&key, raw).await;
-        Ok(())
-    })
 }

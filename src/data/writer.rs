@@ -1,0 +1,504 @@
+//! Writes of one file on this node, from the application's write() to the
+//! committed slice records.
+//!
+//! Bytes are appended to the open slice's tail; each block that fills is
+//! handed to an upload task at once (no copy) and the writer goes on. A
+//! flush seals what is buffered, waits for every block to be stored, then
+//! commits the slices in one atomic Redis step. The rules this file keeps:
+//! - Nothing is dropped before it is committed: a failed upload keeps its
+//!   bytes and is uploaded again by the next flush; a failed commit keeps
+//!   every slice. Only a permanent answer from the commit itself (the file is
+//!   gone, the volume is full) drops data, and that error then sticks.
+//! - Commits are idempotent: each carries a token (its first slice id), so a
+//!   commit retried after an ambiguous failure never applies twice.
+//! - The state lock is a plain mutex held for memory operations only: no
+//!   lookup, stat or read ever waits on an upload or a commit. Flushes are
+//!   serialised by their own async lock; budget is taken before any lock.
+//! - Bytes not committed yet stay readable through `overlay`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use super::{DataStore, Held, PendingBlocks, PendingSource, COMPACT_AT, PENDING_ID};
+use crate::codec;
+use crate::error::{Error, Kind, Result};
+use crate::meta::{Attr, Slice, CHUNK_SIZE, INLINE_ID};
+
+/// A block of a slice, handed to an upload task when it filled (or when a
+/// flush sealed the slice). Its bytes stay here until the object is stored.
+struct Block {
+    index: u32,
+    slot: Mutex<Slot>,
+}
+
+struct Slot {
+    data: Option<Bytes>,
+    held: Option<Held>,
+    /// The object key, once stored.
+    key: Option<String>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+/// A slice not committed yet.
+struct PendingSlice {
+    /// Its id in the slice lists replayed on this node until it commits.
+    local: u64,
+    indx: u64,
+    pos: u32,
+    len: u32,
+    /// The volume-wide slice id, taken from Redis when first needed.
+    id: Arc<OnceCell<u64>>,
+    blocks: Vec<Arc<Block>>,
+    tail: Vec<u8>,
+    tail_held: Held,
+    /// Sealed by a flush: later writes start a new slice.
+    sealed: bool,
+    /// A small file's bytes, committed into Redis with the record.
+    inline: Option<Bytes>,
+}
+
+/// What a flush commits of one slice, taken under the state lock.
+struct SealedView {
+    indx: u64,
+    pos: u32,
+    len: u32,
+    id: Arc<OnceCell<u64>>,
+    blocks: Vec<Arc<Block>>,
+    inline: Option<Bytes>,
+}
+
+#[derive(Default)]
+struct State {
+    slices: Vec<PendingSlice>,
+    next_local: u64,
+    /// Data was dropped for a permanent reason: every later flush says so.
+    lost: Option<Error>,
+    dirty_since: Option<Instant>,
+    last_write: Option<Instant>,
+    /// The last flush failed for a transient reason: keep retrying.
+    failing: bool,
+}
+
+/// Pending writes of one inode on this node, shared by all its handles.
+pub struct FileWriter {
+    ino: u64,
+    ds: Arc<DataStore>,
+    state: Mutex<State>,
+    flushing: tokio::sync::Mutex<()>,
+    /// A background flush of this file is queued or running.
+    pub background: AtomicBool,
+}
+
+/// Past this many slices a writer asks for a flush (each record is replayed
+/// by every read); past four times as many the writer flushes itself.
+pub const MAX_PENDING_SLICES: usize = 64;
+
+impl FileWriter {
+    pub fn new(ino: u64, ds: Arc<DataStore>) -> FileWriter {
+        FileWriter {
+            ino,
+            ds,
+            state: Mutex::new(State::default()),
+            flushing: tokio::sync::Mutex::new(()),
+            background: AtomicBool::new(false),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave half-updated state
+        // that matters more than losing the writer: recover the guard.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.state().slices.is_empty()
+    }
+
+    /// Buffers `data` at file offset `off`; uploads blocks as they fill.
+    /// Returns how many slices are pending.
+    pub async fn write(&self, off: u64, data: &[u8]) -> Result<usize> {
+        // Budget first, with no lock held: a flush may be what frees it.
+        let mut held = self.ds.budget.take(data.len()).await?;
+        let bs = self.ds.block_size as usize;
+        let mut st = self.state();
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = off + done as u64;
+            let indx = at / CHUNK_SIZE;
+            let cpos = (at % CHUNK_SIZE) as u32;
+            let n = ((CHUNK_SIZE - cpos as u64) as usize).min(data.len() - done);
+            let append = matches!(st.slices.last(),
+                Some(s) if !s.sealed && s.indx == indx && s.pos + s.len == cpos);
+            if !append {
+                let local = PENDING_ID | (st.next_local & (PENDING_ID - 1));
+                st.next_local += 1;
+                st.slices.push(PendingSlice {
+                    local,
+                    indx,
+                    pos: cpos,
+                    len: 0,
+                    id: Arc::new(OnceCell::new()),
+                    blocks: Vec::new(),
+                    tail: Vec::new(),
+                    tail_held: self.ds.budget.empty(),
+                    sealed: false,
+                    inline: None,
+                });
+            }
+            let Some(s) = st.slices.last_mut() else {
+                return Err(Error::internal("writer lost its slice"));
+            };
+            let mut rest = &data[done..done + n];
+            while !rest.is_empty() {
+                let take = (bs - s.tail.len()).min(rest.len());
+                if s.tail.capacity() == 0 && rest.len() >= bs / 4 {
+                    s.tail.reserve_exact(bs);
+                }
+                s.tail.extend_from_slice(&rest[..take]);
+                s.tail_held.absorb(held.split(take));
+                s.len += take as u32;
+                rest = &rest[take..];
+                if s.tail.len() == bs {
+                    seal_tail(&self.ds, s);
+                }
+            }
+            done += n;
+        }
+        let now = Instant::now();
+        st.last_write = Some(now);
+        st.dirty_since.get_or_insert(now);
+        Ok(st.slices.len())
+    }
+
+    /// Whether a background flush is due: the last write is `idle` old, the
+    /// oldest buffered byte `max_age` old, slices pile up, or the last flush
+    /// failed.
+    pub fn flush_due(&self, idle: Duration, max_age: Duration) -> bool {
+        let st = self.state();
+        if st.slices.is_empty() {
+            return false;
+        }
+        st.failing
+            || st.slices.len() >= MAX_PENDING_SLICES
+            || st.last_write.is_none_or(|t| t.elapsed() >= idle)
+            || st.dirty_since.is_none_or(|t| t.elapsed() >= max_age)
+    }
+
+    /// Drops everything buffered (the file is gone).
+    pub fn discard(&self) {
+        let mut st = self.state();
+        for s in st.slices.drain(..) {
+            for b in s.blocks {
+                if let Ok(mut slot) = b.slot.lock() {
+                    if let Some(t) = slot.task.take() {
+                        t.abort();
+                    }
+                }
+            }
+        }
+        st.dirty_since = None;
+        st.failing = false;
+    }
+
+    /// The slices of chunk `indx` not committed yet (oldest first, under
+    /// their local ids) and the blocks that hold bytes [from, to) of the
+    /// chunk, so a read sees this node's own writes before they commit.
+    pub fn overlay(&self, indx: u64, from: u32, to: u32) -> (Vec<Slice>, PendingBlocks) {
+        let st = self.state();
+        let bs = self.ds.block_size;
+        let mut slices = Vec::new();
+        let mut blocks = PendingBlocks::new();
+        for s in st.slices.iter().filter(|s| s.indx == indx && s.len > 0) {
+            slices.push(Slice {
+                pos: s.pos,
+                id: s.local,
+                size: s.len,
+                off: 0,
+                len: s.len,
+            });
+            if s.pos >= to || s.pos + s.len <= from {
+                continue;
+            }
+            if let Some(b) = &s.inline {
+                blocks.insert((s.local, 0), PendingSource::Mem(b.clone()));
+                continue;
+            }
+            for b in &s.blocks {
+                let start = s.pos + b.index * bs;
+                if start >= to || start + bs <= from {
+                    continue;
+                }
+                let Ok(slot) = b.slot.lock() else { continue };
+                let src = match (&slot.data, &slot.key) {
+                    (Some(d), _) => PendingSource::Mem(d.clone()),
+                    (None, Some(k)) => PendingSource::Key(k.clone()),
+                    (None, None) => continue,
+                };
+                blocks.insert((s.local, b.index), src);
+            }
+            if !s.tail.is_empty() {
+                let index = s.blocks.len() as u32;
+                let start = s.pos + index * bs;
+                if start < to {
+                    // Only as much of the tail as the read reaches.
+                    let upto = ((to - start) as usize).min(s.tail.len());
+                    blocks.insert(
+                        (s.local, index),
+                        PendingSource::Mem(Bytes::copy_from_slice(&s.tail[..upto])),
+                    );
+                }
+            }
+        }
+        (slices, blocks)
+    }
+
+    /// Commits everything written before the call. `on_commit` runs with the
+    /// committed attributes before the slices leave the overlay, so readers
+    /// never see a moment where the bytes are in neither place. It must not
+    /// call back into this writer.
+    pub async fn flush(&self, on_commit: impl FnOnce(&Attr)) -> Result<()> {
+        let _serial = self.flushing.lock().await;
+        let batch = {
+            let mut st = self.state();
+            if let Some(e) = &st.lost {
+                return Err(e.clone());
+            }
+            let inline_size = self.ds.inline_size;
+            for s in st.slices.iter_mut().filter(|s| !s.sealed) {
+                s.sealed = true;
+                let small =
+                    s.indx == 0 && s.blocks.is_empty() && s.len > 0 && s.pos + s.len <= inline_size;
+                if small {
+                    s.inline = Some(Bytes::from(std::mem::take(&mut s.tail)));
+                } else if !s.tail.is_empty() {
+                    seal_tail(&self.ds, s);
+                }
+            }
+            st.slices
+                .iter()
+                .map(|s| SealedView {
+                    indx: s.indx,
+                    pos: s.pos,
+                    len: s.len,
+                    id: s.id.clone(),
+                    blocks: s.blocks.clone(),
+                    inline: s.inline.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let r = self.store_and_commit(&batch).await;
+        if let Ok(attr) = &r {
+            // Before the slices leave the overlay (and outside the state
+            // lock: the caller takes its own locks).
+            on_commit(attr);
+        }
+        let mut st = self.state();
+        match r {
+            Ok(_) => {
+                // The batch is the oldest slices: later writes were appended.
+                let n = batch.len().min(st.slices.len());
+                st.slices.drain(..n);
+                st.failing = false;
+                if st.slices.is_empty() {
+                    st.dirty_since = None;
+                }
+                Ok(())
+            }
+            Err(e) if matches!(e.kind, Kind::Fs(_)) => {
+                // Redis refused the commit itself (the file is gone, the volume
+                // is full): retrying cannot help. The error sticks.
+                tracing::error!(ino = self.ino, error = %e, "commit refused; buffered data dropped");
+                let n = batch.len().min(st.slices.len());
+                st.slices.drain(..n);
+                st.lost = Some(e.clone());
+                st.failing = false;
+                Err(e)
+            }
+            Err(e) => {
+                st.failing = true;
+                Err(e)
+            }
+        }
+    }
+
+    async fn store_and_commit(&self, batch: &[SealedView]) -> Result<Attr> {
+        let ds = &self.ds;
+        let mut first_err = None;
+        for v in batch {
+            for b in &v.blocks {
+                if let Err(e) = wait_stored(ds, &v.id, b).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        for v in batch {
+            let id = slice_id(ds, &v.id).await?;
+            let id = if v.inline.is_some() {
+                id | INLINE_ID
+            } else {
+                id
+            };
+            let slice = Slice {
+                pos: v.pos,
+                id,
+                size: v.len,
+                off: 0,
+                len: v.len,
+            };
+            records.push((v.indx, slice, v.inline.as_ref().map(|b| b.to_vec())));
+        }
+        // Slice ids are unique volume-wide: the first one names this commit.
+        let token = records.first().map(|r| r.1.id & !INLINE_ID).unwrap_or(0);
+        let done = ds
+            .retry("commit", || async {
+                ds.meta
+                    .write_slices(self.ino, &records, ds.capacity, token)
+                    .await
+                    .map_err(Error::from)
+            })
+            .await?;
+        for (indx, n) in done.kept {
+            if n >= COMPACT_AT {
+                ds.spawn_compaction(self.ino, indx);
+            }
+        }
+        // Blocks of hidden slices are dead here: never let them fill the
+        // cache (other nodes may still read the objects for a while).
+        ds.forget_cached(&done.dropped);
+        Ok(done.attr)
+    }
+}
+
+/// The slice's volume-wide id, taken from Redis once.
+async fn slice_id(ds: &Arc<DataStore>, cell: &OnceCell<u64>) -> Result<u64> {
+    cell.get_or_try_init(|| ds.retry("slice id", || async { Ok(ds.meta.new_slice_id().await?) }))
+        .await
+        .copied()
+}
+
+/// Turns a slice's tail into a block and starts its upload.
+fn seal_tail(ds: &Arc<DataStore>, s: &mut PendingSlice) {
+    let data = Bytes::from(std::mem::take(&mut s.tail));
+    let held = std::mem::replace(&mut s.tail_held, ds.budget.empty());
+    let block = Arc::new(Block {
+        index: s.blocks.len() as u32,
+        slot: Mutex::new(Slot {
+            data: Some(data),
+            held: Some(held),
+            key: None,
+            task: None,
+        }),
+    });
+    let task = spawn_block_upload(ds, s.id.clone(), block.clone());
+    if let Ok(mut slot) = block.slot.lock() {
+        slot.task = Some(task);
+    }
+    s.blocks.push(block);
+}
+
+/// Waits until `b` is stored: joins its upload, and uploads it again when
+/// an earlier attempt had failed.
+async fn wait_stored(ds: &Arc<DataStore>, id: &Arc<OnceCell<u64>>, b: &Arc<Block>) -> Result<()> {
+    for _ in 0..2 {
+        let (task, fresh) = {
+            let Ok(mut slot) = b.slot.lock() else {
+                return Err(Error::internal("block slot poisoned"));
+            };
+            if slot.key.is_some() {
+                return Ok(());
+            }
+            match slot.task.take() {
+                Some(t) => (t, false),
+                None => (spawn_block_upload(ds, id.clone(), b.clone()), true),
+            }
+        };
+        match task.await.map_err(Error::from).and_then(|r| r) {
+            Ok(()) => return Ok(()),
+            // An upload started before this flush failed: try once more now.
+            Err(e) if fresh => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "earlier upload failed; uploading again"),
+        }
+    }
+    Err(Error::internal("block upload did not finish"))
+}
+
+fn spawn_block_upload(
+    ds: &Arc<DataStore>,
+    id: Arc<OnceCell<u64>>,
+    block: Arc<Block>,
+) -> JoinHandle<Result<()>> {
+    let ds = ds.clone();
+    tokio::spawn(async move {
+        let data = match block.slot.lock() {
+            Ok(slot) if slot.key.is_some() => return Ok(()),
+            Ok(slot) => slot.data.clone(),
+            Err(_) => None,
+        };
+        let Some(data) = data else {
+            return Err(Error::internal("block has neither bytes nor an object"));
+        };
+        let id = slice_id(&ds, &id).await?;
+        let key = store_block(&ds, id, block.index, data).await?;
+        if let Ok(mut slot) = block.slot.lock() {
+            slot.data = None;
+            slot.held = None;
+            slot.key = Some(key);
+        }
+        Ok(())
+    })
+}
+
+/// Encodes and stores one block, retrying transient failures; the block
+/// then goes to this node's cache. Returns its object key.
+pub(super) async fn store_block(
+    ds: &Arc<DataStore>,
+    id: u64,
+    index: u32,
+    raw: Bytes,
+) -> Result<String> {
+    let _slot = ds
+        .uploads
+        .acquire()
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let key = ds.blocks.block_key(id, index, raw.len() as u32);
+    let codec = ds.codec;
+    let r2 = raw.clone();
+    let parts = tokio::task::spawn_blocking(move || codec::encode_parts(&r2, codec)).await?;
+    ds.retry("upload", || async {
+        ds.blocks
+            .put_parts(&key, parts.clone())
+            .await
+            .map_err(Error::from)
+    })
+    .await?;
+    ds.cache.insert_written(&key, raw).await;
+    Ok(key)
+}
+
+/// Stores a block made elsewhere (compaction), holding `held` until done.
+pub(super) fn spawn_store_block(
+    ds: &Arc<DataStore>,
+    id: u64,
+    index: u32,
+    raw: Bytes,
+    held: Held,
+) -> JoinHandle<Result<()>> {
+    let ds = ds.clone();
+    tokio::spawn(async move {
+        let _held = held;
+        store_block(&ds, id, index, raw).await.map(|_| ())
+    })
+}
