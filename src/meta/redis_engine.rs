@@ -122,7 +122,7 @@ pub struct Committed {
 
 pub struct Meta {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: TimedConn,
     /// This mount's session id (0 before registration), sent with every
     /// script so change events and locks name their origin.
     sid: AtomicU64,
@@ -134,6 +134,54 @@ pub struct Meta {
     /// commit deletes.
     commit_markers: Mutex<Vec<u64>>,
 }
+
+/// The shared connection with a deadline on every request, so no metadata
+/// call waits longer than `timeout` (reconnect attempts included): a Redis
+/// outage becomes a transient error the caller can retry or report.
+#[derive(Clone)]
+pub struct TimedConn {
+    inner: ConnectionManager,
+    timeout: Duration,
+}
+
+fn deadline_passed(timeout: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {timeout:?}"),
+    ))
+}
+
+impl redis::aio::ConnectionLike for TimedConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        let t = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(t, self.inner.send_packed_command(cmd))
+                .await
+                .unwrap_or_else(|_| Err(deadline_passed(t)))
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        let t = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(t, self.inner.send_packed_commands(cmd, offset, count))
+                .await
+                .unwrap_or_else(|_| Err(deadline_passed(t)))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// Deadline of one Redis request, reconnecting included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Turns a Redis failure into a message that says what to do, without secrets.
 fn redis_err(e: redis::RedisError) -> MetaError {
@@ -233,16 +281,24 @@ impl Meta {
             .query_async(&mut probe)
             .await
             .map_err(redis_err)?;
+        // Reconnect promptly and give up soon: callers retry with their own
+        // budget, and a request never outlives CALL_TIMEOUT anyway.
         let mcfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_secs(30))
-            .set_number_of_retries(3);
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_factor(50)
+            .set_exponent_base(2)
+            .set_max_delay(1000)
+            .set_number_of_retries(2);
         let conn = ConnectionManager::new_with_config(client.clone(), mcfg)
             .await
             .map_err(redis_err)?;
         Ok(Meta {
             client,
-            conn,
+            conn: TimedConn {
+                inner: conn,
+                timeout: CALL_TIMEOUT,
+            },
             sid: AtomicU64::new(0),
             prefix: format!("{{{volume}}}"),
             scripts: Scripts::new(),
@@ -281,7 +337,7 @@ impl Meta {
         format!("{}{}{}", self.prefix, kind, ino)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> TimedConn {
         self.conn.clone()
     }
 
