@@ -7,8 +7,13 @@
 //! the same block waits for that result (single-flight). Disk entries keep
 //! the block envelope, so they are checksummed again on every read; a corrupt
 //! entry is dropped and the block fetched anew.
+//!
+//! Disk entries hold plaintext of files whatever their modes, so the cache
+//! is private to the daemon's user: directories 0700, files 0600 (a tree an
+//! older version left looser is tightened on open).
 
 use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,26 @@ pub enum CacheError {
     Fetch(Arc<String>),
 }
 
+/// Modes of the disk cache's directories and files.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and any missing parents as 0700.
+fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Sets `p`'s permission bits to `mode` unless they already are.
+fn tighten(p: &Path, md: &std::fs::Metadata, mode: u32) -> std::io::Result<()> {
+    if md.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
+
 pub struct DiskCache {
     dir: PathBuf,
     capacity: u64,
@@ -35,25 +60,46 @@ pub struct DiskCache {
 }
 
 impl DiskCache {
+    /// Opens (or creates) the cache at `dir`, indexing the entries already
+    /// there. The tree is made private first: an entry that cannot be
+    /// closed down is removed, and a directory that cannot fails the open.
     pub fn open(dir: &Path, capacity: u64, free_ratio: f64) -> std::io::Result<DiskCache> {
-        std::fs::create_dir_all(dir.join("blocks"))?;
+        let blocks = dir.join("blocks");
+        private_dir_all(&blocks)?;
+        tighten(dir, &std::fs::metadata(dir)?, DIR_MODE)?;
+        tighten(&blocks, &std::fs::metadata(&blocks)?, DIR_MODE)?;
         let mut used = 0;
         let mut index = std::collections::HashMap::new();
-        for sub in std::fs::read_dir(dir.join("blocks"))?.flatten() {
-            if let Ok(files) = std::fs::read_dir(sub.path()) {
-                for f in files.flatten() {
-                    let p = f.path();
-                    let is_tmp = p
-                        .extension()
-                        .is_some_and(|e| e.to_string_lossy().starts_with("tmp"));
-                    if is_tmp {
-                        let _ = std::fs::remove_file(&p); // left by a crash
-                        continue;
-                    }
-                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    used += len;
-                    index.insert(p, (len, 0));
+        for sub in std::fs::read_dir(&blocks)?.flatten() {
+            let Ok(md) = sub.metadata() else { continue };
+            if !md.is_dir() {
+                continue;
+            }
+            tighten(&sub.path(), &md, DIR_MODE)?;
+            let Ok(files) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let p = f.path();
+                let is_tmp = p
+                    .extension()
+                    .is_some_and(|e| e.to_string_lossy().starts_with("tmp"));
+                if is_tmp {
+                    let _ = std::fs::remove_file(&p); // left by a crash
+                    continue;
                 }
+                // DirEntry::metadata does not follow symlinks: only regular
+                // files are entries (and chmod then cannot reach elsewhere).
+                let Ok(md) = f.metadata() else { continue };
+                if !md.is_file() {
+                    continue;
+                }
+                if tighten(&p, &md, FILE_MODE).is_err() {
+                    let _ = std::fs::remove_file(&p);
+                    continue;
+                }
+                used += md.len();
+                index.insert(p, (md.len(), 0));
             }
         }
         Ok(DiskCache {
@@ -171,7 +217,8 @@ impl DiskCache {
     }
 
     /// Keeps a decoded block as a raw framed block (header and table, then
-    /// the bytes as they are: no copy of the block is made).
+    /// the bytes as they are: no copy of the block is made). The file is
+    /// 0600 from birth.
     fn store(&self, key: &str, raw: &[u8]) {
         let head = codec::raw_head(raw);
         let len = (head.len() + raw.len()) as u64;
@@ -181,16 +228,21 @@ impl DiskCache {
         }
         let p = self.path(key);
         let Some(parent) = p.parent() else { return };
-        if std::fs::create_dir_all(parent).is_err() {
+        if private_dir_all(parent).is_err() {
             return;
         }
         // Temp file + rename: a crash never leaves a half-written entry under the real name.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(&head)?;
-            f.write_all(raw)
-        });
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&head)?;
+                f.write_all(raw)
+            });
         if written.is_ok() && std::fs::rename(&tmp, &p).is_ok() {
             let old = self.touch(&p, len).unwrap_or(0);
             self.used.fetch_add(len, Ordering::Relaxed);
@@ -374,5 +426,60 @@ impl BlockCache {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Every directory and file under `p`, with its permission bits.
+    fn modes(p: &Path, out: &mut Vec<(PathBuf, bool, u32)>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let md = e.metadata().unwrap();
+            out.push((e.path(), md.is_dir(), md.permissions().mode() & 0o7777));
+            if md.is_dir() {
+                modes(&e.path(), out);
+            }
+        }
+    }
+
+    const K1: &str = "vol/chunks/01/0/1_0_200000";
+
+    #[test]
+    fn the_cache_is_private_and_an_older_looser_tree_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("c");
+        let d = DiskCache::open(&root, 1 << 30, 0.0).unwrap();
+        d.store(K1, &block(1000, 1));
+        drop(d);
+        let mut all = Vec::new();
+        modes(&root, &mut all);
+        assert!(all.len() >= 3, "{all:?}");
+        for (p, is_dir, mode) in &all {
+            assert_eq!(*mode, if *is_dir { 0o700 } else { 0o600 }, "{p:?}");
+        }
+
+        // What an older version left: 0755 directories, 0644 files.
+        for (p, is_dir, _) in all.iter().chain([&(root.clone(), true, 0)]) {
+            let loose = if *is_dir { 0o755 } else { 0o644 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(loose)).unwrap();
+        }
+        let d = DiskCache::open(&root, 1 << 30, 0.0).unwrap();
+        assert_eq!(mode_of(&root), 0o700);
+        for (p, is_dir, _) in &all {
+            assert_eq!(mode_of(p), if *is_dir { 0o700 } else { 0o600 }, "{p:?}");
+        }
+        assert!(d.used() > 1000, "entries kept");
     }
 }
