@@ -10,7 +10,10 @@
 //!
 //! Disk entries hold plaintext of files whatever their modes, so the cache
 //! is private to the daemon's user: directories 0700, files 0600 (a tree an
-//! older version left looser is tightened on open).
+//! older version left looser is tightened on open). Each entry starts with
+//! the xxh3 of its key: the CRCs prove an entry is some intact block, the
+//! key hash proves it is this one, so a valid entry of another block copied
+//! over this one's file is dropped, never served.
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -31,6 +34,19 @@ pub enum CacheError {
 /// Modes of the disk cache's directories and files.
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+
+/// Every disk entry starts with this tag and the xxh3 of its key; the block
+/// (framed raw form) follows. Entries of the earlier, unbound format lack
+/// the tag and are dropped on first use like any other mismatch.
+const ENTRY_TAG: [u8; 4] = *b"VCB1";
+const ENTRY_HEAD: usize = 12;
+
+fn entry_head(key: &str) -> [u8; ENTRY_HEAD] {
+    let mut h = [0u8; ENTRY_HEAD];
+    h[..4].copy_from_slice(&ENTRY_TAG);
+    h[4..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(key.as_bytes()).to_le_bytes());
+    h
+}
 
 /// Creates `dir` and any missing parents as 0700.
 fn private_dir_all(dir: &Path) -> std::io::Result<()> {
@@ -133,27 +149,58 @@ impl DiskCache {
             .join(name)
     }
 
-    fn forget(&self, p: &Path) {
-        if let Ok(mut i) = self.index.lock() {
-            if let Some((len, _)) = i.remove(p) {
-                self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
-            }
+    /// Takes `p` out of the index and its bytes out of `used` (no disk
+    /// I/O); false when it was not indexed.
+    fn unindex(&self, p: &Path) -> bool {
+        let Ok(mut i) = self.index.lock() else {
+            return false;
+        };
+        let Some((len, _)) = i.remove(p) else {
+            return false;
+        };
+        self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
+        true
+    }
+
+    /// Removes an entry that must not be served.
+    fn drop_entry(&self, key: &str, p: &Path, why: &str) {
+        tracing::warn!(key, error = why, "dropping corrupt disk cache entry");
+        let _ = std::fs::remove_file(p);
+        self.unindex(p);
+    }
+
+    /// Checks that an entry starting with `head` was written for `key`, and
+    /// drops it if not. Entries of the earlier format (no tag) go quietly:
+    /// after an upgrade every one of them would warn once.
+    fn bound_to(&self, key: &str, p: &Path, head: &[u8]) -> bool {
+        let want = entry_head(key);
+        if head.get(..ENTRY_HEAD) == Some(&want[..]) {
+            return true;
         }
+        if head.get(..ENTRY_TAG.len()) == Some(&ENTRY_TAG[..]) {
+            self.drop_entry(key, p, "the entry was written for another key");
+        } else {
+            tracing::debug!(key, "dropping a disk cache entry of the earlier format");
+            let _ = std::fs::remove_file(p);
+            self.unindex(p);
+        }
+        false
     }
 
     fn load(&self, key: &str) -> Option<Bytes> {
         let p = self.path(key);
         let data = Bytes::from(std::fs::read(&p).ok()?);
         let len = data.len() as u64;
-        match codec::decode_shared(data) {
+        if !self.bound_to(key, &p, &data) {
+            return None;
+        }
+        match codec::decode_shared(data.slice(ENTRY_HEAD..)) {
             Ok(raw) => {
                 self.touch(&p, len);
                 Some(raw)
             }
             Err(e) => {
-                tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
-                let _ = std::fs::remove_file(&p);
-                self.forget(&p);
+                self.drop_entry(key, &p, &e.to_string());
                 None
             }
         }
@@ -167,9 +214,12 @@ impl DiskCache {
         let p = self.path(key);
         let f = std::fs::File::open(&p).ok()?;
         let size = f.metadata().ok()?.len() as usize;
-        let mut head = vec![0u8; codec::Layout::prefix_len(raw_len).min(size)];
+        let mut head = vec![0u8; (ENTRY_HEAD + codec::Layout::prefix_len(raw_len)).min(size)];
         f.read_exact_at(&mut head, 0).ok()?;
-        let result = codec::Layout::parse(&head).and_then(|layout| {
+        if !self.bound_to(key, &p, &head) {
+            return None;
+        }
+        let result = codec::Layout::parse(&head[ENTRY_HEAD..]).and_then(|layout| {
             let Some(layout) = layout else {
                 return Ok(None);
             };
@@ -179,7 +229,7 @@ impl DiskCache {
             }
             let range = layout.stored_range(&frames);
             let mut stored = vec![0u8; range.len()];
-            f.read_exact_at(&mut stored, range.start as u64)
+            f.read_exact_at(&mut stored, (ENTRY_HEAD + range.start) as u64)
                 .map_err(|e| codec::CodecError::Corrupt(e.to_string()))?;
             let raw = layout.decode_frames(frames.clone(), &stored)?;
             let at = off - frames.start * layout.frame_size;
@@ -193,9 +243,7 @@ impl DiskCache {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
-                let _ = std::fs::remove_file(&p);
-                self.forget(&p);
+                self.drop_entry(key, &p, &e.to_string());
                 None
             }
         }
@@ -217,11 +265,11 @@ impl DiskCache {
     }
 
     /// Keeps a decoded block as a raw framed block (header and table, then
-    /// the bytes as they are: no copy of the block is made). The file is
-    /// 0600 from birth.
+    /// the bytes as they are: no copy of the block is made), after the
+    /// entry header that binds it to `key`. The file is 0600 from birth.
     fn store(&self, key: &str, raw: &[u8]) {
         let head = codec::raw_head(raw);
-        let len = (head.len() + raw.len()) as u64;
+        let len = (ENTRY_HEAD + head.len() + raw.len()) as u64;
         // Never overshoot: eviction runs in the background, this just refuses.
         if self.used() + len > self.capacity || self.free_share() < self.free_ratio {
             return;
@@ -240,6 +288,7 @@ impl DiskCache {
             .open(&tmp)
             .and_then(|mut f| {
                 use std::io::Write;
+                f.write_all(&entry_head(key))?;
                 f.write_all(&head)?;
                 f.write_all(raw)
             });
@@ -274,7 +323,7 @@ impl DiskCache {
                 break;
             }
             if std::fs::remove_file(&p).is_ok() || !p.exists() {
-                self.forget(&p);
+                self.unindex(&p);
                 removed += len;
             }
         }
@@ -455,6 +504,39 @@ mod tests {
     }
 
     const K1: &str = "vol/chunks/01/0/1_0_200000";
+    const K2: &str = "vol/chunks/02/0/2_0_200000";
+
+    #[test]
+    fn an_entry_copied_over_another_keys_file_is_dropped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DiskCache::open(&dir.path().join("c"), 1 << 30, 0.0).unwrap();
+        let (b1, b2) = (block(200_000, 1), block(200_000, 2));
+        d.store(K1, &b1);
+        d.store(K2, &b2);
+        assert_eq!(d.load(K1).as_deref(), Some(&b1[..]));
+        assert_eq!(
+            d.load_range(K2, b2.len(), 70_000, 1000).as_deref(),
+            Some(&b2[70_000..71_000])
+        );
+        let used = d.used();
+
+        // A valid entry of K2 under K1's name: whole and ranged loads refuse it.
+        std::fs::copy(d.path(K2), d.path(K1)).unwrap();
+        assert!(d.load(K1).is_none(), "another block's entry was served");
+        assert!(!d.path(K1).exists(), "and it is dropped");
+        assert!(d.used() < used, "and no longer counted");
+        d.store(K1, &b1);
+        std::fs::copy(d.path(K2), d.path(K1)).unwrap();
+        assert!(d.load_range(K1, b1.len(), 70_000, 1000).is_none());
+        assert!(!d.path(K1).exists());
+
+        // An entry of the earlier format (no key header) is dropped too.
+        std::fs::write(d.path(K1), codec::encode_raw(&b1)).unwrap();
+        assert!(d.load(K1).is_none());
+        assert!(!d.path(K1).exists());
+        // K2 itself is untouched by all this.
+        assert_eq!(d.load(K2).as_deref(), Some(&b2[..]));
+    }
 
     #[test]
     fn the_cache_is_private_and_an_older_looser_tree_is_tightened() {
