@@ -187,6 +187,14 @@ impl DiskCache {
         false
     }
 
+    /// Takes `key`'s entry out of the index at once (no I/O) and returns
+    /// its file for the caller to unlink off the async workers, or None
+    /// when the entry was not here.
+    fn unindex_key(&self, key: &str) -> Option<PathBuf> {
+        let p = self.path(key);
+        self.unindex(&p).then_some(p)
+    }
+
     fn load(&self, key: &str) -> Option<Bytes> {
         let p = self.path(key);
         let data = Bytes::from(std::fs::read(&p).ok()?);
@@ -343,6 +351,21 @@ fn store_later(writes: &Arc<tokio::sync::Semaphore>, d: Arc<DiskCache>, key: Str
     }
 }
 
+/// How many 64 KiB pieces (`key@N`, see DataStore::read_piece) a block may
+/// have in memory. Block keys end in the raw block length
+/// (`..._{id}_{index}_{len}`, object.rs); for any other key every piece a
+/// block of the largest size (16 MiB) could have is dropped. Too few only
+/// leaves dead pieces for the memory cache to age out: keys are never reused.
+fn pieces_of(key: &str) -> usize {
+    const LARGEST_BLOCK: usize = 16 << 20;
+    key.rsplit('_')
+        .next()
+        .and_then(|len| len.parse::<usize>().ok())
+        .filter(|len| *len <= LARGEST_BLOCK)
+        .unwrap_or(LARGEST_BLOCK)
+        .div_ceil(codec::MIN_FRAME)
+}
+
 pub struct BlockCache {
     mem: moka::future::Cache<String, Bytes>,
     disk: Option<Arc<DiskCache>>,
@@ -434,6 +457,29 @@ impl BlockCache {
     /// Keeps `raw` in memory only (pieces of blocks read at random).
     pub async fn insert_mem(&self, key: &str, raw: Bytes) {
         self.mem.insert(key.to_string(), raw).await;
+    }
+
+    /// Drops a block no file uses any more (its slice was replaced or
+    /// deleted) from memory, with the 64 KiB pieces ranged reads keep as
+    /// `key@N`, and from disk. Never waits for the disk: the entry leaves
+    /// the disk index at once and its file is unlinked on the blocking pool.
+    /// A fetch or disk write of the block still in flight may put it back;
+    /// that copy is never read again and ages out (LRU) like any other.
+    pub async fn forget(&self, key: &str) {
+        self.mem.invalidate(key).await;
+        let mut piece = String::with_capacity(key.len() + 4);
+        for p in 0..pieces_of(key) {
+            use std::fmt::Write;
+            piece.clear();
+            let _ = write!(piece, "{key}@{p}");
+            self.mem.invalidate(piece.as_str()).await;
+        }
+        // A block this node never cached costs no disk I/O at all.
+        if let Some(p) = self.disk.as_ref().and_then(|d| d.unindex_key(key)) {
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(p);
+            });
+        }
     }
 
     /// The memory entry for `key`, made once by `init` however many ask.
@@ -563,5 +609,60 @@ mod tests {
             assert_eq!(mode_of(p), if *is_dir { 0o700 } else { 0o600 }, "{p:?}");
         }
         assert!(d.used() > 1000, "entries kept");
+    }
+
+    #[test]
+    fn pieces_are_counted_from_the_key() {
+        assert_eq!(pieces_of(K1), 4); // 200,000 bytes: three whole pieces and a part
+        assert_eq!(pieces_of("v/chunks/00/0/7_1_4194304"), 64);
+        assert_eq!(pieces_of("not-a-block-key"), 256);
+    }
+
+    #[tokio::test]
+    async fn forget_drops_a_block_and_its_pieces_from_memory_and_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DiskCache::open(&dir.path().join("c"), 1 << 30, 0.0).unwrap();
+        let c = BlockCache::new(64 << 20, Some(d));
+        let disk = c.disk().unwrap();
+        let (b1, b2) = (
+            Bytes::from(block(200_000, 1)),
+            Bytes::from(block(200_000, 2)),
+        );
+        for (k, b) in [(K1, &b1), (K2, &b2)] {
+            disk.store(k, b);
+            c.insert_mem(k, b.clone()).await;
+            for p in 0..4 {
+                c.insert_mem(&format!("{k}@{p}"), b.slice(..10)).await;
+            }
+        }
+        let used = disk.used();
+
+        c.forget(K1).await;
+        assert!(!c.contains(K1).await);
+        for p in 0..4 {
+            assert!(!c.contains(&format!("{K1}@{p}")).await, "piece {p} kept");
+        }
+        assert!(disk.used() < used, "the disk index let go at once");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while disk.path(K1).exists() {
+            assert!(std::time::Instant::now() < deadline, "entry file kept");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A later read of K1 must fetch it again.
+        let got = c
+            .get(K1, || async { Ok(Bytes::from(codec::encode_raw(&b1))) })
+            .await
+            .unwrap();
+        assert_eq!(got, b1);
+
+        // The other block is untouched, in memory and on disk.
+        assert!(c.contains(K2).await);
+        assert!(c.contains(&format!("{K2}@3")).await);
+        assert_eq!(disk.load(K2), Some(b2));
+
+        // Forgetting what is not cached (or twice) is harmless.
+        c.forget(K1).await;
+        c.forget("vol/chunks/03/0/3_0_65536").await;
+        BlockCache::new(1 << 20, None).forget(K1).await;
     }
 }
