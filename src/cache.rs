@@ -7,8 +7,16 @@
 //! the same block waits for that result (single-flight). Disk entries keep
 //! the block envelope, so they are checksummed again on every read; a corrupt
 //! entry is dropped and the block fetched anew.
+//!
+//! Disk entries hold plaintext of files whatever their modes, so the cache
+//! is private to the daemon's user: directories 0700, files 0600 (a tree an
+//! older version left looser is tightened on open). Each entry starts with
+//! the xxh3 of its key: the CRCs prove an entry is some intact block, the
+//! key hash proves it is this one, so a valid entry of another block copied
+//! over this one's file is dropped, never served.
 
 use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +25,39 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::{codec, metrics};
+
+/// Modes of the disk cache's directories and files.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Every disk entry starts with this tag and the xxh3 of its key; the block
+/// (framed raw form) follows. Entries of the earlier, unbound format lack
+/// the tag and are dropped on first use like any other mismatch.
+const ENTRY_TAG: [u8; 4] = *b"VCB1";
+const ENTRY_HEAD: usize = 12;
+
+fn entry_head(key: &str) -> [u8; ENTRY_HEAD] {
+    let mut h = [0u8; ENTRY_HEAD];
+    h[..4].copy_from_slice(&ENTRY_TAG);
+    h[4..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(key.as_bytes()).to_le_bytes());
+    h
+}
+
+/// Creates `dir` and any missing parents as 0700.
+fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Sets `p`'s permission bits to `mode` unless they already are.
+fn tighten(p: &Path, md: &std::fs::Metadata, mode: u32) -> std::io::Result<()> {
+    if md.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
 
 pub struct DiskCache {
     dir: PathBuf,
@@ -30,25 +71,46 @@ pub struct DiskCache {
 }
 
 impl DiskCache {
+    /// Opens (or creates) the cache at `dir`, indexing the entries already
+    /// there. The tree is made private first: an entry that cannot be
+    /// closed down is removed, and a directory that cannot fails the open.
     pub fn open(dir: &Path, capacity: u64, free_ratio: f64) -> std::io::Result<DiskCache> {
-        std::fs::create_dir_all(dir.join("blocks"))?;
+        let blocks = dir.join("blocks");
+        private_dir_all(&blocks)?;
+        tighten(dir, &std::fs::metadata(dir)?, DIR_MODE)?;
+        tighten(&blocks, &std::fs::metadata(&blocks)?, DIR_MODE)?;
         let mut used = 0;
         let mut index = std::collections::HashMap::new();
-        for sub in std::fs::read_dir(dir.join("blocks"))?.flatten() {
-            if let Ok(files) = std::fs::read_dir(sub.path()) {
-                for f in files.flatten() {
-                    let p = f.path();
-                    let is_tmp = p
-                        .extension()
-                        .is_some_and(|e| e.to_string_lossy().starts_with("tmp"));
-                    if is_tmp {
-                        let _ = std::fs::remove_file(&p); // left by a crash
-                        continue;
-                    }
-                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    used += len;
-                    index.insert(p, (len, 0));
+        for sub in std::fs::read_dir(&blocks)?.flatten() {
+            let Ok(md) = sub.metadata() else { continue };
+            if !md.is_dir() {
+                continue;
+            }
+            tighten(&sub.path(), &md, DIR_MODE)?;
+            let Ok(files) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let p = f.path();
+                let is_tmp = p
+                    .extension()
+                    .is_some_and(|e| e.to_string_lossy().starts_with("tmp"));
+                if is_tmp {
+                    let _ = std::fs::remove_file(&p); // left by a crash
+                    continue;
                 }
+                // DirEntry::metadata does not follow symlinks: only regular
+                // files are entries (and chmod then cannot reach elsewhere).
+                let Ok(md) = f.metadata() else { continue };
+                if !md.is_file() {
+                    continue;
+                }
+                if tighten(&p, &md, FILE_MODE).is_err() {
+                    let _ = std::fs::remove_file(&p);
+                    continue;
+                }
+                used += md.len();
+                index.insert(p, (md.len(), 0));
             }
         }
         Ok(DiskCache {
@@ -82,27 +144,66 @@ impl DiskCache {
             .join(name)
     }
 
-    fn forget(&self, p: &Path) {
-        if let Ok(mut i) = self.index.lock() {
-            if let Some((len, _)) = i.remove(p) {
-                self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
-            }
+    /// Takes `p` out of the index and its bytes out of `used` (no disk
+    /// I/O); false when it was not indexed.
+    fn unindex(&self, p: &Path) -> bool {
+        let Ok(mut i) = self.index.lock() else {
+            return false;
+        };
+        let Some((len, _)) = i.remove(p) else {
+            return false;
+        };
+        self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
+        true
+    }
+
+    /// Removes an entry that must not be served.
+    fn drop_entry(&self, key: &str, p: &Path, why: &str) {
+        tracing::warn!(key, error = why, "dropping corrupt disk cache entry");
+        let _ = std::fs::remove_file(p);
+        self.unindex(p);
+    }
+
+    /// Checks that an entry starting with `head` was written for `key`, and
+    /// drops it if not. Entries of the earlier format (no tag) go quietly:
+    /// after an upgrade every one of them would warn once.
+    fn bound_to(&self, key: &str, p: &Path, head: &[u8]) -> bool {
+        let want = entry_head(key);
+        if head.get(..ENTRY_HEAD) == Some(&want[..]) {
+            return true;
         }
+        if head.get(..ENTRY_TAG.len()) == Some(&ENTRY_TAG[..]) {
+            self.drop_entry(key, p, "the entry was written for another key");
+        } else {
+            tracing::debug!(key, "dropping a disk cache entry of the earlier format");
+            let _ = std::fs::remove_file(p);
+            self.unindex(p);
+        }
+        false
+    }
+
+    /// Takes `key`'s entry out of the index at once (no I/O) and returns
+    /// its file for the caller to unlink off the async workers, or None
+    /// when the entry was not here.
+    fn unindex_key(&self, key: &str) -> Option<PathBuf> {
+        let p = self.path(key);
+        self.unindex(&p).then_some(p)
     }
 
     fn load(&self, key: &str) -> Option<Bytes> {
         let p = self.path(key);
         let data = Bytes::from(std::fs::read(&p).ok()?);
         let len = data.len() as u64;
-        match codec::decode_shared(data) {
+        if !self.bound_to(key, &p, &data) {
+            return None;
+        }
+        match codec::decode_shared(data.slice(ENTRY_HEAD..)) {
             Ok(raw) => {
                 self.touch(&p, len);
                 Some(raw)
             }
             Err(e) => {
-                tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
-                let _ = std::fs::remove_file(&p);
-                self.forget(&p);
+                self.drop_entry(key, &p, &e.to_string());
                 None
             }
         }
@@ -116,9 +217,12 @@ impl DiskCache {
         let p = self.path(key);
         let f = std::fs::File::open(&p).ok()?;
         let size = f.metadata().ok()?.len() as usize;
-        let mut head = vec![0u8; codec::Layout::prefix_len(raw_len).min(size)];
+        let mut head = vec![0u8; (ENTRY_HEAD + codec::Layout::prefix_len(raw_len)).min(size)];
         f.read_exact_at(&mut head, 0).ok()?;
-        let result = codec::Layout::parse(&head).and_then(|layout| {
+        if !self.bound_to(key, &p, &head) {
+            return None;
+        }
+        let result = codec::Layout::parse(&head[ENTRY_HEAD..]).and_then(|layout| {
             let Some(layout) = layout else {
                 return Ok(None);
             };
@@ -128,7 +232,7 @@ impl DiskCache {
             }
             let range = layout.stored_range(&frames);
             let mut stored = vec![0u8; range.len()];
-            f.read_exact_at(&mut stored, range.start as u64)
+            f.read_exact_at(&mut stored, (ENTRY_HEAD + range.start) as u64)
                 .map_err(|e| codec::CodecError::Corrupt(e.to_string()))?;
             let raw = layout.decode_frames(frames.clone(), &stored)?;
             let at = off - frames.start * layout.frame_size;
@@ -142,9 +246,7 @@ impl DiskCache {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(key, error = %e, "dropping corrupt disk cache entry");
-                let _ = std::fs::remove_file(&p);
-                self.forget(&p);
+                self.drop_entry(key, &p, &e.to_string());
                 None
             }
         }
@@ -166,26 +268,33 @@ impl DiskCache {
     }
 
     /// Keeps a decoded block as a raw framed block (header and table, then
-    /// the bytes as they are: no copy of the block is made).
+    /// the bytes as they are: no copy of the block is made), after the
+    /// entry header that binds it to `key`. The file is 0600 from birth.
     fn store(&self, key: &str, raw: &[u8]) {
         let head = codec::raw_head(raw);
-        let len = (head.len() + raw.len()) as u64;
+        let len = (ENTRY_HEAD + head.len() + raw.len()) as u64;
         // Never overshoot: eviction runs in the background, this just refuses.
         if self.used() + len > self.capacity || self.free_share() < self.free_ratio {
             return;
         }
         let p = self.path(key);
         let Some(parent) = p.parent() else { return };
-        if std::fs::create_dir_all(parent).is_err() {
+        if private_dir_all(parent).is_err() {
             return;
         }
         // Temp file + rename: a crash never leaves a half-written entry under the real name.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(&head)?;
-            f.write_all(raw)
-        });
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&entry_head(key))?;
+                f.write_all(&head)?;
+                f.write_all(raw)
+            });
         if written.is_ok() && std::fs::rename(&tmp, &p).is_ok() {
             let old = self.touch(&p, len).unwrap_or(0);
             self.used.fetch_add(len, Ordering::Relaxed);
@@ -217,7 +326,7 @@ impl DiskCache {
                 break;
             }
             if std::fs::remove_file(&p).is_ok() || !p.exists() {
-                self.forget(&p);
+                self.unindex(&p);
                 removed += len;
             }
         }
@@ -235,6 +344,21 @@ fn store_later(writes: &Arc<tokio::sync::Semaphore>, d: Arc<DiskCache>, key: Str
             drop(permit);
         });
     }
+}
+
+/// How many 64 KiB pieces (`key@N`, see DataStore::read_piece) a block may
+/// have in memory. Block keys end in the raw block length
+/// (`..._{id}_{index}_{len}`, object.rs); for any other key every piece a
+/// block of the largest size (16 MiB) could have is dropped. Too few only
+/// leaves dead pieces for the memory cache to age out: keys are never reused.
+fn pieces_of(key: &str) -> usize {
+    const LARGEST_BLOCK: usize = 16 << 20;
+    key.rsplit('_')
+        .next()
+        .and_then(|len| len.parse::<usize>().ok())
+        .filter(|len| *len <= LARGEST_BLOCK)
+        .unwrap_or(LARGEST_BLOCK)
+        .div_ceil(codec::MIN_FRAME)
 }
 
 pub struct BlockCache {
@@ -324,17 +448,32 @@ impl BlockCache {
         }
     }
 
-    /// Drops a block that no file uses any more (placeholder until the disk
-    /// side lands: memory only).
-    pub fn forget(&self, key: &str) {
-        let mem = self.mem.clone();
-        let key = key.to_string();
-        tokio::spawn(async move { mem.invalidate(&key).await });
-    }
-
     /// Keeps `raw` in memory only (pieces of blocks read at random).
     pub async fn insert_mem(&self, key: &str, raw: Bytes) {
         self.mem.insert(key.to_string(), raw).await;
+    }
+
+    /// Drops a block no file uses any more (its slice was replaced or
+    /// deleted) from memory, with the 64 KiB pieces ranged reads keep as
+    /// `key@N`, and from disk. Never waits for the disk: the entry leaves
+    /// the disk index at once and its file is unlinked on the blocking pool.
+    /// A fetch or disk write of the block still in flight may put it back;
+    /// that copy is never read again and ages out (LRU) like any other.
+    pub async fn forget(&self, key: &str) {
+        self.mem.invalidate(key).await;
+        let mut piece = String::with_capacity(key.len() + 4);
+        for p in 0..pieces_of(key) {
+            use std::fmt::Write;
+            piece.clear();
+            let _ = write!(piece, "{key}@{p}");
+            self.mem.invalidate(piece.as_str()).await;
+        }
+        // A block this node never cached costs no disk I/O at all.
+        if let Some(p) = self.disk.as_ref().and_then(|d| d.unindex_key(key)) {
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(p);
+            });
+        }
     }
 
     /// The memory entry for `key`, made once by `init` however many ask.
@@ -376,5 +515,148 @@ impl BlockCache {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Every directory and file under `p`, with its permission bits.
+    fn modes(p: &Path, out: &mut Vec<(PathBuf, bool, u32)>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let md = e.metadata().unwrap();
+            out.push((e.path(), md.is_dir(), md.permissions().mode() & 0o7777));
+            if md.is_dir() {
+                modes(&e.path(), out);
+            }
+        }
+    }
+
+    const K1: &str = "vol/chunks/01/0/1_0_200000";
+    const K2: &str = "vol/chunks/02/0/2_0_200000";
+
+    #[test]
+    fn an_entry_copied_over_another_keys_file_is_dropped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DiskCache::open(&dir.path().join("c"), 1 << 30, 0.0).unwrap();
+        let (b1, b2) = (block(200_000, 1), block(200_000, 2));
+        d.store(K1, &b1);
+        d.store(K2, &b2);
+        assert_eq!(d.load(K1).as_deref(), Some(&b1[..]));
+        assert_eq!(
+            d.load_range(K2, b2.len(), 70_000, 1000).as_deref(),
+            Some(&b2[70_000..71_000])
+        );
+        let used = d.used();
+
+        // A valid entry of K2 under K1's name: whole and ranged loads refuse it.
+        std::fs::copy(d.path(K2), d.path(K1)).unwrap();
+        assert!(d.load(K1).is_none(), "another block's entry was served");
+        assert!(!d.path(K1).exists(), "and it is dropped");
+        assert!(d.used() < used, "and no longer counted");
+        d.store(K1, &b1);
+        std::fs::copy(d.path(K2), d.path(K1)).unwrap();
+        assert!(d.load_range(K1, b1.len(), 70_000, 1000).is_none());
+        assert!(!d.path(K1).exists());
+
+        // An entry of the earlier format (no key header) is dropped too.
+        std::fs::write(d.path(K1), codec::encode_raw(&b1)).unwrap();
+        assert!(d.load(K1).is_none());
+        assert!(!d.path(K1).exists());
+        // K2 itself is untouched by all this.
+        assert_eq!(d.load(K2).as_deref(), Some(&b2[..]));
+    }
+
+    #[test]
+    fn the_cache_is_private_and_an_older_looser_tree_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("c");
+        let d = DiskCache::open(&root, 1 << 30, 0.0).unwrap();
+        d.store(K1, &block(1000, 1));
+        drop(d);
+        let mut all = Vec::new();
+        modes(&root, &mut all);
+        assert!(all.len() >= 3, "{all:?}");
+        for (p, is_dir, mode) in &all {
+            assert_eq!(*mode, if *is_dir { 0o700 } else { 0o600 }, "{p:?}");
+        }
+
+        // What an older version left: 0755 directories, 0644 files.
+        for (p, is_dir, _) in all.iter().chain([&(root.clone(), true, 0)]) {
+            let loose = if *is_dir { 0o755 } else { 0o644 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(loose)).unwrap();
+        }
+        let d = DiskCache::open(&root, 1 << 30, 0.0).unwrap();
+        assert_eq!(mode_of(&root), 0o700);
+        for (p, is_dir, _) in &all {
+            assert_eq!(mode_of(p), if *is_dir { 0o700 } else { 0o600 }, "{p:?}");
+        }
+        assert!(d.used() > 1000, "entries kept");
+    }
+
+    #[test]
+    fn pieces_are_counted_from_the_key() {
+        assert_eq!(pieces_of(K1), 4); // 200,000 bytes: three whole pieces and a part
+        assert_eq!(pieces_of("v/chunks/00/0/7_1_4194304"), 64);
+        assert_eq!(pieces_of("not-a-block-key"), 256);
+    }
+
+    #[tokio::test]
+    async fn forget_drops_a_block_and_its_pieces_from_memory_and_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DiskCache::open(&dir.path().join("c"), 1 << 30, 0.0).unwrap();
+        let c = BlockCache::new(64 << 20, Some(d));
+        let disk = c.disk().unwrap();
+        let (b1, b2) = (
+            Bytes::from(block(200_000, 1)),
+            Bytes::from(block(200_000, 2)),
+        );
+        for (k, b) in [(K1, &b1), (K2, &b2)] {
+            disk.store(k, b);
+            c.insert_mem(k, b.clone()).await;
+            for p in 0..4 {
+                c.insert_mem(&format!("{k}@{p}"), b.slice(..10)).await;
+            }
+        }
+        let used = disk.used();
+
+        c.forget(K1).await;
+        assert!(!c.contains(K1).await);
+        for p in 0..4 {
+            assert!(!c.contains(&format!("{K1}@{p}")).await, "piece {p} kept");
+        }
+        assert!(disk.used() < used, "the disk index let go at once");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while disk.path(K1).exists() {
+            assert!(std::time::Instant::now() < deadline, "entry file kept");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A later read of K1 must fetch it again.
+        let got = c
+            .get(K1, || async { Ok(Bytes::from(codec::encode_raw(&b1))) })
+            .await
+            .unwrap();
+        assert_eq!(got, b1);
+
+        // The other block is untouched, in memory and on disk.
+        assert!(c.contains(K2).await);
+        assert!(c.contains(&format!("{K2}@3")).await);
+        assert_eq!(disk.load(K2), Some(b2));
+
+        // Forgetting what is not cached (or twice) is harmless.
+        c.forget(K1).await;
+        c.forget("vol/chunks/03/0/3_0_65536").await;
+        BlockCache::new(1 << 20, None).forget(K1).await;
     }
 }

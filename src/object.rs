@@ -174,6 +174,28 @@ fn split_endpoint(bucket: &str) -> Result<(String, String, String), ObjectError>
     Ok((endpoint, name, segs.join("/")))
 }
 
+/// Makes the `file` store's directory private (0700): its objects are the
+/// plaintext of every file, whatever the files' own modes. Missing parents
+/// are created 0700 too. LocalFileSystem creates what lies below with the
+/// process umask, which `format` and `mount` set to 0o077 (cli), so objects
+/// are 0600 and their directories 0700; closing the top directory also
+/// covers what an older version left 0644 below it. A sticky directory
+/// (a shared scratch directory such as /tmp given as the bucket) is left
+/// alone: closing it would lock out its other users; the directories
+/// vecfs creates below it are private anyway.
+fn private_store_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != 0o700 && mode & 0o1000 == 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Builds the backend. `bucket` is a directory for `file`, an endpoint URL
 /// with the bucket (or account/container) as path for `s3` and `azure`.
 pub fn build_store(
@@ -190,9 +212,9 @@ pub fn build_store(
                     reason: "empty directory".into(),
                 });
             }
-            std::fs::create_dir_all(dir).map_err(|e| ObjectError::BadBucket {
+            private_store_dir(std::path::Path::new(dir)).map_err(|e| ObjectError::BadBucket {
                 bucket: bucket.into(),
-                reason: format!("cannot create directory: {e}"),
+                reason: format!("cannot create a private (0700) directory: {e}"),
             })?;
             let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
                 .map_err(ObjectError::from)?

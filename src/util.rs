@@ -1,5 +1,5 @@
-//! Small parsers and checks shared by the CLI: sizes with units, volume
-//! names, and the mount table.
+//! Small parsers and checks shared by the CLI: sizes with units, file
+//! modes, volume names, and the mount table.
 
 use std::path::Path;
 
@@ -30,6 +30,21 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses an octal permission mode as chmod takes it: `755`, `0755`, `1777`
+/// (at most 07777: permission, sticky, setgid and setuid bits).
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(format!("'{s}' is not an octal mode: use e.g. 755 or 1777"));
+    }
+    match u16::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("'{s}' is not a mode: at most 7777 (octal)")),
+    }
 }
 
 /// Volume names become Redis hash tags and object key prefixes.
@@ -94,6 +109,18 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_parse_as_octal() {
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("0755"), Ok(0o755));
+        assert_eq!(parse_mode("1777"), Ok(0o1777));
+        assert_eq!(parse_mode("0o700"), Ok(0o700));
+        assert_eq!(parse_mode("0"), Ok(0));
+        for bad in ["", "8", "rwx", "-755", "17777", "077777", "0o", "7 55"] {
+            assert!(parse_mode(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_units() {

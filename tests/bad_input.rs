@@ -225,6 +225,12 @@ fn bad_format_options() {
     fails_with(&o, &["unknown compression"]);
     let o = format_vol1(&["--inline-size", "1M"]);
     fails_with(&o, &["--inline-size 1M is too large", "at most 64K"]);
+    for bad in ["999", "rwxr-xr-x", "0x1ff", ""] {
+        let o = format_vol1(&["--root-mode", bad]);
+        fails_with(&o, &["--root-mode", "not an octal mode", "1777"]);
+    }
+    let o = format_vol1(&["--root-mode", "17777"]);
+    fails_with(&o, &["--root-mode", "at most 7777"]);
     assert!(redis_is_empty(&r, 1), "nothing half-written");
 
     // Formatting again with the same settings is harmless; a different layout needs --force.
@@ -341,12 +347,13 @@ fn permission_checks_apply_to_other_users() {
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
     let o = run(&format!("echo x > {}", m.p("public").display()));
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
-    // A fresh volume's root is 0777 (as JuiceFS); closed down, others may not create.
-    let o = run(&format!("mkdir {}", m.p("opendir").display()));
-    assert!(o.status.success(), "{}", stderr(&o));
-    fs::set_permissions(&m.path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A fresh volume's root is 0755 (as mkfs makes it): others may not create
+    // there until its owner opens it up.
     let o = run(&format!("mkdir {}", m.p("newdir").display()));
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    fs::set_permissions(&m.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let o = run(&format!("mkdir {}", m.p("opendir").display()));
+    assert!(o.status.success(), "{}", stderr(&o));
     m.unmount();
 }
 

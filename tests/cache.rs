@@ -1,13 +1,55 @@
 //! The local block cache through real mounts: warmup fills it, it survives a
 //! restart and serves reads without the object store, corrupt entries are
-//! dropped and refetched, and it stays within its size.
+//! dropped and refetched, and it stays within its size. Local copies (cache
+//! and `file` store) are private to the daemon's user, and a fresh volume's
+//! root is made as mkfs makes one.
 
 mod common;
 
 use std::fs;
 use std::path::Path;
 
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::process::{Command, Output};
+
 use common::{dir_bytes, pattern, stderr, vecfs, wait_for, Backend, Storage, Volume};
+
+/// Runs `cmd` through sh as uid/gid 65534 (nobody) with no extra groups.
+fn as_nobody(cmd: &str) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["sh", "-c", cmd])
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn open_up(p: &Path) {
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Every directory and file strictly below `p` is 0700 / 0600 and nobody
+/// can read a file; returns how many files there were.
+fn assert_private(p: &Path) -> usize {
+    let mut files = 0;
+    for e in fs::read_dir(p).unwrap().flatten() {
+        let path = e.path();
+        let md = fs::symlink_metadata(&path).unwrap();
+        if md.is_dir() {
+            assert_eq!(mode(&path), 0o700, "directory {}", path.display());
+            files += assert_private(&path);
+        } else {
+            assert_eq!(mode(&path), 0o600, "file {}", path.display());
+            let o = as_nobody(&format!("cat '{}' > /dev/null", path.display()));
+            assert!(!o.status.success(), "nobody read {}", path.display());
+            files += 1;
+        }
+    }
+    files
+}
 
 fn block_files(p: &Path, out: &mut Vec<std::path::PathBuf>) {
     if let Ok(rd) = fs::read_dir(p) {
@@ -123,4 +165,158 @@ fn disk_cache_stays_within_its_size() {
     );
     assert!(dir_bytes(cache.path()) > 1 << 20, "but still used");
     a.unmount();
+}
+
+#[test]
+fn cache_and_file_store_are_private_and_the_root_is_made_as_mkfs_makes_it() {
+    let v = Volume::new(Storage::File);
+    let Backend::File(store_tmp) = &v.backend else {
+        unreachable!()
+    };
+    let store = store_tmp.path().join("objects");
+    let cache = tempfile::tempdir().unwrap();
+    // Open every parent to others, so only vecfs's own modes stand in the way.
+    open_up(store_tmp.path());
+    open_up(cache.path());
+    let a = v.mount_with(&["--cache-dir", cache.path().to_str().unwrap()]);
+    open_up(a.path.parent().unwrap());
+
+    // The root: 0755, owned by the user who formatted (root here).
+    let md = fs::metadata(&a.path).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+
+    // A root-owned 0600 file, large enough for objects and cache entries.
+    let body = pattern(3 << 20, 9);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(a.p("secret"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &body).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(a.p("secret")).unwrap() == body);
+    wait_for("blocks cached", std::time::Duration::from_secs(10), || {
+        dir_bytes(cache.path()) >= 3 << 20
+    });
+
+    // Controls: nobody can reach these parents and read an open file in them.
+    fs::write(cache.path().join("control"), b"x").unwrap();
+    fs::set_permissions(
+        cache.path().join("control"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = as_nobody(&format!("cat '{}'", cache.path().join("control").display()));
+    assert!(
+        o.status.success(),
+        "control: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::remove_file(cache.path().join("control")).unwrap();
+    let o = as_nobody(&format!("cat '{}'", a.p("secret").display()));
+    assert!(!o.status.success(), "the mount itself refuses nobody");
+
+    assert_eq!(mode(&store), 0o700, "the store directory");
+    assert!(assert_private(&store) >= 1, "objects in the store");
+    assert!(assert_private(cache.path()) >= 1, "entries in the cache");
+
+    // Nobody cannot delete (or replace) a root-owned file at the top level.
+    let o = as_nobody(&format!("rm -f '{}'", a.p("secret").display()));
+    assert!(!o.status.success());
+    let o = as_nobody(&format!(
+        "mv '{}' '{}'",
+        a.p("secret").display(),
+        a.p("x").display()
+    ));
+    assert!(!o.status.success());
+    assert!(a.p("secret").exists());
+    a.unmount();
+
+    // A daemon started with -d (it starts itself again) keeps to the same modes.
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let cache2 = dir.path().join("cache");
+    let o = vecfs(
+        &[
+            "mount",
+            &v.url,
+            mp.to_str().unwrap(),
+            "-d",
+            "--log",
+            dir.path().join("log").to_str().unwrap(),
+            "--cache-dir",
+            cache2.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let body2 = pattern(2 << 20, 10);
+    fs::write(mp.join("secret2"), &body2).unwrap();
+    wait_for("blocks cached", std::time::Duration::from_secs(10), || {
+        dir_bytes(&cache2) >= 2 << 20
+    });
+    let o = vecfs(&["umount", mp.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(mode(&cache2), 0o700, "a cache directory vecfs creates");
+    assert_private(&cache2);
+    assert_private(&store);
+    assert_eq!(mode(&dir.path().join("log")), 0o600, "the daemon's log");
+}
+
+#[test]
+fn root_mode_1777_makes_a_sticky_shared_root_that_reformatting_keeps() {
+    let v = Volume::with_args(Storage::File, &["--root-mode", "1777"]);
+    let a = v.mount();
+    open_up(a.path.parent().unwrap());
+    let md = fs::metadata(&a.path).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o1777);
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+
+    // Anyone creates; only a file's owner (or the root's) deletes it.
+    fs::write(a.p("roots"), b"r").unwrap();
+    let o = as_nobody(&format!("echo n > '{}'", a.p("nobodys").display()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = as_nobody(&format!("rm -f '{}'", a.p("roots").display()));
+    assert!(!o.status.success());
+    assert!(
+        a.p("roots").exists(),
+        "sticky: nobody cannot delete root's file"
+    );
+    let o = as_nobody(&format!("rm '{}'", a.p("nobodys").display()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    a.unmount();
+
+    // Formatting the volume again (even asking for another mode) keeps the root.
+    let Backend::File(store_tmp) = &v.backend else {
+        unreachable!()
+    };
+    let bucket = store_tmp.path().join("objects");
+    let o = vecfs(
+        &[
+            "format",
+            &v.url,
+            &v.name,
+            "--bucket",
+            bucket.to_str().unwrap(),
+            "--trash-days",
+            "2",
+            "--root-mode",
+            "700",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("updated volume") && out.contains("--root-mode left"),
+        "{out}"
+    );
+    let b = v.mount();
+    assert_eq!(mode(&b.path), 0o1777);
+    assert!(b.p("roots").exists());
+    b.unmount();
 }

@@ -1,13 +1,15 @@
 //! `vecfs format`: checks the object store (write, read back, delete a probe)
 //! before anything is written to Redis, then records the volume. Formatting
-//! again with the same layout only updates the tunable settings.
+//! again with the same layout only updates the tunable settings. A new
+//! volume's root directory is made as mkfs makes one: 0755 (or
+//! `--root-mode`), owned by the user running format.
 
 use anyhow::{bail, Context};
 use clap::Args;
 use vecfs::codec::parse_compression;
 use vecfs::meta::{Format, Meta};
 use vecfs::object::{build_store, BlockStore, Credentials, StorageKind};
-use vecfs::util::{check_volume_name, parse_size};
+use vecfs::util::{check_volume_name, parse_mode, parse_size};
 
 #[derive(Args, Debug)]
 pub struct FormatArgs {
@@ -49,6 +51,11 @@ pub struct FormatArgs {
     /// an object PUT (0: off; at most 64K).
     #[arg(long, default_value = "16K")]
     inline_size: String,
+    /// Mode of a new volume's root directory, in octal (e.g. 1777 for a
+    /// shared, sticky root) [default: 755]; it is owned by the user running
+    /// format. An existing volume's root keeps its mode (chmod it on a mount).
+    #[arg(long)]
+    root_mode: Option<String>,
     /// Overwrite an existing volume with a different layout.
     #[arg(long)]
     force: bool,
@@ -92,6 +99,8 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         );
     }
     let inline_size = inline_size as u32;
+    let root_mode = parse_mode(a.root_mode.as_deref().unwrap_or("755"))
+        .map_err(|e| anyhow::anyhow!("--root-mode: {e}"))?;
     let bucket = match (&a.bucket, storage) {
         (Some(b), _) => b.clone(),
         (None, StorageKind::File) => default_bucket(&a.name),
@@ -145,7 +154,9 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
                  (does the bucket exist and do the credentials allow writing?)"
             )
         })?;
-    meta.init(&new).await?;
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    meta.init(&new, root_mode, uid, gid).await?;
     println!(
         "{} volume '{}' in {} (storage {} bucket {}, block size {} KiB, compression {})",
         if old.is_some() {
@@ -160,5 +171,8 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         new.block_size >> 10,
         new.codec()
     );
+    if old.is_some() && a.root_mode.is_some() {
+        println!("--root-mode left the existing root as it was: chmod it on a mount instead");
+    }
     Ok(())
 }

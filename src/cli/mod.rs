@@ -47,6 +47,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Format(a) => {
+            private_umask();
             init_logging(cli.verbose, None)?;
             runtime()?.block_on(format::run(a))
         }
@@ -61,6 +62,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Warmup(a) => warmup::run(a),
         Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Whatever `format` and `mount` create on local disk (the `file` store's
+/// objects and directories, the disk cache, the log) is private to this
+/// user: objects and cache entries are the plaintext of files whatever
+/// those files' modes, and object_store's LocalFileSystem creates them with
+/// the process umask. Set before any thread starts, and inherited by the
+/// daemon `mount -d` starts. Modes of files created through FUSE come from
+/// the request (the caller's mode and umask, applied in mknod.lua), never
+/// from this process's umask.
+pub fn private_umask() {
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

@@ -147,6 +147,7 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
+    crate::cli::private_umask();
     let mp = check_mountpoint(&a.mountpoint)?;
     if a.background {
         return spawn_daemon(&a, &mp, verbose);

@@ -573,7 +573,7 @@ impl DataStore {
             len: size,
         };
         if self.meta.compact_chunk(ino, indx, &records, &new).await? {
-            self.forget_cached(&records);
+            self.forget_cached(&records).await;
             Ok(records.len())
         } else {
             Ok(0)
@@ -598,11 +598,13 @@ impl DataStore {
             .collect()
     }
 
-    /// Drops slices' blocks from this node's memory and disk cache.
-    pub fn forget_cached(&self, slices: &[Slice]) {
+    /// Drops slices' blocks (and their frame tables) from this node's
+    /// memory and disk cache.
+    pub async fn forget_cached(&self, slices: &[Slice]) {
         for s in slices {
             for key in self.slice_keys(s) {
-                self.cache.forget(&key);
+                self.layouts.invalidate(&key).await;
+                self.cache.forget(&key).await;
             }
         }
     }
@@ -618,7 +620,8 @@ impl DataStore {
                 continue;
             }
             for key in self.slice_keys(s) {
-                self.cache.forget(&key);
+                self.layouts.invalidate(&key).await;
+                self.cache.forget(&key).await;
                 self.blocks.delete(&key).await?;
             }
         }

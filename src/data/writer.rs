@@ -376,7 +376,7 @@ impl FileWriter {
         }
         // Blocks of hidden slices are dead here: never let them fill the
         // cache (other nodes may still read the objects for a while).
-        ds.forget_cached(&done.dropped);
+        ds.forget_cached(&done.dropped).await;
         Ok(done.attr)
     }
 }

@@ -371,10 +371,13 @@ impl Meta {
         }
     }
 
-    /// Writes the volume record and the root directory (kept if present).
-    pub async fn init(&self, f: &Format) -> Result<()> {
+    /// Writes the volume record and, for a new volume, the root directory
+    /// with `root_mode` (permission bits) owned by `uid`:`gid`; an existing
+    /// root is kept as it is.
+    pub async fn init(&self, f: &Format, root_mode: u16, uid: u32, gid: u32) -> Result<()> {
         let json = serde_json::to_string(f).map_err(|e| MetaError::Corrupt(e.to_string()))?;
-        self.run(&self.scripts.format, args![&json]).await?;
+        self.run(&self.scripts.format, args![&json, &root_mode, &uid, &gid])
+            .await?;
         let _: () = self
             .conn()
             .sadd("vecfs-volumes", &f.name)

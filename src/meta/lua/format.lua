@@ -1,8 +1,10 @@
--- args: setting JSON, force: creates the volume record and root inode.
+-- args: setting JSON, root mode, root uid, root gid: writes the volume
+-- record; a new volume also gets its root inode (an existing root is kept).
 local cur = redis.call("GET", P .. "setting")
 redis.call("SET", P .. "setting", ARGV[5])
 if not cur then
-  local root = {flags = 0, typ = T_DIR, mode = 511, uid = 0, gid = 0, atime = NOW, atimens = NOWNS,
+  local mode, uid, gid = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local root = {flags = 0, typ = T_DIR, mode = mode, uid = uid, gid = gid, atime = NOW, atimens = NOWNS,
     mtime = NOW, mtimens = NOWNS, ctime = NOW, ctimens = NOWNS, nlink = 2, length = 4096, rdev = 0, parent = 1}
   if redis.call("EXISTS", key("i", 1)) == 0 then
     put_attr(1, root)
