@@ -116,6 +116,10 @@ pub struct DirItem {
     pub name: Vec<u8>,
     pub kind: FileKind,
     pub attr: Option<Attr>,
+    /// The directory changed since its listing was read: the kernel gets
+    /// this entry with zero TTLs, so a name removed meanwhile is looked up
+    /// again instead of living on as a dentry.
+    pub volatile: bool,
 }
 
 /// Chunk index -> (committed slice records, replayed pieces), valid until
@@ -182,6 +186,8 @@ struct RecentInner {
     /// Changes below this number were forgotten.
     pruned_below: u64,
     by_ino: HashMap<u64, (u64, Attr, std::time::Instant)>,
+    /// Directories whose entries changed, by the number of the change.
+    dirs: HashMap<u64, (u64, std::time::Instant)>,
 }
 
 /// Answer of `Recent::newer`.
@@ -230,6 +236,34 @@ impl Recent {
         }
     }
 
+    /// An entry of directory `dir` appeared, vanished or was renamed.
+    fn dir_change(&self, dir: u64) {
+        let mut r = self.lock();
+        r.seq += 1;
+        let seq = r.seq;
+        r.dirs.insert(dir, (seq, std::time::Instant::now()));
+        if r.dirs.len() > 4096 {
+            let mut cut = r.pruned_below;
+            r.dirs.retain(|_, (seq, at)| {
+                let keep = at.elapsed() < RECENT_KEEP;
+                if !keep {
+                    cut = cut.max(*seq + 1);
+                }
+                keep
+            });
+            r.pruned_below = cut;
+        }
+    }
+
+    /// Whether `dir` changed (or may have) since `ticket`.
+    fn dir_changed(&self, dir: u64, ticket: u64) -> bool {
+        let r = self.lock();
+        match r.dirs.get(&dir) {
+            Some((seq, _)) => *seq > ticket,
+            None => ticket < r.pruned_below,
+        }
+    }
+
     fn forget(&self, ino: u64) {
         let mut r = self.lock();
         if let Some((seq, _, _)) = r.by_ino.remove(&ino) {
@@ -263,6 +297,8 @@ struct FileHandle {
 }
 
 struct DirHandle {
+    /// The directory (volume inode).
+    ino: u64,
     items: Vec<DirItem>,
     /// `Recent` ticket taken before the listing's attributes were read.
     ticket: u64,
@@ -416,6 +452,7 @@ impl Vfs {
                 self.invalidate_inode(ino).await;
             }
             Event::Entry { parent, name, .. } => {
+                self.recent.dir_change(parent);
                 self.mcache.drop_name(parent, &name);
                 self.mcache.drop_attr(parent);
                 if let Some(inv) = self.invalidator.get().cloned() {
@@ -666,6 +703,7 @@ impl Vfs {
             .await
             .map_err(|e| meta_errno("mknod", e))?;
         self.mcache.drop_attr(parent);
+        self.recent.dir_change(parent);
         self.mcache
             .put(self.mcache.generation(), Some((parent, name)), ino, attr);
         Ok(self.entry(ino, attr))
@@ -749,6 +787,7 @@ impl Vfs {
             self.unpin(i, Some(i) == gone).await;
         }
         let (ino, _) = r.map_err(|e| meta_errno("unlink", e))?;
+        self.recent.dir_change(self.real(parent));
         self.mcache.drop_name(self.real(parent), name);
         self.mcache.drop_attr(self.real(parent));
         self.mcache.drop_attr(ino);
@@ -769,6 +808,7 @@ impl Vfs {
             .rmdir(self.real(parent), name)
             .await
             .map_err(|e| meta_errno("rmdir", e));
+        self.recent.dir_change(self.real(parent));
         self.mcache.drop_name(self.real(parent), name);
         self.mcache.drop_attr(self.real(parent));
         r
@@ -822,6 +862,7 @@ impl Vfs {
         }
         r.map_err(|e| meta_errno("rename", e))?;
         for (p, n) in [(parent, name), (newparent, newname)] {
+            self.recent.dir_change(self.real(p));
             self.mcache.drop_name(self.real(p), n);
             self.mcache.drop_attr(self.real(p));
         }
@@ -845,6 +886,7 @@ impl Vfs {
             .await
             .map_err(|e| meta_errno("link", e))?;
         self.changed_here(real, attr);
+        self.recent.dir_change(self.real(newparent));
         self.mcache.drop_attr(self.real(newparent));
         let attr = self.fix_attr(real, attr);
         Ok(self.entry(real, attr))
@@ -1055,6 +1097,7 @@ impl Vfs {
             name: b".".to_vec(),
             kind: FileKind::Dir,
             attr: Some(attr),
+            volatile: false,
         });
         let parent_attr = if plus {
             self.meta.getattr(parent).await.ok()
@@ -1066,6 +1109,7 @@ impl Vfs {
             name: b"..".to_vec(),
             kind: FileKind::Dir,
             attr: parent_attr,
+            volatile: false,
         });
         let attrs = if plus {
             let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
@@ -1094,11 +1138,19 @@ impl Vfs {
                     parent: self.shown(a.parent),
                     ..a
                 }),
+                volatile: false,
             });
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut h) = self.handles.lock() {
-            h.insert(fh, Handle::Dir(Arc::new(DirHandle { items, ticket })));
+            h.insert(
+                fh,
+                Handle::Dir(Arc::new(DirHandle {
+                    ino: real,
+                    items,
+                    ticket,
+                })),
+            );
         }
         Ok(fh)
     }
@@ -1112,20 +1164,24 @@ impl Vfs {
             Some(Handle::Dir(d)) => d.clone(),
             _ => return Err(libc::EBADF),
         };
+        let volatile = self.recent.dir_changed(d.ino, d.ticket);
         Ok(d.items
             .iter()
             .enumerate()
             .skip(offset as usize)
             .map(|(i, it)| {
                 let mut it = it.clone();
+                it.volatile = volatile;
                 if let Some(a) = it.attr.filter(|a| a.kind == FileKind::File) {
                     let real = self.real(it.ino);
-                    it.attr = self.settle(real, d.ticket, a).map(|a| {
-                        let a = self.fix_attr(real, a);
-                        Attr {
-                            parent: self.shown(a.parent),
-                            ..a
-                        }
+                    let settled = self.settle(real, d.ticket, a);
+                    // Forgotten whether it changed: send it, but let the
+                    // kernel ask again at once.
+                    it.volatile |= settled.is_none();
+                    let a = self.fix_attr(real, settled.unwrap_or(a));
+                    it.attr = Some(Attr {
+                        parent: self.shown(a.parent),
+                        ..a
                     });
                 }
                 (i as u64 + 1, it)
@@ -1137,8 +1193,14 @@ impl Vfs {
         item.attr.map(|a| Entry {
             ino: item.ino,
             attr: a,
-            attr_ttl: self.cfg.attr_ttl,
-            entry_ttl: if a.kind == FileKind::Dir {
+            attr_ttl: if item.volatile {
+                Duration::ZERO
+            } else {
+                self.cfg.attr_ttl
+            },
+            entry_ttl: if item.volatile {
+                Duration::ZERO
+            } else if a.kind == FileKind::Dir {
                 self.cfg.dir_entry_ttl
             } else {
                 self.cfg.entry_ttl
