@@ -5,8 +5,11 @@
 //! inodes and space freed when unlink overtakes the kernel's release; data
 //! kept, and the error sticky, across a failed commit (Redis restarted) and
 //! a failed upload (object store cut off by a fault proxy); tiny writes that
-//! must not starve every other writer and stat; and the local copies (disk
-//! cache, file store) and the root directory closed to other users.
+//! must not starve every other writer and stat; stats and reads that must
+//! not wait on an upload; the local copies (disk cache, file store) and the
+//! root directory closed to other users; and a disk cache that drops dead
+//! blocks and never serves one block's entry for another. Sections follow
+//! the numbered items.
 //!
 //! Every worker loop is bounded by count and time, and every test that can
 //! hang in a FUSE request runs under a watchdog that kills the daemon (which
@@ -609,10 +612,8 @@ fn failed_commit_keeps_data() {
     outage_keeps_data(&v, m, &|| v.redis.stop(), &|| v.redis.restart());
 }
 
-/// The upload fails: the object store (moto behind a fault proxy) drops
-/// every connection and resets new ones, then comes back.
-#[test]
-fn failed_upload_keeps_data() {
+/// A volume on moto whose every request goes through a fault proxy.
+fn s3_behind_proxy() -> (Volume, Proxy) {
     let s3 = S3::start();
     s3.bucket("vecfs-test");
     let proxy = Proxy::start(s3.port);
@@ -622,6 +623,14 @@ fn failed_upload_keeps_data() {
         ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
     ];
     let v = Volume::format(Redis::start(), Backend::S3(s3), "s3", &bucket, env, &[]);
+    (v, proxy)
+}
+
+/// The upload fails: the object store (moto behind a fault proxy) drops
+/// every connection and resets new ones, then comes back.
+#[test]
+fn failed_upload_keeps_data() {
+    let (v, proxy) = s3_behind_proxy();
     let m = mount_with_retry_bound(&v);
     outage_keeps_data(&v, m, &|| proxy.down(), &|| proxy.up());
 }
@@ -786,6 +795,124 @@ fn tiny_writes_do_not_starve_the_node() {
     m.unmount();
 }
 
+// ---- 6. nothing waits on an upload ---------------------------------------------
+
+/// Whether thread `tid` of this process is inside system call `nr`.
+fn in_syscall(tid: i64, nr: i64) -> bool {
+    fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+        .is_ok_and(|s| s.split(' ').next() == Some(nr.to_string().as_str()))
+}
+
+/// A file's flush is stuck uploading (the store's network frozen): a stat
+/// of it, an `ls -l` of its directory, a read of it and a read of another
+/// file must not wait for that upload.
+#[test]
+fn stat_and_read_do_not_wait_for_an_upload() {
+    const FAST: Duration = Duration::from_secs(1);
+    const HELD: Duration = Duration::from_secs(6);
+    let (v, proxy) = s3_behind_proxy();
+    let m = v.mount();
+    let other = pattern(1 << 20, 1);
+    fs::write(m.p("other"), &other).unwrap();
+    let body = pattern((9 << 20) + 4096, 2);
+    let mut f = File::create(m.p("seg")).unwrap();
+    proxy.freeze();
+    f.write_all(&body).unwrap();
+
+    let f = Arc::new(f);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f2 = f.clone();
+    let syncing = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tx.send(unsafe { libc::gettid() } as i64);
+        fsync(&f2)
+    });
+    let tid = rx.recv().unwrap();
+    common::wait_for("fsync waiting on the frozen store", HELD, || {
+        in_syscall(tid, libc::SYS_fsync) && proxy.holding() > 0
+    });
+    // The fsync request still has to reach the daemon's upload wait, which
+    // cannot be observed from here.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Each probe on its own thread, so one that waits cannot hide another.
+    type Probe = fn(&Path) -> std::io::Result<()>;
+    let probes: [(&str, Probe); 4] = [
+        ("stat of the file", |root| {
+            fs::metadata(root.join("seg")).map(|_| ())
+        }),
+        ("ls -l of its directory", |root| {
+            for e in fs::read_dir(root)? {
+                e?.metadata()?;
+            }
+            Ok(())
+        }),
+        ("read of the file", |root| {
+            let r = File::open(root.join("seg"))?;
+            // SAFETY: advice on an open fd; drops clean cached pages so
+            // the read goes to the daemon.
+            unsafe { libc::posix_fadvise(r.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            let mut buf = vec![0u8; 4096];
+            r.read_exact_at(&mut buf, 0)?;
+            close(r)
+        }),
+        ("read of another file", |root| {
+            fs::read(root.join("other")).map(|_| ())
+        }),
+    ];
+    let threads: Vec<_> = probes
+        .into_iter()
+        .map(|(what, probe)| {
+            let root = m.path.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = probe(&root);
+                (what, t.elapsed(), outcome(&r))
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    while !threads.iter().all(|t| t.is_finished()) && t.elapsed() < HELD {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.thaw();
+    let (pid, path) = (m.pid(), m.path.clone());
+    let took = within(
+        "probes after the thaw",
+        Duration::from_secs(60),
+        || abort_mount(pid, &path),
+        move || {
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        },
+    );
+    let synced = within(
+        "fsync after the thaw",
+        OP_DEADLINE,
+        aborter(&m),
+        move || syncing.join().unwrap(),
+    );
+    println!(
+        "while an upload was held: {took:?}; fsync then: {}",
+        outcome(&synced)
+    );
+    let slow: Vec<_> = took
+        .iter()
+        .filter(|(_, d, r)| *d >= FAST || r != "0")
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "waited on the held upload (or failed): {slow:?}"
+    );
+    assert!(synced.is_ok(), "fsync after the thaw: {}", outcome(&synced));
+    let f = Arc::try_unwrap(f).expect("no other user of the handle");
+    close(f).unwrap();
+    assert!(fs::read(m.p("seg")).unwrap() == body, "file bytes");
+    m.unmount();
+}
+
 // ---- 7. other users ------------------------------------------------------------------
 
 const NOBODY: u32 = 65534;
@@ -928,5 +1055,86 @@ fn non_root_cannot_read_cache_or_delete_in_root() {
         ));
     }
     assert!(problems.is_empty(), "{problems:#?}");
+    m.unmount();
+}
+
+// ---- 8. cache hygiene -------------------------------------------------------------
+
+/// Blocks of slices a later write hides, and of deleted files, leave this
+/// node's disk cache: only live data stays (trash off, no delete delay).
+#[test]
+fn dead_blocks_leave_the_disk_cache() {
+    const MIB: u64 = 1 << 20;
+    let v = Volume::with_args(Storage::File, &["--trash-days", "0"]);
+    let m = v.mount_with(&["--delete-delay", "0"]);
+    let cache = m.cache_dir();
+    fs::write(m.p("a"), pattern(16 << 20, 1)).unwrap();
+    fs::write(m.p("a"), pattern(16 << 20, 2)).unwrap(); // replaces every block
+    fs::write(m.p("b"), pattern(16 << 20, 3)).unwrap();
+    fs::remove_file(m.p("b")).unwrap();
+    // Small overwrites, compacted after 16 records: their slices die too.
+    let f = OpenOptions::new().write(true).open(m.p("a")).unwrap();
+    let mut rng = common::Rng(7);
+    for _ in 0..40 {
+        f.write_all_at(&pattern(64 << 10, rng.next()), rng.below(16 << 20))
+            .unwrap();
+        fsync(&f).unwrap();
+    }
+    close(f).unwrap();
+    let live = fs::metadata(m.p("a")).unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = common::dir_bytes(&cache);
+    while held > live + 2 * MIB && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        held = common::dir_bytes(&cache);
+    }
+    println!(
+        "disk cache holds {:.1} MiB for {:.1} MiB of live data",
+        held as f64 / MIB as f64,
+        live as f64 / MIB as f64
+    );
+    assert!(
+        held <= live + 2 * MIB,
+        "after 30 s the disk cache still holds {:.1} MiB for {:.1} MiB of live data",
+        held as f64 / MIB as f64,
+        live as f64 / MIB as f64
+    );
+    m.unmount();
+}
+
+/// A disk-cache entry is bound to its key: a valid entry of another block
+/// copied over it is rejected (and the block fetched again), never served.
+#[test]
+fn a_disk_cache_entry_is_bound_to_its_key() {
+    let v = Volume::new(Storage::File);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap().to_string();
+    let (a, b) = (pattern(1 << 20, 1), pattern(1 << 20, 2));
+    let m = v.mount_with(&["--cache-dir", &dir]);
+    fs::write(m.p("a"), &a).unwrap();
+    fs::write(m.p("b"), &b).unwrap();
+    // Same length, so both entries are the same size and equally valid.
+    let entry_of = |data: &[u8]| {
+        files_below(cache.path())
+            .into_iter()
+            .find(|f| fs::read(f).is_ok_and(|c| contains(&c, &data[..4096])))
+    };
+    common::wait_for(
+        "both blocks in the disk cache",
+        Duration::from_secs(10),
+        || entry_of(&a).is_some() && entry_of(&b).is_some(),
+    );
+    m.unmount();
+    let (ea, eb) = (entry_of(&a).unwrap(), entry_of(&b).unwrap());
+    assert_ne!(ea, eb);
+    fs::copy(&eb, &ea).unwrap();
+
+    let m = v.mount_with(&["--cache-dir", &dir]);
+    let got = fs::read(m.p("a")).unwrap();
+    assert!(
+        got == a,
+        "file a read back {} (its cache entry {ea:?} holds b's block)",
+        if got == b { "b's bytes" } else { "wrong bytes" }
+    );
     m.unmount();
 }

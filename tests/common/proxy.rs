@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 struct Shared {
     up: AtomicBool,
+    frozen: AtomicBool,
+    /// Pumps holding bytes while frozen.
+    holding: AtomicUsize,
     stop: AtomicBool,
     next: AtomicU64,
     /// Both ends of every forwarded connection, to cut them when going down.
@@ -46,12 +49,19 @@ fn reset_on_close(s: &TcpStream) {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+fn pump(sh: &Shared, mut from: TcpStream, mut to: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if sh.frozen.load(Ordering::Acquire) {
+                    sh.holding.fetch_add(1, Ordering::AcqRel);
+                    while sh.frozen.load(Ordering::Acquire) && !sh.stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    sh.holding.fetch_sub(1, Ordering::AcqRel);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -68,6 +78,8 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy addr").port();
         let shared = Arc::new(Shared {
             up: AtomicBool::new(true),
+            frozen: AtomicBool::new(false),
+            holding: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             next: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
@@ -126,8 +138,9 @@ impl Proxy {
             }
             conns.insert(id, (c2, s2));
         }
-        let back = std::thread::spawn(move || pump(s1, c1));
-        pump(client, server);
+        let sh2 = sh.clone();
+        let back = std::thread::spawn(move || pump(&sh2, s1, c1));
+        pump(&sh, client, server);
         let _ = back.join();
         sh.conns.lock().unwrap().remove(&id);
     }
@@ -148,6 +161,20 @@ impl Proxy {
         self.shared.up.store(true, Ordering::Release);
     }
 
+    /// Holds every byte in flight (both directions) until `thaw`.
+    pub fn freeze(&self) {
+        self.shared.frozen.store(true, Ordering::Release);
+    }
+
+    pub fn thaw(&self) {
+        self.shared.frozen.store(false, Ordering::Release);
+    }
+
+    /// How many connection directions are holding bytes right now.
+    pub fn holding(&self) -> usize {
+        self.shared.holding.load(Ordering::Acquire)
+    }
+
     pub fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
     }
@@ -155,6 +182,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        self.thaw();
         self.down();
         self.shared.stop.store(true, Ordering::Release);
         // Wake the accept loop so it sees `stop`.
