@@ -32,10 +32,11 @@ use common::proxy::Proxy;
 use common::{abort_mount, pattern, within, Backend, Mount, Redis, Storage, Volume, S3};
 
 /// The mount option that bounds how long a failed upload or commit is
-/// retried before fsync reports the error. Passed only when `vecfs mount
-/// --help` lists it, so the failure tests exercise the real behaviour both
+/// retried before fsync reports the error (seconds), under the names it may
+/// have. The first one `vecfs mount --help` lists is passed; none is passed
+/// when it lists none, so the failure tests exercise the real behaviour
 /// before and after the option exists.
-const IO_RETRY_FLAG: &str = "--io-retry-secs";
+const IO_RETRY_FLAGS: &[&str] = &["--io-retry", "--io-retry-secs"];
 const IO_RETRY_SECS: u64 = 3;
 
 /// Longest any single file system call in the failure tests may take: the
@@ -480,11 +481,17 @@ fn io_retry_args() -> Vec<String> {
         .args(["mount", "--help"])
         .output()
         .expect("vecfs mount --help");
-    if String::from_utf8_lossy(&help.stdout).contains(IO_RETRY_FLAG) {
-        vec![IO_RETRY_FLAG.to_string(), IO_RETRY_SECS.to_string()]
-    } else {
-        println!("note: `vecfs mount` has no {IO_RETRY_FLAG}; using its default retry bound");
-        Vec::new()
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let listed = |flag: &str| {
+        help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .any(|w| w == flag)
+    };
+    match IO_RETRY_FLAGS.iter().find(|f| listed(f)) {
+        Some(f) => vec![f.to_string(), IO_RETRY_SECS.to_string()],
+        None => {
+            println!("note: `vecfs mount` lists none of {IO_RETRY_FLAGS:?}; default retry bound");
+            Vec::new()
+        }
     }
 }
 
@@ -1084,7 +1091,7 @@ fn dead_blocks_leave_the_disk_cache() {
     let live = fs::metadata(m.p("a")).unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut held = common::dir_bytes(&cache);
-    while held > live + 2 * MIB && Instant::now() < deadline {
+    while held > live + 4 * MIB && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         held = common::dir_bytes(&cache);
     }
@@ -1094,7 +1101,7 @@ fn dead_blocks_leave_the_disk_cache() {
         live as f64 / MIB as f64
     );
     assert!(
-        held <= live + 2 * MIB,
+        held <= live + 4 * MIB,
         "after 30 s the disk cache still holds {:.1} MiB for {:.1} MiB of live data",
         held as f64 / MIB as f64,
         live as f64 / MIB as f64
