@@ -589,6 +589,9 @@ fn outage_keeps_data(v: &Volume, m: Mount, down: &dyn Fn(), up: &dyn Fn()) {
         returned_zero.is_empty(),
         "returned 0 while the data was not committed: {returned_zero:?} (all: {during:?})"
     );
+    let eio = outcome(&Err(std::io::Error::from_raw_os_error(libc::EIO)));
+    let not_eio: Vec<_> = during.iter().filter(|d| d.1 != eio).collect();
+    assert!(not_eio.is_empty(), "not EIO during the outage: {not_eio:?}");
     assert_eq!(
         after.last().map(String::as_str),
         Some("0"),
