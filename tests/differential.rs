@@ -3,7 +3,9 @@
 //! (errno included) and the whole trees (names, types, sizes, modes, link
 //! counts, symlink targets, contents) must agree. The same run goes on across
 //! an unmount and a remount, proving persistence. Set VECFS_DIFF_SEED to
-//! replay a failing seed; the seed is printed with every failure.
+//! replay a failing seed; the seed is printed with every failure. A
+//! concurrent variant runs an appender, a lister and mutators on one mount
+//! at once, each mutator in its own subtree so the model stays exact.
 
 mod common;
 
@@ -11,8 +13,10 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use common::{Rng, Storage, Volume};
+use common::{abort_mount, within, Rng, Storage, Volume};
 
 #[derive(Debug, PartialEq)]
 enum Node {
@@ -207,4 +211,164 @@ fn random_operations_match_a_local_directory() {
 #[test]
 fn fixed_seed_on_s3_matches_a_local_directory() {
     run(20261126, 200, Storage::S3);
+}
+
+/// Lists the first differences between two snapshots.
+fn diff(sl: &BTreeMap<PathBuf, Node>, sv: &BTreeMap<PathBuf, Node>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, n) in sl {
+        if sv.get(k) != Some(n) {
+            out.push(format!("local {k:?}: {n:?} / vecfs: {:?}", sv.get(k)));
+        }
+    }
+    for k in sv.keys().filter(|k| !sl.contains_key(*k)) {
+        out.push(format!("only in vecfs: {k:?}"));
+    }
+    out.truncate(10);
+    out
+}
+
+const MUTATORS: u64 = 3;
+
+/// Several threads on one mount at once, each applying every operation to
+/// the model (a local directory) too: one appends records to a shared log
+/// (open O_APPEND, write, close), one lists the top directory and each
+/// mutator's directory with an lstat of every entry (`ls -l`), and the
+/// mutators run the random operations above, each in its own subtree so
+/// the model stays exact. Each mutator's results must match op by op; the
+/// log's size as listed never shrinks nor runs ahead of what was appended;
+/// at the end, and after a remount, the whole tree equals the model.
+#[test]
+fn concurrent_operations_match_a_local_directory() {
+    const APPENDS: usize = 1_500;
+    const STEPS: usize = 300;
+    let seed = seed();
+    println!("concurrent differential seed={seed} (replay with VECFS_DIFF_SEED={seed})");
+    let v = Volume::new(Storage::File);
+    let mut m = v.mount();
+    let local_dir = tempfile::tempdir().expect("tempdir");
+    let local = local_dir.path().join("ref");
+    fs::create_dir(&local).expect("mkdir");
+    for root in [&local, &m.path] {
+        fs::write(root.join("log"), b"").unwrap();
+        for k in 0..MUTATORS {
+            fs::create_dir(root.join(format!("mut{k}"))).unwrap();
+        }
+    }
+    let (mp, lp) = (m.path.clone(), local.clone());
+    let (pid, path) = (m.pid(), m.path.clone());
+    let problems = within(
+        "concurrent differential",
+        Duration::from_secs(400),
+        move || abort_mount(pid, &path),
+        move || {
+            // Bytes of the log whose append has started (the most a listing may see).
+            let started = AtomicU64::new(0);
+            std::thread::scope(|s| {
+                let (mp, lp, started) = (&mp, &lp, &started);
+                let appender = s.spawn(move || {
+                    let mut rng = Rng((seed ^ 0xa99e7d) | 1);
+                    let mut bad = Vec::new();
+                    let mut len = 0u64;
+                    for i in 0..APPENDS {
+                        let n = 1 + rng.below(200) as usize;
+                        let data = rng.bytes(n);
+                        len += data.len() as u64;
+                        started.store(len, Ordering::Release);
+                        for root in [lp, mp] {
+                            let r = OpenOptions::new()
+                                .append(true)
+                                .open(root.join("log"))
+                                .and_then(|mut f| std::io::Write::write_all(&mut f, &data));
+                            if let Err(e) = r {
+                                bad.push(format!("append {i} to {root:?}: {e}"));
+                            }
+                        }
+                        // Own writes are visible on the writing node at once.
+                        let seen = fs::metadata(mp.join("log")).map(|md| md.len());
+                        if seen.as_ref().ok() != Some(&len) && bad.len() < 10 {
+                            bad.push(format!("after append {i}: stat {seen:?}, appended {len}"));
+                        }
+                    }
+                    bad
+                });
+                let mutators: Vec<_> = (0..MUTATORS)
+                    .map(|k| {
+                        s.spawn(move || {
+                            let (l, r) = (lp.join(format!("mut{k}")), mp.join(format!("mut{k}")));
+                            let mut rng = Rng((seed.wrapping_add(k * 0x9e37_79b9)) | 1);
+                            let mut bad = Vec::new();
+                            for step in 0..STEPS {
+                                let op = rng.below(12);
+                                let a = pick(&mut rng, &l);
+                                let b = pick(&mut rng, &l);
+                                let mut r1 = Rng(rng.next() | 1);
+                                let mut r2 = Rng(r1.0);
+                                let got_local = apply(op, &mut r1, &l, &a, &b);
+                                let got_vecfs = apply(op, &mut r2, &r, &a, &b);
+                                if got_local != got_vecfs {
+                                    bad.push(format!(
+                                        "mut{k} step {step}: op {op} on {a:?} {b:?}: \
+                                         local {got_local} / vecfs {got_vecfs}"
+                                    ));
+                                    break;
+                                }
+                                if step % 25 == 24 || step == STEPS - 1 {
+                                    let d = diff(&snapshot(&l), &snapshot(&r));
+                                    if !d.is_empty() {
+                                        bad.push(format!("mut{k} step {step}: {d:#?}"));
+                                        break;
+                                    }
+                                }
+                            }
+                            bad
+                        })
+                    })
+                    .collect();
+                // The lister: `ls -l` of the top and of every mutator's directory.
+                let mut bad = Vec::new();
+                let (mut listings, mut last_log) = (0u64, 0u64);
+                let deadline = Instant::now() + Duration::from_secs(300);
+                let running =
+                    || !appender.is_finished() || mutators.iter().any(|t| !t.is_finished());
+                while running() && Instant::now() < deadline {
+                    let mut dirs = vec![mp.to_path_buf()];
+                    dirs.extend((0..MUTATORS).map(|k| mp.join(format!("mut{k}"))));
+                    for d in dirs {
+                        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                            let Ok(md) = e.metadata() else { continue };
+                            if d == *mp && e.file_name() == "log" {
+                                let most = started.load(Ordering::Acquire);
+                                if md.len() < last_log && bad.len() < 10 {
+                                    bad.push(format!("log shrank: {last_log} -> {}", md.len()));
+                                }
+                                if md.len() > most && bad.len() < 10 {
+                                    bad.push(format!("log {} > appended {most}", md.len()));
+                                }
+                                last_log = last_log.max(md.len());
+                            }
+                        }
+                    }
+                    listings += 1;
+                }
+                println!("{listings} listings during the run");
+                bad.extend(appender.join().unwrap());
+                for t in mutators {
+                    bad.extend(t.join().unwrap());
+                }
+                bad
+            })
+        },
+    );
+    assert!(problems.is_empty(), "seed {seed}: {problems:#?}");
+    let d = diff(&snapshot(&local), &snapshot(&m.path));
+    assert!(d.is_empty(), "seed {seed}: trees differ at the end: {d:#?}");
+    m.unmount();
+    m = v.mount();
+    let d = diff(&snapshot(&local), &snapshot(&m.path));
+    assert!(
+        d.is_empty(),
+        "seed {seed}: trees differ after remount: {d:#?}"
+    );
+    m.unmount();
 }

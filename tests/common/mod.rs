@@ -3,6 +3,8 @@
 //! of the `vecfs` binary. Everything is torn down on drop.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -44,8 +46,9 @@ impl Drop for Proc {
 }
 
 pub struct Redis {
-    _proc: Proc,
-    _dir: tempfile::TempDir,
+    proc: std::sync::Mutex<Option<Proc>>,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
     pub port: u16,
 }
 
@@ -54,32 +57,74 @@ impl Redis {
         Self::start_with(&[])
     }
 
+    /// A Redis that keeps every write in its append-only file (fsync per
+    /// write), so `stop` and `restart` lose nothing it acknowledged.
+    pub fn start_aof() -> Redis {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
     pub fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--save", "", "--appendonly", "no", "--dir"].map(String::from));
+        args.push(dir.path().to_string_lossy().into_owned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let r = Redis {
+            proc: std::sync::Mutex::new(None),
+            dir,
+            args,
+            port,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts the server (again) on the same port and directory, and waits
+    /// until it answers PING (not LOADING).
+    pub fn restart(&self) {
+        let mut slot = self.proc.lock().unwrap();
+        assert!(slot.is_none(), "redis-server is already running");
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .args(extra)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        let r = Redis {
-            _proc: Proc(child),
-            _dir: dir,
-            port,
+        *slot = Some(Proc(child));
+        drop(slot);
+        wait_for("redis-server", Duration::from_secs(20), || {
+            port_open(self.port) && self.cli(&["ping"]).trim() == "PONG"
+        });
+    }
+
+    /// Stops the server gracefully (SIGTERM: the AOF is flushed) and waits
+    /// until it has exited and its port is closed.
+    pub fn stop(&self) {
+        let Some(mut p) = self.proc.lock().unwrap().take() else {
+            return;
         };
-        wait_for("redis-server", Duration::from_secs(20), || port_open(port));
-        r
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(p.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(p); // SIGKILL if it is still there
+        wait_for("redis port closed", Duration::from_secs(10), || {
+            !port_open(self.port)
+        });
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.lock().unwrap().is_some()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn url(&self, db: u32) -> String {
@@ -224,8 +269,6 @@ impl Volume {
 
     pub fn with_args(storage: Storage, extra: &[&str]) -> Volume {
         let redis = Redis::start();
-        let url = redis.url(1);
-        let name = "testvol".to_string();
         let mut env: Vec<(String, String)> = Vec::new();
         let (backend, kind, bucket) = match storage {
             Storage::File => {
@@ -250,15 +293,22 @@ impl Volume {
                 (Backend::Azure(a), "azure", b)
             }
         };
-        let mut args = vec![
-            "format",
-            &url,
-            &name,
-            "--storage",
-            kind,
-            "--bucket",
-            &bucket,
-        ];
+        Self::format(redis, backend, kind, &bucket, env, extra)
+    }
+
+    /// Formats volume `testvol` in db 1 of `redis` on a store the caller
+    /// set up (e.g. a bucket URL that goes through a fault `Proxy`).
+    pub fn format(
+        redis: Redis,
+        backend: Backend,
+        kind: &str,
+        bucket: &str,
+        env: Vec<(String, String)>,
+        extra: &[&str],
+    ) -> Volume {
+        let url = redis.url(1);
+        let name = "testvol".to_string();
+        let mut args = vec!["format", &url, &name, "--storage", kind, "--bucket", bucket];
         args.extend_from_slice(extra);
         let v = Volume {
             redis,
@@ -421,6 +471,24 @@ impl Mount {
         }
     }
 
+    /// The mount's private directory (0700 from tempfile): holds the
+    /// mountpoint `mnt`, the default cache dir `cache` and `vecfs.log`.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The disk cache directory the harness passes unless the test gave one.
+    pub fn cache_dir(&self) -> PathBuf {
+        self._dir.path().join("cache")
+    }
+
+    /// For watchdogs: kills the daemon (every pending FUSE request then
+    /// fails with ENOTCONN, so no thread stays blocked in the kernel) and
+    /// detaches the mount. Callable from any thread; Drop reaps the child.
+    pub fn abort(&self) {
+        abort_mount(self.pid(), &self.path);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -511,4 +579,43 @@ pub fn dir_bytes(p: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Kills a mount daemon by pid and lazily unmounts its mountpoint.
+pub fn abort_mount(pid: u32, path: &Path) {
+    if pid != 0 {
+        // SAFETY: signalling the daemon this test spawned, by its pid.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = Command::new("umount").arg("-l").arg(path).output();
+}
+
+/// Runs `f` on its own thread and returns its result, or, if it has not
+/// finished within `timeout`, calls `on_timeout` (e.g. `Mount::abort`, which
+/// unblocks a thread stuck in a FUSE request) and panics: a hung file system
+/// fails the test instead of hanging it. A panic in `f` is passed on.
+pub fn within<T: Send + 'static>(
+    what: &str,
+    timeout: Duration,
+    on_timeout: impl FnOnce(),
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(v) => {
+            let _ = t.join();
+            v
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match t.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("worker ended without a result"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            on_timeout();
+            panic!("{what}: not finished within {timeout:?} (mount aborted)");
+        }
+    }
 }
