@@ -25,6 +25,10 @@ pub struct MetaCache {
     generation: AtomicU64,
     names: Mutex<Names>,
     attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    /// Inodes known to have no `security.capability` attribute: the kernel
+    /// asks before every write (to drop file capabilities), and a Redis
+    /// round trip per 8-byte write would be most of its cost.
+    no_caps: Mutex<HashMap<u64, Instant>>,
 }
 
 impl MetaCache {
@@ -35,6 +39,7 @@ impl MetaCache {
             generation: AtomicU64::new(0),
             names: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
+            no_caps: Mutex::new(HashMap::new()),
         }
     }
 
@@ -144,6 +149,32 @@ impl MetaCache {
         if let Ok(mut a) = self.attrs.lock() {
             a.remove(&ino);
         }
+        if let Ok(mut c) = self.no_caps.lock() {
+            c.remove(&ino);
+        }
+    }
+
+    /// Whether `ino` is known to have no capability attribute.
+    pub fn caps_absent(&self, ino: u64) -> bool {
+        self.on()
+            && self
+                .no_caps
+                .lock()
+                .is_ok_and(|c| c.get(&ino).is_some_and(|at| self.fresh(*at)))
+    }
+
+    /// Remembers that `ino` had no capability attribute when read at
+    /// `generation` (unless something was invalidated since).
+    pub fn put_caps_absent(&self, generation: u64, ino: u64) {
+        if !self.on() || self.generation() != generation {
+            return;
+        }
+        if let Ok(mut c) = self.no_caps.lock() {
+            if c.len() >= MAX_ENTRIES {
+                c.clear();
+            }
+            c.insert(ino, Instant::now());
+        }
     }
 
     pub fn clear(&self) {
@@ -153,6 +184,9 @@ impl MetaCache {
         }
         if let Ok(mut a) = self.attrs.lock() {
             a.clear();
+        }
+        if let Ok(mut c) = self.no_caps.lock() {
+            c.clear();
         }
     }
 }

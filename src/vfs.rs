@@ -1029,18 +1029,25 @@ impl Vfs {
             0
         };
         self.mcache.drop_attr(self.real(ino));
-        self.meta
-            .setxattr(self.real(ino), name, value, f)
-            .await
-            .map_err(|e| meta_errno("setxattr", e))
+        let r = self.meta.setxattr(self.real(ino), name, value, f).await;
+        // Again after: a read racing the change may have cached its absence.
+        self.mcache.drop_attr(self.real(ino));
+        r.map_err(|e| meta_errno("setxattr", e))
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> VResult<Vec<u8>> {
         Self::check_xattr_name(name)?;
-        self.meta
-            .getxattr(self.real(ino), name)
-            .await
-            .map_err(|e| meta_errno("getxattr", e))
+        let real = self.real(ino);
+        let caps = name == b"security.capability";
+        if caps && self.mcache.caps_absent(real) {
+            return Err(libc::ENODATA);
+        }
+        let generation = self.mcache.generation();
+        let r = self.meta.getxattr(real, name).await;
+        if caps && matches!(r, Err(MetaError::Errno(libc::ENODATA))) {
+            self.mcache.put_caps_absent(generation, real);
+        }
+        r.map_err(|e| meta_errno("getxattr", e))
     }
 
     /// Names, each followed by a NUL, as listxattr(2) returns them.
@@ -1062,10 +1069,9 @@ impl Vfs {
         self.writable()?;
         Self::check_xattr_name(name)?;
         self.mcache.drop_attr(self.real(ino));
-        self.meta
-            .removexattr(self.real(ino), name)
-            .await
-            .map_err(|e| meta_errno("removexattr", e))
+        let r = self.meta.removexattr(self.real(ino), name).await;
+        self.mcache.drop_attr(self.real(ino));
+        r.map_err(|e| meta_errno("removexattr", e))
     }
 
     // ---- directories -----------------------------------------------------
