@@ -1570,17 +1570,15 @@ impl Vfs {
                     }
                     let vfs = vfs.clone();
                     tokio::spawn(async move {
-                        match vfs.flush_inode(ino).await {
-                            Ok(()) => {
-                                crate::metrics::BACKGROUND_FLUSHES.add(1);
-                                vfs.forget_if_closed(ino);
-                            }
-                            Err(e) => tracing::warn!(
+                        let r = vfs.flush_inode(ino).await;
+                        crate::metrics::BACKGROUND_FLUSHES.add(1);
+                        if r.is_err() && w.is_dirty() {
+                            tracing::warn!(
                                 ino,
-                                errno = e,
                                 "background flush failed; the data stays buffered and is retried"
-                            ),
+                            );
                         }
+                        vfs.forget_if_closed(ino);
                         w.background.store(false, Ordering::Release);
                     });
                 }

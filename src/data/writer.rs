@@ -265,9 +265,6 @@ impl FileWriter {
         let _serial = self.flushing.lock().await;
         let batch = {
             let mut st = self.state();
-            if let Some(e) = &st.lost {
-                return Err(e.clone());
-            }
             let inline_size = self.ds.inline_size;
             for s in st.slices.iter_mut().filter(|s| !s.sealed) {
                 s.sealed = true;
@@ -292,7 +289,7 @@ impl FileWriter {
                 .collect::<Vec<_>>()
         };
         if batch.is_empty() {
-            return Ok(());
+            return self.lost();
         }
         let r = self.store_and_commit(&batch).await;
         if let Ok(attr) = &r {
@@ -310,7 +307,12 @@ impl FileWriter {
                 if st.slices.is_empty() {
                     st.dirty_since = None;
                 }
-                Ok(())
+                // Data dropped earlier stays reported, even when later
+                // writes commit.
+                match &st.lost {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(()),
+                }
             }
             Err(e) if matches!(e.kind, Kind::Fs(_)) => {
                 // Redis refused the commit itself (the file is gone, the volume
@@ -326,6 +328,14 @@ impl FileWriter {
                 st.failing = true;
                 Err(e)
             }
+        }
+    }
+
+    /// The error that dropped data earlier, if any.
+    fn lost(&self) -> Result<()> {
+        match &self.state().lost {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
     }
 
