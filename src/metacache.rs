@@ -86,23 +86,36 @@ impl MetaCache {
 
     /// Caches what was read from Redis, unless something was invalidated
     /// since `generation` was taken (the read may predate that change).
+    ///
+    /// Every generation bump happens under the attribute lock and this
+    /// checks the generation under it too, so a change that lands between
+    /// the check and the insert cannot be overwritten by an older read.
+    /// Lock order: names, attrs, no_caps.
     pub fn put(&self, generation: u64, name: Option<(u64, &[u8])>, ino: u64, attr: Attr) {
-        if !self.on() || self.generation() != generation {
+        if !self.on() {
+            return;
+        }
+        let mut names = match name {
+            Some(_) => self.names.lock().ok(),
+            None => None,
+        };
+        let Ok(mut attrs) = self.attrs.lock() else {
+            return;
+        };
+        if self.generation() != generation {
             return;
         }
         let now = Instant::now();
-        if let (Some((parent, name)), Ok(mut names)) = (name, self.names.lock()) {
+        if let (Some((parent, name)), Some(names)) = (name, names.as_mut()) {
             if names.len() >= MAX_ENTRIES {
                 names.clear();
             }
             names.insert((parent, name.to_vec()), (ino, now));
         }
-        if let Ok(mut attrs) = self.attrs.lock() {
-            if attrs.len() >= MAX_ENTRIES {
-                attrs.clear();
-            }
-            attrs.insert(ino, (attr, now));
+        if attrs.len() >= MAX_ENTRIES {
+            attrs.clear();
         }
+        attrs.insert(ino, (attr, now));
     }
 
     /// This node changed `ino` and knows its attributes as Redis now has
@@ -112,8 +125,8 @@ impl MetaCache {
         if !self.on() {
             return;
         }
-        self.bump();
         if let Ok(mut attrs) = self.attrs.lock() {
+            self.bump();
             if attrs.len() >= MAX_ENTRIES {
                 attrs.clear();
             }
@@ -130,14 +143,17 @@ impl MetaCache {
         if !self.on() {
             return;
         }
-        self.bump();
-        let old = self
-            .names
-            .lock()
-            .ok()
-            .and_then(|mut n| n.remove(&(parent, name.to_vec())));
-        if let Some((ino, _)) = old {
-            self.drop_attr(ino);
+        let Ok(mut names) = self.names.lock() else {
+            return;
+        };
+        let old = names.remove(&(parent, name.to_vec()));
+        match old {
+            Some((ino, _)) => self.drop_attr(ino),
+            None => {
+                if let Ok(_attrs) = self.attrs.lock() {
+                    self.bump();
+                }
+            }
         }
     }
 
@@ -145,12 +161,12 @@ impl MetaCache {
         if !self.on() {
             return;
         }
-        self.bump();
         if let Ok(mut a) = self.attrs.lock() {
+            self.bump();
             a.remove(&ino);
-        }
-        if let Ok(mut c) = self.no_caps.lock() {
-            c.remove(&ino);
+            if let Ok(mut c) = self.no_caps.lock() {
+                c.remove(&ino);
+            }
         }
     }
 
@@ -166,7 +182,13 @@ impl MetaCache {
     /// Remembers that `ino` had no capability attribute when read at
     /// `generation` (unless something was invalidated since).
     pub fn put_caps_absent(&self, generation: u64, ino: u64) {
-        if !self.on() || self.generation() != generation {
+        if !self.on() {
+            return;
+        }
+        let Ok(_attrs) = self.attrs.lock() else {
+            return;
+        };
+        if self.generation() != generation {
             return;
         }
         if let Ok(mut c) = self.no_caps.lock() {
@@ -178,11 +200,13 @@ impl MetaCache {
     }
 
     pub fn clear(&self) {
+        let names = self.names.lock();
+        let attrs = self.attrs.lock();
         self.bump();
-        if let Ok(mut n) = self.names.lock() {
+        if let Ok(mut n) = names {
             n.clear();
         }
-        if let Ok(mut a) = self.attrs.lock() {
+        if let Ok(mut a) = attrs {
             a.clear();
         }
         if let Ok(mut c) = self.no_caps.lock() {

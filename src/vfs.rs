@@ -148,6 +148,9 @@ struct OpenFile {
     /// Written or truncated here since opened: attribute replies must
     /// show `length` at least.
     wrote: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes hold it shared, truncate and fallocate exclusively (across
+    /// their flush, the Redis change and the length update).
+    gate: Arc<tokio::sync::RwLock<()>>,
     unlinked: bool,
 }
 
@@ -158,6 +161,7 @@ impl OpenFile {
             chunks: self.chunks.clone(),
             length: self.length.clone(),
             wrote: self.wrote.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -168,6 +172,7 @@ struct Handles {
     chunks: Arc<Mutex<ChunkCache>>,
     length: Arc<AtomicU64>,
     wrote: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Attributes this node produced by its own changes (commits, truncates),
@@ -262,6 +267,16 @@ impl Recent {
             Some((seq, _)) => *seq > ticket,
             None => ticket < r.pruned_below,
         }
+    }
+
+    fn record_keep_len(&self, ino: u64, mut attr: Attr) {
+        let mut r = self.lock();
+        if let Some((_, a, _)) = r.by_ino.get(&ino) {
+            attr.length = attr.length.max(a.length);
+        }
+        r.seq += 1;
+        let seq = r.seq;
+        r.by_ino.insert(ino, (seq, attr, std::time::Instant::now()));
     }
 
     fn forget(&self, ino: u64) {
@@ -493,6 +508,15 @@ impl Vfs {
     fn changed_here(&self, ino: u64, attr: Attr) {
         self.recent.record(ino, attr);
         self.mcache.replace(ino, attr);
+    }
+
+    /// As `changed_here`, for a change that leaves the length alone (mode,
+    /// times, links): its reply may have been read before a commit that
+    /// finished first, so it never lowers the length remembered, and the
+    /// metadata cache entry is dropped rather than replaced.
+    fn changed_meta_here(&self, ino: u64, attr: Attr) {
+        self.recent.record_keep_len(ino, attr);
+        self.mcache.drop_attr(ino);
     }
 
     fn entry(&self, ino: u64, attr: Attr) -> Entry {
@@ -784,7 +808,10 @@ impl Vfs {
             _ => None,
         };
         for i in pinned.into_inner().unwrap_or_default() {
-            self.unpin(i, Some(i) == gone).await;
+            // A failed call may still have applied (lost reply): ask Redis.
+            let unlinked = Some(i) == gone
+                || (r.is_err() && matches!(self.meta.getattr(i).await, Ok(a) if a.nlink == 0));
+            self.unpin(i, unlinked).await;
         }
         let (ino, _) = r.map_err(|e| meta_errno("unlink", e))?;
         self.recent.dir_change(self.real(parent));
@@ -885,7 +912,7 @@ impl Vfs {
             .link(real, self.real(newparent), newname)
             .await
             .map_err(|e| meta_errno("link", e))?;
-        self.changed_here(real, attr);
+        self.changed_meta_here(real, attr);
         self.recent.dir_change(self.real(newparent));
         self.mcache.drop_attr(self.real(newparent));
         let attr = self.fix_attr(real, attr);
@@ -908,6 +935,11 @@ impl Vfs {
             if size > (1u64 << 50) {
                 return Err(libc::EFBIG);
             }
+            let gate = self.open_state(real).map(|h| h.gate);
+            let _gate = match &gate {
+                Some(g) => Some(g.write().await),
+                None => None,
+            };
             self.flush_inode(real).await?;
             let a = self
                 .meta
@@ -934,7 +966,7 @@ impl Vfs {
                 .setattr(real, set)
                 .await
                 .map_err(|e| meta_errno("setattr", e))?;
-            self.changed_here(real, a);
+            self.changed_meta_here(real, a);
             attr = Some(a);
         }
         let attr = match attr {
@@ -1230,6 +1262,7 @@ impl Vfs {
                 chunks: Arc::new(Mutex::new(ChunkCache::default())),
                 length: Arc::new(AtomicU64::new(length)),
                 wrote: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                gate: Arc::new(tokio::sync::RwLock::new(())),
                 unlinked: false,
             });
             e.refs += 1;
@@ -1492,15 +1525,27 @@ impl Vfs {
             return Err(libc::EFBIG);
         }
         let of = self.open_state(h.ino).ok_or(libc::EBADF)?;
-        let pending = of
-            .writer
-            .write(offset, data)
+        // Budget before any lock: waiting for it never blocks anyone else.
+        let held = self
+            .data
+            .budget
+            .take(data.len())
             .await
             .map_err(|e| data_errno("write", e))?;
-        // Before the reply: from now on every attribute reply shows it.
-        of.length
-            .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
-        of.wrote.store(true, Ordering::Release);
+        let pending = {
+            // Shared: a truncate of this file waits for the write, and the
+            // write for it, so lengths never interleave.
+            let _gate = of.gate.read().await;
+            let pending = of
+                .writer
+                .write(offset, data, held)
+                .map_err(|e| data_errno("write", e))?;
+            // Before the reply: from now on every attribute reply shows it.
+            of.length
+                .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
+            of.wrote.store(true, Ordering::Release);
+            pending
+        };
         crate::metrics::WRITE_BYTES.add(data.len() as u64);
         if pending >= 4 * MAX_PENDING_SLICES {
             // The flusher is not keeping up with this writer: help it. The
@@ -1721,6 +1766,11 @@ impl Vfs {
         if length == 0 {
             return Err(libc::EINVAL);
         }
+        let gate = self.open_state(h.ino).map(|h| h.gate);
+        let _gate = match &gate {
+            Some(g) => Some(g.write().await),
+            None => None,
+        };
         self.flush_inode(h.ino).await?;
         let attr = self
             .meta

@@ -654,6 +654,59 @@ struct Progress {
     done: AtomicBool,
 }
 
+/// A commit that reached Redis but whose reply was lost (fsync answers
+/// EIO), then more writes, then recovery: the next fsync must commit the
+/// new writes too. A retry that sent the grown batch under the first
+/// commit's idempotency token was taken for the old one and dropped them.
+#[test]
+fn a_commit_whose_reply_was_lost_keeps_later_writes() {
+    let v = Volume::new(Storage::File);
+    let proxy = Proxy::start(v.redis.port);
+    let url = format!("redis://127.0.0.1:{}/1", proxy.port);
+    let args = io_retry_args();
+    let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    refs.extend(["--no-events"]);
+    let m = v.mount_via(&[], &url, &refs);
+    // Loads the write script and a batch of slice ids, so the commit below
+    // needs no Redis answer before it is sent.
+    fs::write(m.p("warm"), pattern(256 << 10, 70)).unwrap();
+    let first = pattern(256 << 10, 71);
+    let second = pattern(256 << 10, 72);
+    let f = File::create(m.p("seg")).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    f.write_all_at(&first, 0).unwrap();
+
+    proxy.freeze_replies();
+    let f = Arc::new(f);
+    let f2 = f.clone();
+    let synced = std::thread::spawn(move || fsync(&f2));
+    let chunk = format!("{{testvol}}c{ino}_0");
+    common::wait_for("the commit to reach Redis", Duration::from_secs(30), || {
+        v.redis.cli(&["-n", "1", "LLEN", &chunk]).trim() == "1"
+    });
+    proxy.down(); // the reply is lost
+    let r = synced.join().unwrap();
+    assert!(r.is_err(), "fsync returned 0 with its reply lost");
+    proxy.thaw();
+
+    f.write_all_at(&second, first.len() as u64).unwrap();
+    proxy.up();
+    let mut ok = false;
+    for _ in 0..5 {
+        if fsync(&f).is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "fsync after recovery kept failing");
+    drop(f);
+    m.unmount();
+    let fresh = v.mount();
+    let back = fs::read(fresh.p("seg")).unwrap();
+    assert_eq!(back.len(), first.len() + second.len(), "later writes lost");
+    assert!(back[..first.len()] == first[..] && back[first.len()..] == second[..]);
+}
+
 /// One process makes many 8-byte writes (each held 1 KiB of the node's
 /// write budget until its 4 MiB block filled, so the budget ran dry), while
 /// another streams a big file and a third stats files, timing each stat.

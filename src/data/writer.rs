@@ -80,8 +80,12 @@ struct State {
     lost: Option<Error>,
     dirty_since: Option<Instant>,
     last_write: Option<Instant>,
-    /// The last flush failed for a transient reason: keep retrying.
-    failing: bool,
+    /// When the last flush failed for a reason retrying may fix: the
+    /// flusher tries again (not more often than RETRY_PAUSE).
+    failing: Option<Instant>,
+    /// Slices (the oldest this many) whose commit was sent but is not
+    /// known to be applied: retried as one batch under the same token.
+    frozen: Option<usize>,
 }
 
 /// Pending writes of one inode on this node, shared by all its handles.
@@ -97,6 +101,10 @@ pub struct FileWriter {
 /// Past this many slices a writer asks for a flush (each record is replayed
 /// by every read); past four times as many the writer flushes itself.
 pub const MAX_PENDING_SLICES: usize = 64;
+
+/// A flush that failed is tried again by the flusher after this pause
+/// (each try itself retries transient failures for `retry_for`).
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 impl FileWriter {
     pub fn new(ino: u64, ds: Arc<DataStore>) -> FileWriter {
@@ -119,11 +127,11 @@ impl FileWriter {
         !self.state().slices.is_empty()
     }
 
-    /// Buffers `data` at file offset `off`; uploads blocks as they fill.
-    /// Returns how many slices are pending.
-    pub async fn write(&self, off: u64, data: &[u8]) -> Result<usize> {
-        // Budget first, with no lock held: a flush may be what frees it.
-        let mut held = self.ds.budget.take(data.len()).await?;
+    /// Buffers `data` at file offset `off`, holding `held` (the budget
+    /// for its bytes, taken by the caller before any lock: a flush may be
+    /// what frees it); uploads blocks as they fill. Returns how many slices
+    /// are pending.
+    pub fn write(&self, off: u64, data: &[u8], mut held: Held) -> Result<usize> {
         let bs = self.ds.block_size as usize;
         let mut st = self.state();
         let mut done = 0usize;
@@ -183,8 +191,10 @@ impl FileWriter {
         if st.slices.is_empty() {
             return false;
         }
-        st.failing
-            || st.slices.len() >= MAX_PENDING_SLICES
+        if let Some(at) = st.failing {
+            return at.elapsed() >= RETRY_PAUSE;
+        }
+        st.slices.len() >= MAX_PENDING_SLICES
             || st.last_write.is_none_or(|t| t.elapsed() >= idle)
             || st.dirty_since.is_none_or(|t| t.elapsed() >= max_age)
     }
@@ -202,7 +212,8 @@ impl FileWriter {
             }
         }
         st.dirty_since = None;
-        st.failing = false;
+        st.failing = None;
+        st.frozen = None;
     }
 
     /// The slices of chunk `indx` not committed yet (oldest first, under
@@ -261,9 +272,10 @@ impl FileWriter {
     /// committed attributes before the slices leave the overlay, so readers
     /// never see a moment where the bytes are in neither place. It must not
     /// call back into this writer.
-    pub async fn flush(&self, on_commit: impl FnOnce(&Attr)) -> Result<()> {
+    pub async fn flush(&self, on_commit: impl Fn(&Attr)) -> Result<()> {
         let _serial = self.flushing.lock().await;
-        let batch = {
+        // Everything written before this call: the slices present now.
+        let mut target = {
             let mut st = self.state();
             let inline_size = self.ds.inline_size;
             for s in st.slices.iter_mut().filter(|s| !s.sealed) {
@@ -276,59 +288,69 @@ impl FileWriter {
                     seal_tail(&self.ds, s);
                 }
             }
-            st.slices
-                .iter()
-                .map(|s| SealedView {
-                    indx: s.indx,
-                    pos: s.pos,
-                    len: s.len,
-                    id: s.id.clone(),
-                    blocks: s.blocks.clone(),
-                    inline: s.inline.clone(),
-                })
-                .collect::<Vec<_>>()
+            st.slices.len()
         };
-        if batch.is_empty() {
-            return self.lost();
-        }
-        let r = self.store_and_commit(&batch).await;
-        if let Ok(attr) = &r {
-            // Before the slices leave the overlay (and outside the state
-            // lock: the caller takes its own locks).
-            on_commit(attr);
-        }
-        let mut st = self.state();
-        match r {
-            Ok(_) => {
-                // The batch is the oldest slices: later writes were appended.
-                let n = batch.len().min(st.slices.len());
-                st.slices.drain(..n);
-                st.failing = false;
-                if st.slices.is_empty() {
-                    st.dirty_since = None;
+        while target > 0 {
+            // A batch whose commit was sent is retried exactly as it was (same
+            // slices, same token) until it is known applied: a bigger batch
+            // under its token would be taken for it and the rest lost.
+            let batch = {
+                let mut st = self.state();
+                let n = st.frozen.unwrap_or(target).min(st.slices.len());
+                if n == 0 {
+                    break;
                 }
-                // Data dropped earlier stays reported, even when later
-                // writes commit.
-                match &st.lost {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(()),
+                st.frozen = Some(n);
+                st.slices[..n]
+                    .iter()
+                    .map(|s| SealedView {
+                        indx: s.indx,
+                        pos: s.pos,
+                        len: s.len,
+                        id: s.id.clone(),
+                        blocks: s.blocks.clone(),
+                        inline: s.inline.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let n = batch.len();
+            let r = self.store_and_commit(&batch).await;
+            if let Ok(attr) = &r {
+                // Before the slices leave the overlay (and outside the state
+                // lock: the caller takes its own locks).
+                on_commit(attr);
+            }
+            let mut st = self.state();
+            let n = n.min(st.slices.len());
+            match r {
+                Ok(_) => {
+                    // The batch is the oldest slices: later writes were appended.
+                    st.slices.drain(..n);
+                    st.frozen = None;
+                    st.failing = None;
+                    if st.slices.is_empty() {
+                        st.dirty_since = None;
+                    }
+                    target = target.saturating_sub(n);
+                }
+                Err(e) if matches!(e.kind, Kind::Fs(_)) => {
+                    // Redis refused the commit itself (the file is gone, the
+                    // volume is full): retrying cannot help. The error sticks.
+                    tracing::error!(ino = self.ino, error = %e, "commit refused; buffered data dropped");
+                    st.slices.drain(..n);
+                    st.frozen = None;
+                    st.lost = Some(e.clone());
+                    st.failing = None;
+                    return Err(e);
+                }
+                Err(e) => {
+                    st.failing = Some(Instant::now());
+                    return Err(e);
                 }
             }
-            Err(e) if matches!(e.kind, Kind::Fs(_)) => {
-                // Redis refused the commit itself (the file is gone, the volume
-                // is full): retrying cannot help. The error sticks.
-                tracing::error!(ino = self.ino, error = %e, "commit refused; buffered data dropped");
-                let n = batch.len().min(st.slices.len());
-                st.slices.drain(..n);
-                st.lost = Some(e.clone());
-                st.failing = false;
-                Err(e)
-            }
-            Err(e) => {
-                st.failing = true;
-                Err(e)
-            }
         }
+        // Data dropped earlier stays reported, even when later writes commit.
+        self.lost()
     }
 
     /// The error that dropped data earlier, if any.

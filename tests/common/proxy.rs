@@ -15,6 +15,8 @@ use std::time::Duration;
 struct Shared {
     up: AtomicBool,
     frozen: AtomicBool,
+    /// Holds only what the server sends back (requests still arrive).
+    replies_frozen: AtomicBool,
     /// Pumps holding bytes while frozen.
     holding: AtomicUsize,
     stop: AtomicBool,
@@ -49,15 +51,19 @@ fn reset_on_close(s: &TcpStream) {
     }
 }
 
-fn pump(sh: &Shared, mut from: TcpStream, mut to: TcpStream) {
+fn pump(sh: &Shared, mut from: TcpStream, mut to: TcpStream, replies: bool) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if sh.frozen.load(Ordering::Acquire) {
+                let held = |sh: &Shared| {
+                    sh.frozen.load(Ordering::Acquire)
+                        || (replies && sh.replies_frozen.load(Ordering::Acquire))
+                };
+                if held(sh) {
                     sh.holding.fetch_add(1, Ordering::AcqRel);
-                    while sh.frozen.load(Ordering::Acquire) && !sh.stop.load(Ordering::Acquire) {
+                    while held(sh) && !sh.stop.load(Ordering::Acquire) {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     sh.holding.fetch_sub(1, Ordering::AcqRel);
@@ -79,6 +85,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             up: AtomicBool::new(true),
             frozen: AtomicBool::new(false),
+            replies_frozen: AtomicBool::new(false),
             holding: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             next: AtomicU64::new(0),
@@ -139,8 +146,8 @@ impl Proxy {
             conns.insert(id, (c2, s2));
         }
         let sh2 = sh.clone();
-        let back = std::thread::spawn(move || pump(&sh2, s1, c1));
-        pump(&sh, client, server);
+        let back = std::thread::spawn(move || pump(&sh2, s1, c1, true));
+        pump(&sh, client, server, false);
         let _ = back.join();
         sh.conns.lock().unwrap().remove(&id);
     }
@@ -166,8 +173,15 @@ impl Proxy {
         self.shared.frozen.store(true, Ordering::Release);
     }
 
+    /// Lets requests through but holds the answers until `thaw` (or a
+    /// `down`, which then loses them: a request applied, its reply lost).
+    pub fn freeze_replies(&self) {
+        self.shared.replies_frozen.store(true, Ordering::Release);
+    }
+
     pub fn thaw(&self) {
         self.shared.frozen.store(false, Ordering::Release);
+        self.shared.replies_frozen.store(false, Ordering::Release);
     }
 
     /// How many connection directions are holding bytes right now.
