@@ -99,12 +99,20 @@ teardown_target() {
 # fio_write REP T FIGURE [fio args...]: records the write bandwidth in MiB/s
 fio_write() {
   local rep=$1 t=$2 fig=$3; shift 3
-  local out
+  local out t0 v
+  t0=$(date +%s.%N)
   out=$(cd "$work/mnt-$t" && fio --output-format=json --fallocate=none --group_reporting --rw=write "$@") \
     || { record "$rep" "$t" "$fig" failed; return 0; }
-  record "$rep" "$t" "$fig" "$(python3 -c '
+  # fio's bandwidth (its runtime includes the end_fsync / fsync on close);
+  # the wall time of the whole fio run goes to stderr as a cross-check
+  v=$(python3 -c '
 import json, sys
-print(f"{json.load(sys.stdin)[\"jobs\"][0][\"write\"][\"bw\"] / 1024:.1f}")' <<<"$out")"
+w = json.load(sys.stdin)["jobs"][0]["write"]
+print("%.1f" % (w["bw"] / 1024))
+print("fio: %d MiB in %.2f s (fio runtime), %.2f s wall" % (w["io_bytes"] >> 20,
+      w["runtime"] / 1000, float(sys.argv[1])), file=sys.stderr)' "$(echo "$(date +%s.%N) - $t0" | bc)" <<<"$out") \
+    || v=failed
+  record "$rep" "$t" "$fig" "$v"
 }
 
 # append_run DIR N: N x (open O_APPEND, write one 32-byte record, close);
