@@ -185,9 +185,9 @@ struct Recent {
     inner: Mutex<RecentInner>,
 }
 
-#[derive(Default)]
 struct RecentInner {
     seq: u64,
+    last_prune: std::time::Instant,
     /// Changes below this number were forgotten.
     pruned_below: u64,
     by_ino: HashMap<u64, (u64, Attr, std::time::Instant)>,
@@ -211,7 +211,13 @@ const RECENT_KEEP: Duration = Duration::from_secs(60);
 impl Recent {
     fn new() -> Recent {
         Recent {
-            inner: Mutex::new(RecentInner::default()),
+            inner: Mutex::new(RecentInner {
+                seq: 0,
+                last_prune: std::time::Instant::now(),
+                pruned_below: 0,
+                by_ino: HashMap::new(),
+                dirs: HashMap::new(),
+            }),
         }
     }
 
@@ -228,7 +234,9 @@ impl Recent {
         r.seq += 1;
         let seq = r.seq;
         r.by_ino.insert(ino, (seq, attr, std::time::Instant::now()));
-        if r.by_ino.len() > 4096 {
+        // Pruning walks the map: at most once a second, not per change.
+        if r.by_ino.len() > 4096 && r.last_prune.elapsed() >= Duration::from_secs(1) {
+            r.last_prune = std::time::Instant::now();
             let mut cut = r.pruned_below;
             r.by_ino.retain(|_, (seq, _, at)| {
                 let keep = at.elapsed() < RECENT_KEEP;
@@ -247,7 +255,8 @@ impl Recent {
         r.seq += 1;
         let seq = r.seq;
         r.dirs.insert(dir, (seq, std::time::Instant::now()));
-        if r.dirs.len() > 4096 {
+        if r.dirs.len() > 4096 && r.last_prune.elapsed() >= Duration::from_secs(1) {
+            r.last_prune = std::time::Instant::now();
             let mut cut = r.pruned_below;
             r.dirs.retain(|_, (seq, at)| {
                 let keep = at.elapsed() < RECENT_KEEP;
