@@ -578,6 +578,17 @@ impl Vfs {
         }
     }
 
+    /// `pin`, remembering the pinned inode in `pinned` for the unpin.
+    fn pin_into(&self, pinned: &Mutex<Vec<u64>>, ino: u64) -> bool {
+        let keep = self.pin(ino);
+        if keep {
+            if let Ok(mut p) = pinned.lock() {
+                p.push(ino);
+            }
+        }
+        keep
+    }
+
     /// Ends a pin; `unlinked`: the call took the file's last name.
     async fn unpin(&self, ino: u64, unlinked: bool) {
         if unlinked {
@@ -800,15 +811,7 @@ impl Vfs {
                 self.real(parent),
                 name,
                 sid,
-                |i| {
-                    let keep = self.pin(i);
-                    if keep {
-                        if let Ok(mut p) = pinned.lock() {
-                            p.push(i);
-                        }
-                    }
-                    keep
-                },
+                |i| self.pin_into(&pinned, i),
                 self.mcache.ino_hint(self.real(parent), name),
             )
             .await;
@@ -878,15 +881,7 @@ impl Vfs {
                 newname,
                 flags,
                 sid,
-                |i| {
-                    let keep = self.pin(i);
-                    if keep {
-                        if let Ok(mut p) = pinned.lock() {
-                            p.push(i);
-                        }
-                    }
-                    keep
-                },
+                |i| self.pin_into(&pinned, i),
             )
             .await;
         let replaced = r.as_ref().map(|(_, d)| *d).unwrap_or(0);
