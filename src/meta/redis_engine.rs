@@ -273,7 +273,7 @@ pub const DEFAULT_META_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Longest pause between attempts, so a returning Redis is noticed within
 /// about a second.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Turns a Redis failure into a message that says what to do, without secrets.
 fn redis_err(e: redis::RedisError) -> MetaError {
@@ -363,16 +363,15 @@ async fn plain_connection(
     Ok((client, c))
 }
 
-/// Reconnect promptly and give up soon: `TimedConn` retries with its own
-/// budget, and a request never outlives its call timeout anyway.
+/// One connection attempt per reconnect: `TimedConn` retries with its own
+/// short backoff and budget. (The manager's own retries wait at least a
+/// second before the first one: its backoff starts at one second whatever
+/// the factor.)
 fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
         .set_response_timeout(CALL_TIMEOUT)
-        .set_factor(50)
-        .set_exponent_base(2)
-        .set_max_delay(1000)
-        .set_number_of_retries(2)
+        .set_number_of_retries(0)
 }
 
 impl Meta {
