@@ -200,3 +200,50 @@ fn a_cut_longer_than_the_expiry_tells_the_holder_before_the_lock_moves() {
     b.unmount();
     drop(v);
 }
+
+/// A process waiting for a lock (blocking flock, as `flock -w` does with an
+/// alarm) gets EINTR when its signal arrives, and leaves no lock behind.
+/// Without FUSE INTERRUPT handling the wait only ends when the lock is free.
+#[test]
+fn a_blocking_lock_wait_is_interrupted_and_leaves_no_lock() {
+    let v = Volume::new(Storage::File);
+    let a = v.mount();
+    let b = v.mount();
+    fs::write(a.p("lockfile"), b"x").unwrap();
+    let held = open_rw(a.p("lockfile"));
+    setlk(&held, libc::F_WRLCK).unwrap();
+
+    let path = b.p("lockfile");
+    let t = Instant::now();
+    let waited = common::within(
+        "flock -w 1 to give up",
+        Duration::from_secs(30),
+        || {},
+        move || {
+            std::process::Command::new("flock")
+                .args(["-w", "1"])
+                .arg(&path)
+                .arg("true")
+                .status()
+                .unwrap()
+        },
+    );
+    let took = t.elapsed();
+    assert_eq!(waited.code(), Some(1), "flock -w got the lock A holds");
+    assert!(
+        took < Duration::from_secs(3),
+        "the interrupted wait took {took:?}"
+    );
+
+    setlk(&held, libc::F_UNLCK).unwrap();
+    let free = std::process::Command::new("flock")
+        .args(["-n"])
+        .arg(b.p("lockfile"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(free.success(), "the interrupted waiter left a lock behind");
+    drop(held);
+    a.unmount();
+    b.unmount();
+}
