@@ -481,7 +481,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -491,10 +491,17 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Only the wait for buffer budget is abandoned on an interrupt:
+        // once buffered, the write is acknowledged.
         let vfs = self.vfs.clone();
         let data = data.to_vec();
+        let mut intr = self.interrupts.register(req.unique().0);
         self.spawn(async move {
-            match vfs.write(fh.0, offset, &data).await {
+            let interrupted = async move {
+                intr.fired().await;
+                crate::metrics::INTERRUPTS.add(1);
+            };
+            match vfs.write(fh.0, offset, &data, interrupted).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }

@@ -1528,7 +1528,16 @@ impl Vfs {
         Ok(out)
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VResult<u32> {
+    /// Buffers a write. Waiting for write-buffer budget (the store is slow
+    /// or down and buffers cannot drain) ends with EINTR when `interrupted`
+    /// fires, or EIO after `--io-retry`: nothing of the write is kept then.
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        interrupted: impl std::future::Future<Output = ()>,
+    ) -> VResult<u32> {
         self.writable()?;
         let h = self.file_handle(fh)?;
         if !h.writable {
@@ -1539,12 +1548,17 @@ impl Vfs {
         }
         let of = self.open_state(h.ino).ok_or(libc::EBADF)?;
         // Budget before any lock: waiting for it never blocks anyone else.
-        let held = self
-            .data
-            .budget
-            .take(data.len())
-            .await
-            .map_err(|e| data_errno("write", e))?;
+        let wait_limit = self.data.retry_for.max(Duration::from_secs(5));
+        let held = tokio::select! {
+            r = tokio::time::timeout(wait_limit, self.data.budget.take(data.len())) => match r {
+                Ok(r) => r.map_err(|e| data_errno("write", e))?,
+                Err(_) => {
+                    tracing::warn!(ino = h.ino, "no write buffer freed within {wait_limit:?}: EIO");
+                    return Err(libc::EIO);
+                }
+            },
+            _ = interrupted => return Err(libc::EINTR),
+        };
         let pending = {
             // Shared: a truncate of this file waits for the write, and the
             // write for it, so lengths never interleave.

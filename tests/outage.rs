@@ -265,3 +265,60 @@ fn a_5s_redis_outage_is_waited_out() {
 fn a_60s_redis_outage_fails_operations_within_the_bound() {
     redis_outage(Duration::from_secs(60));
 }
+
+/// With the object store cut off, buffers cannot drain: a writer that ran
+/// the write budget dry waits. That wait is killable at once, and bounded
+/// by `--io-retry` (EIO) for a writer that is not killed.
+#[test]
+fn a_writer_waiting_for_buffers_on_a_dead_store_is_killable_and_bounded() {
+    use common::proxy::Proxy;
+    let s3 = S3::start();
+    s3.bucket("vecfs-test");
+    let proxy = Proxy::start(s3.port);
+    let bucket = format!("http://127.0.0.1:{}/vecfs-test", proxy.port);
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
+    ];
+    let v = Volume::format(Redis::start(), Backend::S3(s3), "s3", &bucket, env, &[]);
+    let m = v.mount_with(&["--buffer-size", "8", "--io-retry", "6"]);
+    proxy.down();
+    let dd = |name: &str| {
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=64", "status=none"])
+            .arg(format!("of={}", m.p(name).display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut killed = dd("killed");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        killed.try_wait().unwrap().is_none(),
+        "64 MiB fit into an 8 MiB buffer with the store down"
+    );
+    let t = Instant::now();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let kill_took = t.elapsed();
+    assert!(
+        kill_took < Duration::from_secs(2),
+        "kill -9 took {kill_took:?}"
+    );
+
+    let mut bounded = dd("bounded");
+    let t = Instant::now();
+    let st = within(
+        "dd to fail",
+        Duration::from_secs(60),
+        || {},
+        move || bounded.wait().unwrap(),
+    );
+    let took = t.elapsed();
+    assert!(!st.success(), "dd succeeded with the store down");
+    assert!(took < Duration::from_secs(20), "the write waited {took:?}");
+    eprintln!("kill -9 {kill_took:?}; unkilled writer failed after {took:?}");
+    proxy.up();
+    m.unmount();
+}
