@@ -69,7 +69,20 @@ pub static BACKGROUND_FLUSHES: Counter = Counter::new(
     "buffered writes committed by the flusher (idle, pressure or retry)",
 );
 
-static ALL: [&Counter; 13] = [
+pub static DELETED_FILES: Counter = Counter::new(
+    "vecfs_deleter_files_total",
+    "deleted files whose objects the deleter removed",
+);
+pub static DELETED_SLICES: Counter = Counter::new(
+    "vecfs_deleter_slices_total",
+    "unreferenced slices (overwritten, compacted, orphaned uploads) whose objects the deleter removed",
+);
+pub static DELETE_FAILURES: Counter = Counter::new(
+    "vecfs_deleter_failures_total",
+    "deletion entries given back after a failure (retried later)",
+);
+
+static ALL: [&Counter; 16] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -83,6 +96,9 @@ static ALL: [&Counter; 13] = [
     &RETRIES,
     &BUFFER_WAITS,
     &BACKGROUND_FLUSHES,
+    &DELETED_FILES,
+    &DELETED_SLICES,
+    &DELETE_FAILURES,
 ];
 
 /// All counters in the Prometheus text format.

@@ -1,6 +1,7 @@
 -- args: session id to clean. Called by other nodes once the session expired
 -- (and by the session itself at a clean unmount): exactly one caller wins
--- the ZREM, drops the session's unlinked-but-open files and its locks.
+-- the ZREM, drops the session's unlinked-but-open files and its locks, and
+-- hands the objects it uploaded but never committed to the deleter.
 local sid = ARGV[5]
 if redis.call("ZREM", P .. "sessions", sid) == 0 then return {0, 0} end
 local held = redis.call("SMEMBERS", P .. "sustained" .. sid)
@@ -17,5 +18,8 @@ for _, i in ipairs(locked) do
   end
   notify_inode(tonumber(i))
 end
-redis.call("DEL", P .. "sustained" .. sid, P .. "locked" .. sid, P .. "session" .. sid)
+local up = redis.call("ZRANGE", uploads_key(sid), 0, -1, "WITHSCORES")
+for j = 1, #up, 2 do orphan_slice(tonumber(up[j]), tonumber(up[j + 1])) end
+redis.call("DEL", P .. "sustained" .. sid, P .. "locked" .. sid, P .. "session" .. sid,
+  uploads_key(sid))
 return {0, 1}
