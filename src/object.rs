@@ -421,16 +421,21 @@ impl BlockStore {
         }
     }
 
-    /// Deletes many objects, in batches (one multi-object request per
-    /// 1,000 keys on S3), a few batches at a time. Returns each key's own
+    /// Deletes many objects, in batches (one multi-object request per batch
+    /// on S3), several batches at a time. Returns each key's own
     /// outcome, in order: one failing key never hides the others. A key
     /// already gone counts as deleted.
     pub async fn delete_many(&self, keys: &[String]) -> Vec<Result<(), ObjectError>> {
         use futures::StreamExt;
-        const BATCH: usize = 1000;
+        // At most 1,000 keys per request (the S3 limit), and a pass's keys
+        // spread over several requests at once: stores without a
+        // multi-object delete (local, Azure) run ten deletes per request.
+        const MAX_BATCH: usize = 1000;
+        const PARALLEL: usize = 8;
+        let size = keys.len().div_ceil(PARALLEL).clamp(64, MAX_BATCH);
         // Owned pieces: the stream of batches must be Send for any lifetime.
         let store = self.store.clone();
-        let batches = keys.chunks(BATCH).map(|c| c.to_vec()).collect::<Vec<_>>();
+        let batches = keys.chunks(size).map(|c| c.to_vec()).collect::<Vec<_>>();
         let batches = batches.into_iter().map(move |batch| {
             let store = store.clone();
             async move {
@@ -466,7 +471,7 @@ impl BlockStore {
             }
         });
         futures::stream::iter(batches)
-            .buffered(4)
+            .buffered(PARALLEL)
             .collect::<Vec<_>>()
             .await
             .into_iter()

@@ -362,3 +362,30 @@ fn two_nodes_never_delete_the_same_objects() {
     a.unmount();
     b.unmount();
 }
+
+#[test]
+fn uploads_of_a_refused_commit_are_deleted() {
+    let v = Volume::with_args(Storage::File, &["--trash-days", "0", "--block-size", "1M"]);
+    let ins = Inspect::new(&v);
+    let a = v.mount_with(&["--delete-delay", "0"]);
+    let b = v.mount_with(&["--delete-delay", "0"]);
+    let mut f = std::fs::File::create(a.p("f")).unwrap();
+    f.sync_all().unwrap();
+    // Full blocks are uploaded at once; the commit waits for fsync (or the
+    // flusher's idle second). Meanwhile the file goes away on B.
+    f.write_all(&pattern(8 << 20, 9)).unwrap();
+    std::fs::remove_file(b.p("f")).unwrap();
+    assert!(
+        f.sync_all().is_err(),
+        "the commit of a file removed elsewhere must be refused"
+    );
+    drop(f);
+    wait_for(
+        "the refused uploads deleted",
+        Duration::from_secs(30),
+        || ins.settled(),
+    );
+    assert!(ins.stored().is_empty(), "{}", ins.explain());
+    a.unmount();
+    b.unmount();
+}

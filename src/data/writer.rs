@@ -202,7 +202,10 @@ impl FileWriter {
     /// Drops everything buffered (the file is gone).
     pub fn discard(&self) {
         let mut st = self.state();
-        self.ds.abandon_uploads(uploaded_ids(&st.slices));
+        // A batch whose commit was sent may still apply: its journal entries
+        // are left to that commit or to the session's cleanup.
+        let sent = st.frozen.unwrap_or(0).min(st.slices.len());
+        self.ds.abandon_uploads(uploaded_ids(&st.slices[sent..]));
         for s in st.slices.drain(..) {
             for b in s.blocks {
                 if let Ok(mut slot) = b.slot.lock() {
