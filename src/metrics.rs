@@ -81,8 +81,20 @@ pub static SESSION_FENCES: Counter = Counter::new(
     "vecfs_session_fence_total",
     "times this node could not renew its session in time and gave up its locks",
 );
+pub static DELETED_FILES: Counter = Counter::new(
+    "vecfs_deleter_files_total",
+    "deleted files whose objects the deleter removed",
+);
+pub static DELETED_SLICES: Counter = Counter::new(
+    "vecfs_deleter_slices_total",
+    "unreferenced slices (overwritten, compacted, orphaned uploads) whose objects the deleter removed",
+);
+pub static DELETE_FAILURES: Counter = Counter::new(
+    "vecfs_deleter_failures_total",
+    "deletion entries given back after a failure (retried later)",
+);
 
-static ALL: [&Counter; 16] = [
+static ALL: [&Counter; 19] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -99,6 +111,9 @@ static ALL: [&Counter; 16] = [
     &META_RETRIES,
     &INTERRUPTS,
     &SESSION_FENCES,
+    &DELETED_FILES,
+    &DELETED_SLICES,
+    &DELETE_FAILURES,
 ];
 
 /// All counters in the Prometheus text format.

@@ -421,6 +421,64 @@ impl BlockStore {
         }
     }
 
+    /// Deletes many objects, in batches (one multi-object request per batch
+    /// on S3), several batches at a time. Returns each key's own
+    /// outcome, in order: one failing key never hides the others. A key
+    /// already gone counts as deleted.
+    pub async fn delete_many(&self, keys: &[String]) -> Vec<Result<(), ObjectError>> {
+        use futures::StreamExt;
+        // At most 1,000 keys per request (the S3 limit), and a pass's keys
+        // spread over several requests at once: stores without a
+        // multi-object delete (local, Azure) run ten deletes per request.
+        const MAX_BATCH: usize = 1000;
+        const PARALLEL: usize = 8;
+        let size = keys.len().div_ceil(PARALLEL).clamp(64, MAX_BATCH);
+        // Owned pieces: the stream of batches must be Send for any lifetime.
+        let store = self.store.clone();
+        let batches = keys.chunks(size).map(|c| c.to_vec()).collect::<Vec<_>>();
+        let batches = batches.into_iter().map(move |batch| {
+            let store = store.clone();
+            async move {
+                metrics::OBJECT_DELETES.add(batch.len() as u64);
+                let paths: Vec<object_store::Result<ObjPath>> = batch
+                    .iter()
+                    .map(|k| Ok(ObjPath::from(k.as_str())))
+                    .collect();
+                let got: Vec<object_store::Result<ObjPath>> = store
+                    .delete_stream(futures::stream::iter(paths).boxed())
+                    .collect()
+                    .await;
+                if got.len() == batch.len() {
+                    // Stores answer per key, in the order asked.
+                    got.into_iter()
+                        .map(|r| match r {
+                            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(ObjectError::from(e)),
+                        })
+                        .collect::<Vec<_>>()
+                } else {
+                    // The batch request itself failed: no key is known deleted.
+                    let msg = got
+                        .into_iter()
+                        .find_map(|r| r.err())
+                        .map(|e| ObjectError::from(e).to_string())
+                        .unwrap_or_else(|| "batch delete answered for fewer keys".into());
+                    batch
+                        .iter()
+                        .map(|_| Err(ObjectError::Store(msg.clone())))
+                        .collect()
+                }
+            }
+        });
+        futures::stream::iter(batches)
+            .buffered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Writes, reads back and deletes a probe object: proves the bucket exists
     /// and the credentials may write before anything is recorded in Redis.
     pub async fn probe(&self) -> Result<(), ObjectError> {

@@ -1,15 +1,13 @@
 //! Mount sessions: registration in Redis, the heartbeat that keeps a session
 //! alive and fences the node when it cannot, cleanup of expired sessions,
-//! and the background deleter that frees the
-//! objects of deleted files once their grace period has passed. Each deletion
-//! is claimed through Redis first, so one node does it, not all of them.
+//! and the listener for other nodes' change events. Deletion is in
+//! `deleter`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::data::DataStore;
-use crate::meta::{now, Event, Meta, MetaError, SessionInfo, Slice};
+use crate::meta::{now, Event, Meta, MetaError, SessionInfo};
 use crate::vfs::Vfs;
 
 pub fn session_info(mountpoint: &str, read_only: bool) -> SessionInfo {
@@ -229,39 +227,4 @@ pub async fn run_event_listener(vfs: Arc<Vfs>) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Frees objects of deleted files and dropped slices whose grace period ended.
-pub fn spawn_deleter(data: Arc<DataStore>, grace: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = delete_due(&data, grace).await {
-                tracing::warn!(error = %e, "background deletion failed; will retry");
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    })
-}
-
-pub async fn delete_due(data: &DataStore, grace: Duration) -> anyhow::Result<usize> {
-    let meta = &data.meta;
-    let due = now().0 - grace.as_secs() as i64;
-    let mut done = 0;
-    for (ino, length) in meta.due_deleted_files(due, 100).await? {
-        let member = format!("{ino}:{length}");
-        if !meta.claim("delfiles", &member, 600).await? {
-            continue;
-        }
-        let slices = meta.deleted_file_slices(ino, length).await?;
-        data.delete_slice_objects(&slices).await?;
-        meta.finish_deleted_file(ino, length).await?;
-        done += 1;
-    }
-    for rec in meta.due_deleted_slices(due, 1000).await? {
-        let s = Slice::decode(&rec)?;
-        data.delete_slice_objects(&[s]).await?;
-        meta.forget_deleted_slice(&rec).await?;
-        done += 1;
-    }
-    Ok(done)
 }

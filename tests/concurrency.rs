@@ -670,7 +670,9 @@ fn a_commit_whose_reply_was_lost_keeps_later_writes() {
     // Loads the write script and a batch of slice ids, so the commit below
     // needs no Redis answer before it is sent.
     fs::write(m.p("warm"), pattern(256 << 10, 70)).unwrap();
-    let first = pattern(256 << 10, 71);
+    // Small enough to be committed inline: an object slice's upload is
+    // journaled in Redis first, and that answer is frozen below too.
+    let first = pattern(8 << 10, 71);
     let second = pattern(256 << 10, 72);
     let f = File::create(m.p("seg")).unwrap();
     let ino = f.metadata().unwrap().ino();

@@ -333,7 +333,7 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         } else {
             Duration::from_secs(a.delete_delay)
         };
-        bg.push(session::spawn_deleter(data, grace));
+        bg.push(vecfs::deleter::Deleter::new(data, grace).spawn());
     }
     Ok((vfs, bg))
 }

@@ -555,12 +555,25 @@ impl DataStore {
         let mut uploads = Vec::new();
         let mut at = start;
         let mut bi = 0;
+        let mut stored = Ok(());
         while at < end {
             let n = bs.min(end - at);
-            let held = self.budget.take(n as usize).await?;
+            let held = match self.budget.take(n as usize).await {
+                Ok(h) => h,
+                Err(e) => {
+                    stored = Err(e);
+                    break;
+                }
+            };
             let mut raw = vec![0u8; n as usize];
-            self.read_chunk_range(&pieces, at, &mut raw, false, &PendingBlocks::new())
-                .await?;
+            let pending = PendingBlocks::new();
+            if let Err(e) = self
+                .read_chunk_range(&pieces, at, &mut raw, false, &pending)
+                .await
+            {
+                stored = Err(e);
+                break;
+            }
             uploads.push(writer::spawn_store_block(
                 self,
                 id,
@@ -572,7 +585,14 @@ impl DataStore {
             bi += 1;
         }
         for u in uploads {
-            u.await??;
+            if let Err(e) = u.await.map_err(Error::from).and_then(|r| r) {
+                stored = Err(e);
+            }
+        }
+        if let Err(e) = stored {
+            // Blocks already stored go to the deleter.
+            self.abandon_uploads(vec![id]);
+            return Err(e);
         }
         let size = end - start;
         let new = Slice {
@@ -582,7 +602,14 @@ impl DataStore {
             off: 0,
             len: size,
         };
-        if self.meta.compact_chunk(ino, indx, &records, &new).await? {
+        let swapped = match self.meta.compact_chunk(ino, indx, &records, &new).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.abandon_uploads(vec![id]);
+                return Err(e.into());
+            }
+        };
+        if swapped {
             self.forget_cached(&records).await;
             Ok(records.len())
         } else {
@@ -619,23 +646,36 @@ impl DataStore {
         }
     }
 
-    /// Deletes the objects of slices nobody refers to any more.
-    pub async fn delete_slice_objects(&self, slices: &[Slice]) -> Result<()> {
-        for s in slices {
-            if s.id == 0 {
-                continue;
-            }
-            if is_inline(s.id) {
-                self.meta.delete_inline(s.id).await?;
-                continue;
-            }
-            for key in self.slice_keys(s) {
-                self.layouts.invalidate(&key).await;
-                self.cache.forget(&key).await;
-                self.blocks.delete(&key).await?;
-            }
+    /// The object keys of a slice's blocks (none for holes and inline slices).
+    pub fn object_keys(&self, s: &Slice) -> Vec<String> {
+        if is_inline(s.id) {
+            return Vec::new();
         }
-        Ok(())
+        self.slice_keys(s)
+    }
+
+    /// Hands slices this node uploaded (some blocks of) and will never
+    /// commit to the deleter, through the session's upload journal. In the
+    /// background: the caller may hold locks; should it fail, the session's
+    /// own cleanup does it.
+    pub fn abandon_uploads(self: &Arc<Self>, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        rt.spawn(async move {
+            let r = me
+                .retry("abandon uploads", || async {
+                    Ok(me.meta.abandon_uploads(&ids).await?)
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot hand dropped uploads to the deleter; the session's cleanup will");
+            }
+        });
     }
 }
 

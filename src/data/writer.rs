@@ -202,6 +202,10 @@ impl FileWriter {
     /// Drops everything buffered (the file is gone).
     pub fn discard(&self) {
         let mut st = self.state();
+        // A batch whose commit was sent may still apply: its journal entries
+        // are left to that commit or to the session's cleanup.
+        let sent = st.frozen.unwrap_or(0).min(st.slices.len());
+        self.ds.abandon_uploads(uploaded_ids(&st.slices[sent..]));
         for s in st.slices.drain(..) {
             for b in s.blocks {
                 if let Ok(mut slot) = b.slot.lock() {
@@ -337,6 +341,7 @@ impl FileWriter {
                     // Redis refused the commit itself (the file is gone, the
                     // volume is full): retrying cannot help. The error sticks.
                     tracing::error!(ino = self.ino, error = %e, "commit refused; buffered data dropped");
+                    self.ds.abandon_uploads(uploaded_ids(&st.slices[..n]));
                     st.slices.drain(..n);
                     st.frozen = None;
                     st.lost = Some(e.clone());
@@ -418,6 +423,16 @@ async fn slice_id(ds: &Arc<DataStore>, cell: &OnceCell<u64>) -> Result<u64> {
     cell.get_or_try_init(|| ds.retry("slice id", || async { Ok(ds.meta.new_slice_id().await?) }))
         .await
         .copied()
+}
+
+/// Ids of slices that may have stored objects (for the deleter, when
+/// they are dropped uncommitted).
+fn uploaded_ids(slices: &[PendingSlice]) -> Vec<u64> {
+    slices
+        .iter()
+        .filter(|s| !s.blocks.is_empty())
+        .filter_map(|s| s.id.get().copied())
+        .collect()
 }
 
 /// Turns a slice's tail into a block and starts its upload.
@@ -508,7 +523,17 @@ pub(super) async fn store_block(
     let key = ds.blocks.block_key(id, index, raw.len() as u32);
     let codec = ds.codec;
     let r2 = raw.clone();
-    let parts = tokio::task::spawn_blocking(move || codec::encode_parts(&r2, codec)).await?;
+    // Journaled before the upload (while the block encodes): a crash
+    // between upload and commit leaves an object the session's cleanup finds.
+    let end = index as u64 * ds.block_size as u64 + raw.len() as u64;
+    let (parts, journaled) = tokio::join!(
+        tokio::task::spawn_blocking(move || codec::encode_parts(&r2, codec)),
+        ds.retry("journal upload", || async {
+            Ok(ds.meta.journal_upload(id, end).await?)
+        })
+    );
+    journaled?;
+    let parts = parts?;
     ds.retry("upload", || async {
         ds.blocks
             .put_parts(&key, parts.clone())

@@ -16,6 +16,8 @@
 //! | `{v}session<sid>`   | string | session info (JSON)                          |
 //! | `{v}sustained<sid>` | set    | unlinked inodes the session still has open   |
 //! | `{v}w<token>`       | string | a commit applied (idempotent retries; 1 h)   |
+//! | `{v}uploads<sid>`   | zset   | slice ids the session is uploading, not yet  |
+//! |                     |        | committed -> bytes uploaded (crash orphans)  |
 //!
 //! Counters: `nextinode`, `nextslice`, `nextsession`, `usedSpace`, `totalInodes`.
 //! Per file this costs one 72-byte string plus a 9-byte directory field.
@@ -67,7 +69,9 @@ struct Scripts {
     fallocate: Lua,
     setxattr: Lua,
     release: Lua,
-    claim: Lua,
+    claim_due: Lua,
+    release_due: Lua,
+    abandon: Lua,
     format: Lua,
     setlk: Lua,
     getlk: Lua,
@@ -125,7 +129,9 @@ impl Scripts {
             fallocate: marked(include_str!("lua/fallocate.lua")),
             setxattr: marked(include_str!("lua/setxattr.lua")),
             release: marked(include_str!("lua/release.lua")),
-            claim: marked(include_str!("lua/claim.lua")),
+            claim_due: marked(include_str!("lua/claim_due.lua")),
+            release_due: plain(include_str!("lua/release_due.lua")),
+            abandon: plain(include_str!("lua/abandon.lua")),
             format: marked(include_str!("lua/format.lua")),
             setlk: marked(include_str!("lua/setlk.lua")),
             getlk: plain(include_str!("lua/getlk.lua")),
@@ -959,15 +965,6 @@ impl Meta {
         v.ok_or_else(|| MetaError::Corrupt(format!("inline slice {id} has no bytes")))
     }
 
-    pub async fn delete_inline(&self, id: u64) -> Result<()> {
-        let _: i64 = self
-            .conn()
-            .del(self.ikey('b', id))
-            .await
-            .map_err(redis_err)?;
-        Ok(())
-    }
-
     // ---- xattrs --------------------------------------------------------
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
@@ -1167,70 +1164,146 @@ impl Meta {
         Ok(())
     }
 
-    /// Deleted files whose grace period ended: `(ino, length)`.
-    pub async fn due_deleted_files(
-        &self,
-        older_than: i64,
-        limit: isize,
-    ) -> Result<Vec<(u64, u64)>> {
-        let members: Vec<String> = self
-            .conn()
-            .zrangebyscore_limit(self.key("delfiles"), "-inf", older_than, 0, limit)
+    // ---- pending uploads and deferred deletion --------------------------
+
+    /// Journals that this session is about to upload a block of slice `id`
+    /// ending `end` bytes into the slice, before the upload starts: should
+    /// the session die before the commit, its cleanup finds the object.
+    /// The score keeps the furthest end (ZADD GT), which gives the slice's
+    /// size whatever order its blocks are uploaded in.
+    pub async fn journal_upload(&self, id: u64, end: u64) -> Result<()> {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.key(&format!("uploads{}", self.sid())))
+            .arg("GT")
+            .arg(end)
+            .arg(id)
+            .query_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        Ok(members
-            .iter()
-            .filter_map(|m| {
-                let (a, b) = m.split_once(':')?;
-                Some((a.parse().ok()?, b.parse().ok()?))
-            })
-            .collect())
+        Ok(())
     }
 
-    /// Wins the right to clean `member` of `zset` for `lease` seconds.
-    pub async fn claim(&self, zset: &str, member: &str, lease: i64) -> Result<bool> {
+    /// Slices this session uploaded (some blocks of) and will never commit:
+    /// their journal entries become deleted-slice records.
+    pub async fn abandon_uploads(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut a = Vec::with_capacity(ids.len());
+        for id in ids {
+            a.extend(redis::ToRedisArgs::to_redis_args(id));
+        }
+        self.run(&self.scripts.abandon, a).await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` members of `zset` (`delfiles` or `delslices`)
+    /// whose `grace` ended, for `lease` seconds: other nodes skip them.
+    pub async fn claim_due(
+        &self,
+        zset: &str,
+        grace: i64,
+        lease: i64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let r = self
-            .run(&self.scripts.claim, args![&zset, &member, &lease])
+            .run(
+                &self.scripts.claim_due,
+                args![&zset, &grace, &lease, &(limit as u64)],
+            )
             .await?;
-        Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1)
+        match r.get(1) {
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| bytes(v).map(<[u8]>::to_vec)).collect()
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
-    /// All slices of a deleted file, then the chunk keys and journal entry go.
-    pub async fn deleted_file_slices(&self, ino: u64, length: u64) -> Result<Vec<Slice>> {
-        let mut out = Vec::new();
-        let chunks = length.div_ceil(CHUNK_SIZE);
-        for indx in 0..chunks {
-            out.extend(self.read_chunk(ino, indx).await?);
+    /// Gives claimed members back, due again in `delay` seconds.
+    pub async fn release_due(
+        &self,
+        zset: &str,
+        grace: i64,
+        delay: i64,
+        members: &[Vec<u8>],
+    ) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut a = args![&zset, &grace, &delay];
+        for m in members {
+            a.push(m.clone());
+        }
+        self.run(&self.scripts.release_due, a).await?;
+        Ok(())
+    }
+
+    /// Every slice record of each deleted file `(ino, length)`, one round trip.
+    pub async fn deleted_files_slices(&self, files: &[(u64, u64)]) -> Result<Vec<Vec<Slice>>> {
+        let mut p = redis::pipe();
+        let mut counts = Vec::with_capacity(files.len());
+        for (ino, length) in files {
+            let chunks = length.div_ceil(CHUNK_SIZE);
+            counts.push(chunks as usize);
+            for indx in 0..chunks {
+                p.lrange(format!("{}c{}_{}", self.prefix, ino, indx), 0, -1);
+            }
+        }
+        let lists: Vec<Vec<Vec<u8>>> = p.query_async(&mut self.conn()).await.map_err(redis_err)?;
+        let mut lists = lists.into_iter();
+        let mut out = Vec::with_capacity(files.len());
+        for n in counts {
+            let mut slices = Vec::new();
+            for raw in lists.by_ref().take(n) {
+                for b in raw {
+                    slices.push(Slice::decode(&b)?);
+                }
+            }
+            out.push(slices);
         }
         Ok(out)
     }
 
-    pub async fn finish_deleted_file(&self, ino: u64, length: u64) -> Result<()> {
-        let chunks = length.div_ceil(CHUNK_SIZE);
+    /// Deleted files whose objects are gone: their chunk lists and queue
+    /// entries go, in one atomic step.
+    pub async fn finish_deleted_files(&self, files: &[(u64, u64)]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
         let mut p = redis::pipe();
         p.atomic();
-        for indx in 0..chunks {
-            p.del(format!("{}c{}_{}", self.prefix, ino, indx));
+        for (ino, length) in files {
+            for indx in 0..length.div_ceil(CHUNK_SIZE) {
+                p.del(format!("{}c{}_{}", self.prefix, ino, indx)).ignore();
+            }
+            p.zrem(self.key("delfiles"), format!("{ino}:{length}"))
+                .ignore();
         }
-        p.zrem(self.key("delfiles"), format!("{ino}:{length}"));
         let _: () = p.query_async(&mut self.conn()).await.map_err(redis_err)?;
         Ok(())
     }
 
-    /// Slices that no file refers to since before `older_than`.
-    pub async fn due_deleted_slices(&self, older_than: i64, limit: isize) -> Result<Vec<Vec<u8>>> {
-        self.conn()
-            .zrangebyscore_limit(self.key("delslices"), "-inf", older_than, 0, limit)
-            .await
-            .map_err(redis_err)
-    }
-
-    pub async fn forget_deleted_slice(&self, record: &[u8]) -> Result<()> {
+    /// Entries of `zset` (`delfiles`, `delslices`) that are done.
+    pub async fn remove_due(&self, zset: &str, members: &[Vec<u8>]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
         let _: i64 = self
             .conn()
-            .zrem(self.key("delslices"), record)
+            .zrem(self.key(zset), members)
             .await
             .map_err(redis_err)?;
+        Ok(())
+    }
+
+    /// Drops the bytes of inline slices no file refers to.
+    pub async fn delete_inlines(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.ikey('b', *id)).collect();
+        let _: i64 = self.conn().del(keys).await.map_err(redis_err)?;
         Ok(())
     }
 }

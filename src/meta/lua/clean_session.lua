@@ -1,7 +1,8 @@
 -- args: session id to clean, own (1 at the session's own clean unmount).
 -- Other nodes clean a session only once its expiry passed by Redis' clock;
 -- exactly one caller wins the ZREM, drops the session's unlinked-but-open
--- files and its locks.
+-- files and its locks, and hands the objects it uploaded but never
+-- committed to the deleter.
 local sid, own = ARGV[5], ARGV[6] == "1"
 if not own then
   local expiry = redis.call("ZSCORE", P .. "sessions", sid)
@@ -22,5 +23,8 @@ for _, i in ipairs(locked) do
   end
   notify_inode(tonumber(i))
 end
-redis.call("DEL", P .. "sustained" .. sid, P .. "locked" .. sid, P .. "session" .. sid)
+local up = redis.call("ZRANGE", uploads_key(sid), 0, -1, "WITHSCORES")
+for j = 1, #up, 2 do orphan_slice(tonumber(up[j]), tonumber(up[j + 1])) end
+redis.call("DEL", P .. "sustained" .. sid, P .. "locked" .. sid, P .. "session" .. sid,
+  uploads_key(sid))
 return {0, 1}

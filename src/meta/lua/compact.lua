@@ -7,6 +7,9 @@ local ino, old, new = tonumber(ARGV[5]), ARGV[7], ARGV[8]
 local ck = key("c", ino) .. "_" .. ARGV[6]
 local n = #old / 24
 local recs = redis.call("LRANGE", ck, 0, n - 1)
+-- Either referenced or handed to the deleter below: out of the journal.
+local _, newid = struct.unpack(SLICE, new)
+redis.call("ZREM", uploads_key(SID), string.format("%d", newid))
 if not get_attr(ino) or #recs ~= n or table.concat(recs) ~= old then
   redis.call("ZADD", P .. "delslices", NOW, new)
   return {EAGAIN}

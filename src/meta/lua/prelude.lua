@@ -71,6 +71,13 @@ end
 -- (journaling their objects for deferred deletion: readers elsewhere may
 -- still hold the old list) and returns how many records the chunk keeps.
 local SLICE = "<I4I8I4I4I4"
+-- The pending-upload journal of session `sid`: slice id -> bytes uploaded
+-- (the end of its furthest block), written before each block upload.
+local function uploads_key(sid) return P .. "uploads" .. sid end
+-- Hands journaled slice `id` (of `size` bytes) to the deleter.
+local function orphan_slice(id, size)
+  redis.call("ZADD", P .. "delslices", NOW, struct.pack(SLICE, 0, id, size, 0, size))
+end
 -- Records prune_chunk journaled, so the writer can drop their cached blocks.
 local DROPPED = {}
 local function prune_chunk(ck)

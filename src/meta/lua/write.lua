@@ -1,7 +1,8 @@
 -- args: ino, capacity, commit token, n, n tokens of earlier commits whose
 -- replies arrived (their markers go), then groups of (chunk index, slice
 -- record, end offset, inline bytes or ""): appends slices in order (an
--- inline slice's bytes stored under b<id> first), grows the length and drops
+-- inline slice's bytes stored under b<id> first, an object slice leaves the
+-- caller's pending-upload journal), grows the length and drops
 -- records the new ones hide -> {0, attr, {chunk index, records kept}...,
 -- {records dropped}}.
 -- Idempotent: the token (the commit's first slice id) leaves a marker, and a
@@ -26,9 +27,12 @@ if newlen > a.length and not check_space(space(newlen) - space(a.length), cap) t
 i = first
 local touched, order = {}, {}
 while i + 3 <= #ARGV do
+  local _, id = struct.unpack(SLICE, ARGV[i + 1])
   if ARGV[i + 3] ~= "" then
-    local _, id = struct.unpack(SLICE, ARGV[i + 1])
     redis.call("SET", key("b", id), ARGV[i + 3])
+  elseif id ~= 0 then
+    -- Referenced from now on: out of the writer's pending-upload journal.
+    redis.call("ZREM", uploads_key(SID), string.format("%d", id))
   end
   redis.call("RPUSH", key("c", ino) .. "_" .. ARGV[i], ARGV[i + 1])
   if not touched[ARGV[i]] then touched[ARGV[i]] = true; order[#order + 1] = ARGV[i] end
