@@ -27,6 +27,13 @@ const CHUNKS: &str = "/chunks/";
 /// 2-core machine: a stuck call fails the test instead of hanging it.
 const OP_DEADLINE: Duration = Duration::from_secs(120);
 
+/// The retry bound the refused-upload tests mount with, and how much
+/// longer than it a failing fsync or close may take to report: object_store's
+/// own retries of the last attempt (at most ~3 s), a background flush of the
+/// file already under way, a busy machine.
+const IO_RETRY: Duration = Duration::from_secs(2);
+const REPORT_SLACK: Duration = Duration::from_secs(16);
+
 /// A volume on moto whose every store request goes through the fault proxy.
 fn s3_behind_faults(extra: &[&str]) -> (Volume, HttpFault) {
     let s3 = S3::start();
@@ -306,14 +313,16 @@ fn truncated_bodies_are_eio_never_wrong_bytes() {
 /// fresh mount reads it exactly.
 fn refused_uploads_fail_every_fsync_and_close(fault: Fault) {
     let (v, px) = s3_behind_faults(&["--block-size", "1M"]);
-    let m = v.mount_with(&["--io-retry", "2"]);
-    let body = pattern((2 << 20) + 777, 51);
+    let m = v.mount_with(&["--io-retry", &IO_RETRY.as_secs().to_string()]);
+    // Twelve blocks, so a flush that retried them one after another would
+    // take far longer than the bound.
+    let body = pattern((12 << 20) + 777, 51);
     let extra = pattern(64 << 10, 52);
     let p = m.p("wal.log");
+    let a = px.add(Rule::new(fault.clone()).method("PUT").key(CHUNKS));
     let f1 = File::create(&p).unwrap();
     let f2 = OpenOptions::new().write(true).open(&p).unwrap();
     f1.write_all_at(&body, 0).unwrap();
-    let a = px.add(Rule::new(fault.clone()).method("PUT").key(CHUNKS));
 
     let f1 = Arc::new(Mutex::new(Some(f1)));
     let f2 = Arc::new(Mutex::new(Some(f2)));
@@ -377,6 +386,14 @@ fn refused_uploads_fail_every_fsync_and_close(fault: Fault) {
     assert!(
         other.is_empty(),
         "not EIO while the store refused: {other:?}"
+    );
+    let slow: Vec<_> = during
+        .iter()
+        .filter(|d| d.2 > IO_RETRY + REPORT_SLACK)
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "took longer than --io-retry {IO_RETRY:?} + {REPORT_SLACK:?} to report: {slow:?}"
     );
     assert!(a.fired() > 0, "{fault:?}: never injected");
 
