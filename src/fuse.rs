@@ -1,22 +1,26 @@
 //! The thin FUSE adapter: each fuser callback decodes its request, hands it
 //! to the tokio runtime and returns at once, so session threads never wait on
 //! the network. Replies are sent from the task. All file-system logic is in
-//! `vfs`; this file only converts types and errnos.
+//! `vfs`; this file only converts types and errnos, and answers EINTR to
+//! requests the kernel interrupts (a signalled or killed caller) where
+//! giving up early is safe.
 
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::meta::{to_system, Attr, FileKind, SetAttr, TimeSet};
 use crate::vfs::{Ctx, Entry, Vfs};
@@ -39,11 +43,89 @@ impl crate::vfs::Invalidator for KernelNotifier {
     }
 }
 
+/// Requests in flight that the kernel may interrupt, by unique id.
+#[derive(Default)]
+struct Interrupts {
+    live: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    /// Interrupts that came before their request was registered: another
+    /// session thread read the request but has not dispatched it yet.
+    early: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+/// How long an unmatched interrupt is remembered (its request may already
+/// have been answered, then it never matches).
+const EARLY_INTERRUPT_TTL: Duration = Duration::from_secs(5);
+
+impl Interrupts {
+    fn register(self: &Arc<Self>, unique: u64) -> Interruptible {
+        let (tx, rx) = watch::channel(false);
+        let early = self.early.lock().map(|mut e| {
+            e.retain(|(_, at)| at.elapsed() < EARLY_INTERRUPT_TTL);
+            match e.iter().position(|(u, _)| *u == unique) {
+                Some(i) => e.remove(i).is_some(),
+                None => false,
+            }
+        });
+        if early.unwrap_or(false) {
+            let _ = tx.send(true);
+        }
+        if let Ok(mut l) = self.live.lock() {
+            l.insert(unique, tx);
+        }
+        Interruptible {
+            rx,
+            unique,
+            owner: self.clone(),
+        }
+    }
+
+    fn interrupt(&self, unique: u64) {
+        let found = self
+            .live
+            .lock()
+            .map(|l| l.get(&unique).map(|tx| tx.send(true)).is_some())
+            .unwrap_or(false);
+        if !found {
+            if let Ok(mut e) = self.early.lock() {
+                if e.len() >= 1024 {
+                    e.pop_front();
+                }
+                e.push_back((unique, Instant::now()));
+            }
+        }
+    }
+}
+
+/// One registered request; unregisters when dropped.
+struct Interruptible {
+    rx: watch::Receiver<bool>,
+    unique: u64,
+    owner: Arc<Interrupts>,
+}
+
+impl Interruptible {
+    /// Resolves once the kernel interrupts the request.
+    async fn fired(&mut self) {
+        if self.rx.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.owner.live.lock() {
+            l.remove(&self.unique);
+        }
+    }
+}
+
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     rt: Handle,
     /// Bounds requests in flight, so a flood cannot exhaust memory.
     inflight: Arc<Semaphore>,
+    interrupts: Arc<Interrupts>,
 }
 
 impl FuseFs {
@@ -52,7 +134,33 @@ impl FuseFs {
             vfs,
             rt,
             inflight: Arc::new(Semaphore::new(1024)),
+            interrupts: Arc::default(),
         }
+    }
+
+    /// Runs `work` as a task of its own and replies with its result, or with
+    /// EINTR as soon as the kernel interrupts the request; the work then
+    /// finishes unobserved. Only for requests that change nothing the
+    /// caller could rely on (reads, stats, waits for a commit that goes on
+    /// in the background anyway), so a killed process goes at once.
+    fn spawn_interruptible<T, W, R>(&self, req: &Request, work: W, reply: R)
+    where
+        T: Send + 'static,
+        W: Future<Output = Result<T, i32>> + Send + 'static,
+        R: FnOnce(Result<T, i32>) + Send + 'static,
+    {
+        let mut intr = self.interrupts.register(req.unique().0);
+        self.spawn(async move {
+            let mut task = tokio::spawn(work);
+            let r = tokio::select! {
+                r = &mut task => r.unwrap_or(Err(libc::EIO)),
+                _ = intr.fired() => {
+                    crate::metrics::INTERRUPTS.add(1);
+                    Err(libc::EINTR)
+                }
+            };
+            reply(r)
+        });
     }
 
     fn spawn<F>(&self, f: F)
@@ -179,16 +287,18 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
-        self.spawn(async move { reply_entry(reply, vfs.lookup(&c, parent.0, &name).await) });
+        self.spawn_interruptible(
+            req,
+            async move { vfs.lookup(&c, parent.0, &name).await },
+            |r| reply_entry(reply, r),
+        );
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
-            match vfs.getattr(ino.0).await {
-                Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
-                Err(e) => reply.error(errno(e)),
-            }
+        self.spawn_interruptible(req, async move { vfs.getattr(ino.0).await }, |r| match r {
+            Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
+            Err(e) => reply.error(errno(e)),
         });
     }
 
@@ -227,13 +337,11 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
-            match vfs.readlink(ino.0).await {
-                Ok(t) => reply.data(&t),
-                Err(e) => reply.error(errno(e)),
-            }
+        self.spawn_interruptible(req, async move { vfs.readlink(ino.0).await }, |r| match r {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
         });
     }
 
@@ -351,7 +459,7 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -361,12 +469,14 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
-            match vfs.read(fh.0, offset, size).await {
+        self.spawn_interruptible(
+            req,
+            async move { vfs.read(fh.0, offset, size).await },
+            |r| match r {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(errno(e)),
-            }
-        });
+            },
+        );
     }
 
     fn write(
@@ -393,14 +503,20 @@ impl Filesystem for FuseFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Buffered data is committed in the background whether or not
+        // close waits for it.
         let vfs = self.vfs.clone();
-        self.spawn(async move { reply_empty(reply, vfs.flush(fh.0, Some(lock_owner.0)).await) });
+        self.spawn_interruptible(
+            req,
+            async move { vfs.flush(fh.0, Some(lock_owner.0)).await },
+            |r| reply_empty(reply, r),
+        );
     }
 
     fn release(
@@ -420,14 +536,16 @@ impl Filesystem for FuseFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move { reply_empty(reply, vfs.fsync(fh.0).await) });
+        self.spawn_interruptible(req, async move { vfs.fsync(fh.0).await }, |r| {
+            reply_empty(reply, r)
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -549,15 +667,13 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
-            match vfs.statfs().await {
-                Ok(s) => reply.statfs(
-                    s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, 255, s.bsize,
-                ),
-                Err(e) => reply.error(errno(e)),
-            }
+        self.spawn_interruptible(req, async move { vfs.statfs().await }, |r| match r {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, 255, s.bsize,
+            ),
+            Err(e) => reply.error(errno(e)),
         });
     }
 
@@ -577,14 +693,20 @@ impl Filesystem for FuseFs {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (vfs, name) = (self.vfs.clone(), bytes(name));
-        self.spawn(async move { reply_xattr(reply, size, vfs.getxattr(ino.0, &name).await) });
+        self.spawn_interruptible(
+            req,
+            async move { vfs.getxattr(ino.0, &name).await },
+            move |r| reply_xattr(reply, size, r),
+        );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let vfs = self.vfs.clone();
-        self.spawn(async move { reply_xattr(reply, size, vfs.listxattr(ino.0).await) });
+        self.spawn_interruptible(req, async move { vfs.listxattr(ino.0).await }, move |r| {
+            reply_xattr(reply, size, r)
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -595,7 +717,9 @@ impl Filesystem for FuseFs {
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (vfs, c) = (self.vfs.clone(), ctx(req));
         let mask = mask.bits();
-        self.spawn(async move { reply_empty(reply, vfs.access(&c, ino.0, mask).await) });
+        self.spawn_interruptible(req, async move { vfs.access(&c, ino.0, mask).await }, |r| {
+            reply_empty(reply, r)
+        });
     }
 
     fn create(
@@ -625,7 +749,7 @@ impl Filesystem for FuseFs {
 
     fn getlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -636,17 +760,19 @@ impl Filesystem for FuseFs {
         reply: ReplyLock,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
-            match vfs.getlk(fh.0, lock_owner.0, start, end, typ).await {
+        self.spawn_interruptible(
+            req,
+            async move { vfs.getlk(fh.0, lock_owner.0, start, end, typ).await },
+            |r| match r {
                 Ok((t, s, e, pid)) => reply.locked(s, e, t, pid),
                 Err(e) => reply.error(errno(e)),
-            }
-        });
+            },
+        );
     }
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -657,14 +783,25 @@ impl Filesystem for FuseFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        // A waiting lock gives up between attempts (never after Redis
+        // granted it), so an interrupted F_SETLKW leaves no lock behind.
         let vfs = self.vfs.clone();
+        let mut intr = self.interrupts.register(req.unique().0);
         self.spawn(async move {
+            let interrupted = Box::pin(async move {
+                intr.fired().await;
+                crate::metrics::INTERRUPTS.add(1);
+            });
             reply_empty(
                 reply,
-                vfs.setlk(fh.0, lock_owner.0, start, end, typ, pid, sleep)
+                vfs.setlk(fh.0, lock_owner.0, start, end, typ, pid, sleep, interrupted)
                     .await,
             )
         });
+    }
+
+    fn interrupt(&self, _req: &Request, unique: RequestId) {
+        self.interrupts.interrupt(unique.0);
     }
 
     fn fallocate(

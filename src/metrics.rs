@@ -69,7 +69,20 @@ pub static BACKGROUND_FLUSHES: Counter = Counter::new(
     "buffered writes committed by the flusher (idle, pressure or retry)",
 );
 
-static ALL: [&Counter; 13] = [
+pub static META_RETRIES: Counter = Counter::new(
+    "vecfs_meta_retry_total",
+    "Redis requests sent again after a connection failure or timeout",
+);
+pub static INTERRUPTS: Counter = Counter::new(
+    "vecfs_interrupt_total",
+    "requests answered EINTR because the calling process was interrupted",
+);
+pub static SESSION_FENCES: Counter = Counter::new(
+    "vecfs_session_fence_total",
+    "times this node could not renew its session in time and gave up its locks",
+);
+
+static ALL: [&Counter; 16] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -83,6 +96,9 @@ static ALL: [&Counter; 13] = [
     &RETRIES,
     &BUFFER_WAITS,
     &BACKGROUND_FLUSHES,
+    &META_RETRIES,
+    &INTERRUPTS,
+    &SESSION_FENCES,
 ];
 
 /// All counters in the Prometheus text format.

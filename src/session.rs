@@ -1,13 +1,15 @@
 //! Mount sessions: registration in Redis, the heartbeat that keeps a session
-//! alive, clean deregistration, and the background deleter that frees the
+//! alive and fences the node when it cannot, cleanup of expired sessions,
+//! and the background deleter that frees the
 //! objects of deleted files once their grace period has passed. Each deletion
 //! is claimed through Redis first, so one node does it, not all of them.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::data::DataStore;
-use crate::meta::{now, Event, Meta, SessionInfo, Slice};
+use crate::meta::{now, Event, Meta, MetaError, SessionInfo, Slice};
 use crate::vfs::Vfs;
 
 pub fn session_info(mountpoint: &str, read_only: bool) -> SessionInfo {
@@ -28,39 +30,174 @@ pub fn session_info(mountpoint: &str, read_only: bool) -> SessionInfo {
 /// A session silent for this many heartbeats is taken for dead.
 pub const MISSED_HEARTBEATS: u64 = 5;
 
-/// Keeps the session's expiry in the future while the mount lives and, on
-/// read-write mounts, cleans up after sessions whose heartbeat stopped:
-/// their locks go and their unlinked-but-open files are deleted. The Redis
-/// script lets exactly one node clean each dead session.
+/// What this node knows of its own session's life, shared with the vfs so
+/// no lock is granted while the session might be expiring.
+///
+/// The guarantee: other nodes clean a session only after `ttl` has passed
+/// on Redis' clock since its last renewal reached Redis. This node counts
+/// from when it *sent* that renewal, which is earlier, and stops granting
+/// locks (and treats the ones it holds as lost) after half of `ttl`. So a
+/// lock is never held here and granted elsewhere at once, unless this
+/// process stalls longer than half the expiry between a check and its use.
+pub struct Lease {
+    ttl: Duration,
+    /// When the last renewal that succeeded was sent.
+    renewed: Mutex<Instant>,
+    /// Locks taken before the current epoch are lost.
+    epoch: AtomicU64,
+    /// Fenced since the last renewal (the epoch moved already).
+    fenced: AtomicBool,
+}
+
+impl Lease {
+    pub fn new(ttl: Duration) -> Lease {
+        Lease {
+            ttl,
+            renewed: Mutex::new(Instant::now()),
+            epoch: AtomicU64::new(0),
+            fenced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The session may expire soon, or has: grant no lock.
+    pub fn in_danger(&self) -> bool {
+        self.renewed
+            .lock()
+            .map(|r| r.elapsed() > self.ttl / 2)
+            .unwrap_or(true)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Gives up every lock held here: from now on they count as lost.
+    pub fn fence(&self, why: &str) {
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            crate::metrics::SESSION_FENCES.add(1);
+            tracing::warn!(
+                "{why}: locks held on this node are lost (their next lock operation answers \
+                 ENOLCK) and no new lock is granted until the session is renewed"
+            );
+        }
+    }
+
+    fn renewed(&self, sent: Instant) {
+        if let Ok(mut r) = self.renewed.lock() {
+            *r = sent;
+        }
+        self.fenced.store(false, Ordering::Release);
+    }
+}
+
+/// Keeps the session alive on a connection of its own. A renewal that finds
+/// the session gone (another node cleaned it after it expired) starts a new
+/// session: the old one's locks and unlinked files stay gone. A watchdog
+/// fences the node when renewals stop for half the expiry.
 pub fn spawn_heartbeat(
     meta: Arc<Meta>,
-    info: SessionInfo,
+    mut info: SessionInfo,
     every: Duration,
-    clean_others: bool,
+    lease: Arc<Lease>,
 ) -> tokio::task::JoinHandle<()> {
-    let ttl = (every.as_secs().max(1) * MISSED_HEARTBEATS) as i64;
+    let ttl = lease.ttl().as_secs() as i64;
+    let watchdog = {
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if lease.in_danger() {
+                    lease.fence("cannot renew this node's session in time");
+                }
+            }
+        })
+    };
+    tokio::spawn(async move {
+        let _watchdog = AbortOnDrop(watchdog);
+        let mut conn = None;
+        let mut failing = false;
+        loop {
+            if !failing {
+                tokio::time::sleep(every).await;
+            }
+            let sent = Instant::now();
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match meta.own_connection(every).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        warn_once(&mut failing, &e);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+            };
+            match meta.renew_session(c, &info, ttl).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!(sid = info.sid, "session heartbeat resumed");
+                    }
+                    failing = false;
+                    lease.renewed(sent);
+                }
+                Err(MetaError::Errno(libc::ENOENT)) => {
+                    lease.fence("this node's session expired and another node cleaned it up");
+                    match meta.register_session(info.clone(), ttl).await {
+                        Ok(sid) => {
+                            tracing::warn!(old = info.sid, sid, "started a new session");
+                            info.sid = sid;
+                            failing = false;
+                            lease.renewed(sent);
+                        }
+                        Err(e) => warn_once(&mut failing, &e),
+                    }
+                }
+                Err(e) => warn_once(&mut failing, &e),
+            }
+        }
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn warn_once(failing: &mut bool, e: &MetaError) {
+    if !*failing {
+        tracing::warn!(error = %e, "session heartbeat failed; retrying");
+    }
+    *failing = true;
+}
+
+/// On read-write mounts, cleans up after sessions whose expiry passed (by
+/// Redis' clock): their locks go and their unlinked-but-open files are
+/// deleted. The Redis script lets exactly one node clean each dead session.
+pub fn spawn_session_cleaner(meta: Arc<Meta>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = meta.write_session(&info, ttl).await {
-                tracing::warn!(error = %e, "session heartbeat failed");
-            }
-            if !clean_others {
-                continue;
-            }
-            match meta.expired_sessions(now().0).await {
-                Ok(dead) => {
-                    for sid in dead.into_iter().filter(|s| *s != info.sid) {
-                        match meta.clean_session(sid).await {
-                            Ok(true) => tracing::info!(sid, "cleaned up after an expired session"),
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::warn!(sid, error = %e, "cannot clean expired session")
-                            }
-                        }
-                    }
+            let dead = match meta.expired_sessions().await {
+                Ok(dead) => dead,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list expired sessions");
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list expired sessions"),
+            };
+            for sid in dead.into_iter().filter(|s| *s != meta.sid()) {
+                match meta.clean_session(sid, false).await {
+                    Ok(true) => tracing::info!(sid, "cleaned up after an expired session"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(sid, error = %e, "cannot clean expired session"),
+                }
             }
         }
     })

@@ -17,6 +17,7 @@ use crate::meta::{
     ROOT_INO,
 };
 use crate::metacache::MetaCache;
+use crate::session::Lease;
 
 /// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
 /// so the VFS makes them from blocking threads, never from async workers.
@@ -65,6 +66,8 @@ pub struct VfsConfig {
     /// How long this node answers lookups and stats from its own cache
     /// (kept coherent by change events; zero turns it off).
     pub meta_cache_ttl: Duration,
+    /// After how long without a heartbeat other nodes clean this session.
+    pub session_ttl: Duration,
 }
 
 impl Default for VfsConfig {
@@ -77,6 +80,7 @@ impl Default for VfsConfig {
             root: ROOT_INO,
             readahead: 128 << 20,
             meta_cache_ttl: Duration::ZERO,
+            session_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -355,9 +359,12 @@ pub struct Vfs {
     invalidator: std::sync::OnceLock<Arc<dyn Invalidator>>,
     /// Last attributes handed to the kernel, to know when its cache is stale.
     reported: Mutex<HashMap<u64, Version>>,
-    /// (inode, lock owner) pairs that took a lock here, so a close only
-    /// talks to Redis when there may be something to release.
-    lock_owners: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// (inode, lock owner) pairs that took a lock here, with the session
+    /// epoch they took it in: a close only talks to Redis when there may be
+    /// something to release, and a lock from an older epoch is lost.
+    lock_owners: Mutex<HashMap<(u64, u64), u64>>,
+    /// This node's session: locks are granted only while it is safely alive.
+    pub lease: Arc<Lease>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
@@ -396,6 +403,7 @@ fn check_name(name: &[u8]) -> VResult<()> {
 impl Vfs {
     pub fn new(meta: Arc<Meta>, data: Arc<DataStore>, format: Format, cfg: VfsConfig) -> Vfs {
         let mcache = MetaCache::new(cfg.meta_cache_ttl);
+        let lease = Arc::new(Lease::new(cfg.session_ttl));
         Vfs {
             meta,
             data,
@@ -404,7 +412,8 @@ impl Vfs {
             open: Mutex::new(HashMap::new()),
             invalidator: std::sync::OnceLock::new(),
             reported: Mutex::new(HashMap::new()),
-            lock_owners: Mutex::new(std::collections::HashSet::new()),
+            lock_owners: Mutex::new(HashMap::new()),
+            lease,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
@@ -1672,7 +1681,7 @@ impl Vfs {
         let had = self
             .lock_owners
             .lock()
-            .map(|mut s| s.remove(&(ino, owner)))
+            .map(|mut s| s.remove(&(ino, owner)).is_some())
             .unwrap_or(true);
         if had {
             if let Err(e) = self.meta.setlk(ino, owner, 2, 0, LOCK_EOF, 0).await {
@@ -1707,7 +1716,13 @@ impl Vfs {
     }
 
     /// F_SETLK / F_SETLKW (sleep) and flock: locks held in Redis, so they
-    /// hold across nodes. A waiting lock polls with backoff.
+    /// hold across nodes. A waiting lock polls with backoff until granted
+    /// or `interrupted` fires (EINTR).
+    ///
+    /// Fencing: while this node's session may be expiring no lock is granted
+    /// (ENOLCK), and an owner whose lock was taken before the node last gave
+    /// up its locks gets ENOLCK once, on its next lock operation: it must
+    /// not go on believing it holds a lock another node may hold now.
     #[allow(clippy::too_many_arguments)]
     pub async fn setlk(
         &self,
@@ -1718,23 +1733,47 @@ impl Vfs {
         typ: i32,
         pid: u32,
         sleep: bool,
+        mut interrupted: impl std::future::Future<Output = ()> + Unpin,
     ) -> VResult<()> {
         let h = self.file_handle(fh)?;
         let t = lock_type(typ)?;
-        if t != 2 {
-            if let Ok(mut s) = self.lock_owners.lock() {
-                s.insert((h.ino, owner));
+        let key = (h.ino, owner);
+        let lost = self
+            .lock_owners
+            .lock()
+            .map(|mut s| match s.get(&key) {
+                Some(e) if *e < self.lease.epoch() => s.remove(&key).is_some(),
+                _ => false,
+            })
+            .unwrap_or(false);
+        if lost {
+            // What is left of it in Redis (the session may still be alive).
+            if let Err(e) = self.meta.setlk(h.ino, owner, 2, 0, LOCK_EOF, 0).await {
+                tracing::debug!(ino = h.ino, error = %e, "cannot drop a lost lock");
             }
+            return Err(libc::ENOLCK);
         }
         let mut wait = Duration::from_millis(5);
         loop {
+            if t != 2 && self.lease.in_danger() {
+                return Err(libc::ENOLCK);
+            }
+            let epoch = self.lease.epoch();
+            if t != 2 {
+                if let Ok(mut s) = self.lock_owners.lock() {
+                    s.entry(key).or_insert(epoch);
+                }
+            }
             match self
                 .meta
                 .setlk(h.ino, owner, t, start.min(LOCK_EOF), end.min(LOCK_EOF), pid)
                 .await
             {
                 Err(MetaError::Errno(libc::EAGAIN)) if sleep => {
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut interrupted => return Err(libc::EINTR),
+                    }
                     wait = (wait * 2).min(Duration::from_millis(200));
                 }
                 Err(e) => return Err(meta_errno("setlk", e)),

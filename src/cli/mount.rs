@@ -82,9 +82,15 @@ pub struct MountArgs {
     /// cache, which change events keep coherent (off with --no-events; 0: off).
     #[arg(long, default_value_t = 10.0)]
     meta_cache: f64,
-    /// Seconds between session heartbeats; a session silent for 5 of them is cleaned up.
+    /// Seconds between session heartbeats. Other nodes clean up a session
+    /// silent for 5 of them (its locks go); this node stops granting locks
+    /// and gives up the ones it holds after 2.5 of them without renewal.
     #[arg(long, default_value_t = 12)]
     heartbeat: u64,
+    /// Seconds a metadata operation waits for an unreachable Redis
+    /// (retrying) before it fails with EIO.
+    #[arg(long, default_value_t = 20.0)]
+    meta_timeout: f64,
     /// Serve Prometheus metrics on this address ("none" to switch off).
     #[arg(long, default_value = "127.0.0.1:9567")]
     metrics: String,
@@ -174,7 +180,7 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
         vfs.flush_all().await;
         let sid = vfs.sid();
         if sid != 0 {
-            if let Err(e) = vfs.meta.clean_session(sid).await {
+            if let Err(e) = vfs.meta.clean_session(sid, true).await {
                 tracing::warn!(error = %e, "cannot deregister session");
             }
         }
@@ -280,8 +286,13 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         } else {
             secs(a.meta_cache, "meta-cache")?
         },
+        session_ttl: Duration::from_secs(a.heartbeat.max(1) * session::MISSED_HEARTBEATS),
         ..VfsConfig::default()
     };
+    if !(a.meta_timeout.is_finite() && a.meta_timeout > 0.0) {
+        bail!("--meta-timeout must be a number of seconds > 0 (e.g. 20)");
+    }
+    meta.set_meta_timeout(Duration::from_secs_f64(a.meta_timeout));
     let trash = fmt.trash_days;
     let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
     let mut bg = Vec::new();
@@ -306,14 +317,17 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
     // cleaned), but run no deletion and clean no other sessions.
     let every = Duration::from_secs(a.heartbeat.max(1));
     let info = session::session_info(&mp.to_string_lossy(), a.read_only);
-    let ttl = (every.as_secs() * session::MISSED_HEARTBEATS) as i64;
+    let ttl = vfs.lease.ttl().as_secs() as i64;
     let sid = meta.register_session(info.clone(), ttl).await?;
     bg.push(session::spawn_heartbeat(
         meta.clone(),
         vecfs::meta::SessionInfo { sid, ..info },
         every,
-        !a.read_only,
+        vfs.lease.clone(),
     ));
+    if !a.read_only {
+        bg.push(session::spawn_session_cleaner(meta.clone(), every));
+    }
     if !a.read_only {
         let grace = if trash > 0 {
             Duration::from_secs(trash as u64 * 86400)
@@ -462,6 +476,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
     opt("delete-delay", Some(a.delete_delay.to_string()));
     opt("heartbeat", Some(a.heartbeat.to_string()));
+    opt("meta-timeout", Some(a.meta_timeout.to_string()));
     opt("meta-cache", Some(a.meta_cache.to_string()));
     opt("metrics", Some(a.metrics.clone()));
     opt("log", Some(log.to_string_lossy().into_owned()));

@@ -201,16 +201,26 @@ impl DataStore {
     }
 
     /// Runs `op` until it succeeds, fails for a reason retrying cannot fix,
-    /// or `retry_for` has passed; waits back off from 50 ms to 5 s.
+    /// or `retry_for` has passed; waits back off from 50 ms to 5 s. An
+    /// attempt is cut off at the deadline (but gets at least
+    /// `MIN_ATTEMPT`), so the whole takes at most `retry_for` + `MIN_ATTEMPT`
+    /// even when each attempt retries inside (Redis requests do).
     pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        const MIN_ATTEMPT: Duration = Duration::from_secs(5);
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut wait = Duration::from_millis(50);
         loop {
-            match op().await {
+            let limit = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(MIN_ATTEMPT);
+            let attempt = tokio::time::timeout(limit, op())
+                .await
+                .unwrap_or_else(|_| Err(Error::transient(format!("no answer within {limit:?}"))));
+            match attempt {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
                     tracing::debug!(what, error = %e, "transient failure; retrying");

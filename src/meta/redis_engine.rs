@@ -43,52 +43,95 @@ macro_rules! args {
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
+/// A script and whether it runs under an operation marker: scripts whose
+/// repetition would differ from one run (a create that happened answers
+/// EEXIST the second time, an unlink ENOENT) are marked, so a retry after a
+/// lost reply returns the first attempt's reply instead of applying twice.
+/// Reads and naturally repeatable scripts run plain.
+struct Lua {
+    script: Script,
+    marked: bool,
+}
+
 struct Scripts {
-    lookup: Script,
-    mknod: Script,
-    unlink: Script,
-    rmdir: Script,
-    rename: Script,
-    link: Script,
-    setattr: Script,
-    truncate: Script,
+    lookup: Lua,
+    mknod: Lua,
+    unlink: Lua,
+    rmdir: Lua,
+    rename: Lua,
+    link: Lua,
+    setattr: Lua,
+    truncate: Lua,
     write: Script,
-    compact: Script,
-    fallocate: Script,
-    setxattr: Script,
-    release: Script,
-    claim: Script,
-    format: Script,
-    setlk: Script,
-    getlk: Script,
-    clean_session: Script,
+    compact: Lua,
+    fallocate: Lua,
+    setxattr: Lua,
+    release: Lua,
+    claim: Lua,
+    format: Lua,
+    setlk: Lua,
+    getlk: Lua,
+    clean_session: Lua,
+    renew_session: Lua,
+    expired_sessions: Lua,
 }
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
+fn plain(body: &str) -> Lua {
+    Lua {
+        script: script(body),
+        marked: false,
+    }
+}
+
+/// KEYS[2] is the operation's marker (its reply, kept for an hour after
+/// success); KEYS[3..] are markers of earlier operations whose replies
+/// arrived, deleted here so markers do not pile up.
+fn marked(body: &str) -> Lua {
+    Lua {
+        script: Script::new(&format!(
+            "{PRELUDE}\n\
+             for i = 3, #KEYS do redis.call(\"DEL\", KEYS[i]) end\n\
+             local OPMARK = KEYS[2]\n\
+             if OPMARK then\n\
+               local seen = redis.call(\"GET\", OPMARK)\n\
+               if seen then return cmsgpack.unpack(seen) end\n\
+             end\n\
+             local function op()\n{body}\nend\n\
+             local r = op()\n\
+             if OPMARK and r[1] == 0 then redis.call(\"SET\", OPMARK, cmsgpack.pack(r), \"EX\", 3600) end\n\
+             return r"
+        )),
+        marked: true,
+    }
+}
+
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            lookup: script(include_str!("lua/lookup.lua")),
-            mknod: script(include_str!("lua/mknod.lua")),
-            unlink: script(include_str!("lua/unlink.lua")),
-            rmdir: script(include_str!("lua/rmdir.lua")),
-            rename: script(include_str!("lua/rename.lua")),
-            link: script(include_str!("lua/link.lua")),
-            setattr: script(include_str!("lua/setattr.lua")),
-            truncate: script(include_str!("lua/truncate.lua")),
+            lookup: plain(include_str!("lua/lookup.lua")),
+            mknod: marked(include_str!("lua/mknod.lua")),
+            unlink: marked(include_str!("lua/unlink.lua")),
+            rmdir: marked(include_str!("lua/rmdir.lua")),
+            rename: marked(include_str!("lua/rename.lua")),
+            link: marked(include_str!("lua/link.lua")),
+            setattr: marked(include_str!("lua/setattr.lua")),
+            truncate: marked(include_str!("lua/truncate.lua")),
             write: script(include_str!("lua/write.lua")),
-            compact: script(include_str!("lua/compact.lua")),
-            fallocate: script(include_str!("lua/fallocate.lua")),
-            setxattr: script(include_str!("lua/setxattr.lua")),
-            release: script(include_str!("lua/release.lua")),
-            claim: script(include_str!("lua/claim.lua")),
-            format: script(include_str!("lua/format.lua")),
-            setlk: script(include_str!("lua/setlk.lua")),
-            getlk: script(include_str!("lua/getlk.lua")),
-            clean_session: script(include_str!("lua/clean_session.lua")),
+            compact: marked(include_str!("lua/compact.lua")),
+            fallocate: marked(include_str!("lua/fallocate.lua")),
+            setxattr: marked(include_str!("lua/setxattr.lua")),
+            release: marked(include_str!("lua/release.lua")),
+            claim: marked(include_str!("lua/claim.lua")),
+            format: marked(include_str!("lua/format.lua")),
+            setlk: marked(include_str!("lua/setlk.lua")),
+            getlk: plain(include_str!("lua/getlk.lua")),
+            clean_session: marked(include_str!("lua/clean_session.lua")),
+            renew_session: plain(include_str!("lua/renew_session.lua")),
+            expired_sessions: plain(include_str!("lua/expired_sessions.lua")),
         }
     }
 }
@@ -133,15 +176,25 @@ pub struct Meta {
     /// Tokens of commits that succeeded, whose idempotency markers the next
     /// commit deletes.
     commit_markers: Mutex<Vec<u64>>,
+    /// Operation markers: this connection's random prefix, the next number, and
+    /// markers of operations whose replies arrived (the next marked script
+    /// deletes them).
+    op_nonce: u64,
+    op_seq: AtomicU64,
+    op_markers: Mutex<Vec<String>>,
+    meta_timeout_ms: AtomicU64,
 }
 
-/// The shared connection with a deadline on every request, so no metadata
-/// call waits longer than `timeout` (reconnect attempts included): a Redis
-/// outage becomes a transient error the caller can retry or report.
+/// A connection whose requests have a deadline each and are retried while
+/// Redis is unreachable, for at most `retry_for` in all: an outage becomes a
+/// bounded wait and then a transient error, never a hang. Retries resend
+/// the same bytes, so they are safe for reads, for marked scripts (see
+/// [`Lua`]) and for commits (their token).
 #[derive(Clone)]
 pub struct TimedConn {
     inner: ConnectionManager,
-    timeout: Duration,
+    call_timeout: Duration,
+    retry_for: Duration,
 }
 
 fn deadline_passed(timeout: Duration) -> redis::RedisError {
@@ -151,14 +204,48 @@ fn deadline_passed(timeout: Duration) -> redis::RedisError {
     ))
 }
 
+/// Worth another attempt: the request may not have reached a working Redis.
+fn retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN")
+        )
+}
+
+impl TimedConn {
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> redis::RedisResult<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let left = self.retry_for.saturating_sub(start.elapsed());
+            let t = self.call_timeout.min(left.max(Duration::from_millis(100)));
+            let r = tokio::time::timeout(t, attempt(self.inner.clone()))
+                .await
+                .unwrap_or_else(|_| Err(deadline_passed(t)));
+            match r {
+                Err(e) if retryable(&e) && start.elapsed() + backoff < self.retry_for => {
+                    crate::metrics::META_RETRIES.add(1);
+                    tracing::debug!(error = %e, "Redis request failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
 impl redis::aio::ConnectionLike for TimedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        let t = self.timeout;
-        Box::pin(async move {
-            tokio::time::timeout(t, self.inner.send_packed_command(cmd))
-                .await
-                .unwrap_or_else(|_| Err(deadline_passed(t)))
-        })
+        Box::pin(self.with_retries(move |mut c| async move { c.send_packed_command(cmd).await }))
     }
 
     fn req_packed_commands<'a>(
@@ -167,12 +254,9 @@ impl redis::aio::ConnectionLike for TimedConn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        let t = self.timeout;
-        Box::pin(async move {
-            tokio::time::timeout(t, self.inner.send_packed_commands(cmd, offset, count))
-                .await
-                .unwrap_or_else(|_| Err(deadline_passed(t)))
-        })
+        Box::pin(self.with_retries(move |mut c| async move {
+            c.send_packed_commands(cmd, offset, count).await
+        }))
     }
 
     fn get_db(&self) -> i64 {
@@ -182,6 +266,14 @@ impl redis::aio::ConnectionLike for TimedConn {
 
 /// Deadline of one Redis request, reconnecting included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a metadata request is retried while Redis is unreachable
+/// before the operation fails with EIO (`--meta-timeout`).
+pub const DEFAULT_META_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest pause between attempts, so a returning Redis is noticed within
+/// about a second.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Turns a Redis failure into a message that says what to do, without secrets.
 fn redis_err(e: redis::RedisError) -> MetaError {
@@ -271,6 +363,17 @@ async fn plain_connection(
     Ok((client, c))
 }
 
+/// One connection attempt per reconnect: `TimedConn` retries with its own
+/// short backoff and budget. (The manager's own retries wait at least a
+/// second before the first one: its backoff starts at one second whatever
+/// the factor.)
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(CALL_TIMEOUT)
+        .set_number_of_retries(0)
+}
+
 impl Meta {
     /// Connects and checks that Redis answers (and accepts the password).
     pub async fn connect(url: &MetaUrl, volume: &str) -> Result<Meta> {
@@ -281,23 +384,15 @@ impl Meta {
             .query_async(&mut probe)
             .await
             .map_err(redis_err)?;
-        // Reconnect promptly and give up soon: callers retry with their own
-        // budget, and a request never outlives CALL_TIMEOUT anyway.
-        let mcfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(CALL_TIMEOUT)
-            .set_factor(50)
-            .set_exponent_base(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client.clone(), mcfg)
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
             .map_err(redis_err)?;
         Ok(Meta {
             client,
             conn: TimedConn {
                 inner: conn,
-                timeout: CALL_TIMEOUT,
+                call_timeout: CALL_TIMEOUT,
+                retry_for: DEFAULT_META_TIMEOUT,
             },
             sid: AtomicU64::new(0),
             prefix: format!("{{{volume}}}"),
@@ -305,6 +400,29 @@ impl Meta {
             inodes: Mutex::new(IdBatch { next: 0, end: 0 }),
             slices: Mutex::new(IdBatch { next: 0, end: 0 }),
             commit_markers: Mutex::new(Vec::new()),
+            op_nonce: rand::random(),
+            op_seq: AtomicU64::new(0),
+            op_markers: Mutex::new(Vec::new()),
+            meta_timeout_ms: AtomicU64::new(DEFAULT_META_TIMEOUT.as_millis() as u64),
+        })
+    }
+
+    /// How long metadata requests are retried while Redis is unreachable.
+    pub fn set_meta_timeout(&self, d: Duration) {
+        self.meta_timeout_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A connection of its own (the session heartbeat), so its requests
+    /// never queue behind the mount's traffic, retried for `retry_for`.
+    pub async fn own_connection(&self, retry_for: Duration) -> Result<TimedConn> {
+        let inner = ConnectionManager::new_with_config(self.client.clone(), manager_config())
+            .await
+            .map_err(redis_err)?;
+        Ok(TimedConn {
+            inner,
+            call_timeout: CALL_TIMEOUT.min(retry_for.max(Duration::from_millis(200))),
+            retry_for,
         })
     }
 
@@ -338,21 +456,55 @@ impl Meta {
     }
 
     fn conn(&self) -> TimedConn {
-        self.conn.clone()
+        let mut c = self.conn.clone();
+        c.retry_for = Duration::from_millis(self.meta_timeout_ms.load(Ordering::Relaxed));
+        c
     }
 
-    async fn run(&self, s: &Script, args: Vec<Vec<u8>>) -> Result<Vec<Value>> {
+    async fn run(&self, s: &Lua, args: Vec<Vec<u8>>) -> Result<Vec<Value>> {
+        self.run_on(&mut self.conn(), s, args).await
+    }
+
+    async fn run_on(
+        &self,
+        conn: &mut TimedConn,
+        s: &Lua,
+        args: Vec<Vec<u8>>,
+    ) -> Result<Vec<Value>> {
         let (sec, ns) = now();
-        let mut inv = s.key(self.key("setting"));
+        let mut inv = s.script.key(self.key("setting"));
+        let (mark, done) = if s.marked {
+            let n = self.op_seq.fetch_add(1, Ordering::Relaxed);
+            let mark = self.key(&format!("o{:x}_{n}", self.op_nonce));
+            let done: Vec<String> = match self.op_markers.lock() {
+                Ok(mut m) => {
+                    let n = m.len().min(32);
+                    m.drain(..n).collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            inv.key(&mark);
+            for d in &done {
+                inv.key(d);
+            }
+            (Some(mark), done)
+        } else {
+            (None, Vec::new())
+        };
         inv.arg(&self.prefix).arg(sec).arg(ns).arg(self.sid());
         for a in args {
             inv.arg(a);
         }
-        let v: Value = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
-        outcome(v)
+        let v = inv.invoke_async::<Value>(conn).await.map_err(redis_err);
+        if let (Some(mark), Ok(mut m)) = (mark, self.op_markers.lock()) {
+            match &v {
+                // Success leaves a marker; an errno reply or a failure may not.
+                Ok(_) => m.push(mark),
+                // Not known to be deleted: the next marked script tries again.
+                Err(_) => m.extend(done),
+            }
+        }
+        outcome(v?)
     }
 
     // ---- volume record -------------------------------------------------
@@ -875,6 +1027,7 @@ impl Meta {
 
     // ---- sessions and background deletion ------------------------------
 
+    /// Registers a new session alive for `ttl` seconds (by Redis' clock).
     pub async fn register_session(&self, mut info: SessionInfo, ttl: i64) -> Result<u64> {
         let sid: u64 = self
             .conn()
@@ -882,40 +1035,57 @@ impl Meta {
             .await
             .map_err(redis_err)?;
         info.sid = sid;
-        self.write_session(&info, ttl).await?;
+        self.renew_on(&mut self.conn(), &info, ttl, true).await?;
         self.sid.store(sid, Ordering::Relaxed);
         Ok(sid)
     }
 
-    /// Records the session as alive for `ttl` more seconds.
-    pub async fn write_session(&self, info: &SessionInfo, ttl: i64) -> Result<()> {
-        let expire = now().0 + ttl;
-        let mut info = info.clone();
-        info.expire = expire;
-        let json = serde_json::to_string(&info).map_err(|e| MetaError::Corrupt(e.to_string()))?;
-        let _: () = redis::pipe()
-            .atomic()
-            .zadd(self.key("sessions"), info.sid, expire)
-            .set(self.key(&format!("session{}", info.sid)), json)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
+    /// Keeps session `info.sid` alive for `ttl` more seconds, on `conn`.
+    /// `Errno(ENOENT)`: the session is gone (another node cleaned it).
+    pub async fn renew_session(
+        &self,
+        conn: &mut TimedConn,
+        info: &SessionInfo,
+        ttl: i64,
+    ) -> Result<()> {
+        self.renew_on(conn, info, ttl, false).await
+    }
+
+    async fn renew_on(
+        &self,
+        conn: &mut TimedConn,
+        info: &SessionInfo,
+        ttl: i64,
+        create: bool,
+    ) -> Result<()> {
+        let json = serde_json::to_string(info).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        self.run_on(
+            conn,
+            &self.scripts.renew_session,
+            args![&info.sid, &ttl, &json, &(create as u8)],
+        )
+        .await?;
         Ok(())
     }
 
     /// Ends a session: its locks and unlinked-but-open files go with it.
-    /// Returns false when another node already cleaned it.
-    pub async fn clean_session(&self, sid: u64) -> Result<bool> {
-        let r = self.run(&self.scripts.clean_session, args![&sid]).await?;
+    /// Another node's session only once it expired by Redis' clock; `own`
+    /// at this session's clean unmount. Returns false when it was not
+    /// cleaned here (not expired, or another node already did).
+    pub async fn clean_session(&self, sid: u64, own: bool) -> Result<bool> {
+        let r = self
+            .run(&self.scripts.clean_session, args![&sid, &(own as u8)])
+            .await?;
         Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1)
     }
 
-    /// Sessions whose heartbeat stopped before `before`.
-    pub async fn expired_sessions(&self, before: i64) -> Result<Vec<u64>> {
-        self.conn()
-            .zrangebyscore(self.key("sessions"), "-inf", before)
-            .await
-            .map_err(redis_err)
+    /// Sessions whose expiry passed, by Redis' clock.
+    pub async fn expired_sessions(&self) -> Result<Vec<u64>> {
+        let r = self.run(&self.scripts.expired_sessions, Vec::new()).await?;
+        match r.get(1) {
+            Some(Value::Array(ids)) => ids.iter().map(|v| int(v).map(|i| i as u64)).collect(),
+            _ => Ok(Vec::new()),
+        }
     }
 
     // ---- locks -----------------------------------------------------------
@@ -970,13 +1140,13 @@ impl Meta {
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>> {
-        let sids: Vec<u64> = self
+        let sids: Vec<(u64, i64)> = self
             .conn()
-            .zrange(self.key("sessions"), 0, -1)
+            .zrange_withscores(self.key("sessions"), 0, -1)
             .await
             .map_err(redis_err)?;
         let mut out = Vec::new();
-        for sid in sids {
+        for (sid, expire) in sids {
             let s: Option<String> = self
                 .conn()
                 .get(self.key(&format!("session{sid}")))
@@ -984,7 +1154,7 @@ impl Meta {
                 .map_err(redis_err)?;
             if let Some(s) = s {
                 if let Ok(i) = serde_json::from_str::<SessionInfo>(&s) {
-                    out.push(i);
+                    out.push(SessionInfo { expire, ..i });
                 }
             }
         }

@@ -1,7 +1,12 @@
--- args: session id to clean. Called by other nodes once the session expired
--- (and by the session itself at a clean unmount): exactly one caller wins
--- the ZREM, drops the session's unlinked-but-open files and its locks.
-local sid = ARGV[5]
+-- args: session id to clean, own (1 at the session's own clean unmount).
+-- Other nodes clean a session only once its expiry passed by Redis' clock;
+-- exactly one caller wins the ZREM, drops the session's unlinked-but-open
+-- files and its locks.
+local sid, own = ARGV[5], ARGV[6] == "1"
+if not own then
+  local expiry = redis.call("ZSCORE", P .. "sessions", sid)
+  if not expiry or tonumber(expiry) >= tonumber(redis.call("TIME")[1]) then return {0, 0} end
+end
 if redis.call("ZREM", P .. "sessions", sid) == 0 then return {0, 0} end
 local held = redis.call("SMEMBERS", P .. "sustained" .. sid)
 for _, i in ipairs(held) do

@@ -6,6 +6,12 @@ local ino, owner, typ = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local s, e, pid = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local k = key("lock", ino)
 local me = SID .. "_" .. owner
+-- A session past its expiry (by Redis' clock) may be cleaned any moment:
+-- a lock recorded under it now would outlive the cleanup.
+if typ ~= 2 and SID ~= "0" then
+  local expiry = redis.call("ZSCORE", P .. "sessions", SID)
+  if not expiry or tonumber(expiry) < tonumber(redis.call("TIME")[1]) then return {37} end
+end
 local RFMT = "<BI8I8I4"
 local function records(v)
   local out, pos = {}, 1

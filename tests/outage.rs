@@ -1,0 +1,267 @@
+//! Redis outages (issue 10, "bounded, killable waits"): Redis (append-only,
+//! so it loses nothing it acknowledged) is stopped for 5 s and for 60 s
+//! while processes write, read, stat and list on a mount over moto. No
+//! operation may block longer than the configured bound, a process blocked
+//! on the mount must die at once on kill -9, reads through handles opened
+//! before the outage keep working from the cache, every file closed
+//! successfully reads back exactly, and the mount answers again within 2 s
+//! of Redis returning.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{pattern, within, Backend, Mount, Redis, Volume, S3};
+
+/// The bounds the mount is given (seconds).
+const META_TIMEOUT: u64 = 10;
+const IO_RETRY: u64 = 10;
+/// The longest any single operation may take: a commit attempt is cut at
+/// the retry deadline but gets at least 5 s, plus scheduling slack.
+const OP_BOUND: Duration = Duration::from_secs(IO_RETRY + 5 + 3);
+
+fn s3_volume_with_aof_redis() -> Volume {
+    let s3 = S3::start();
+    let bucket = s3.bucket("vecfs-test");
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
+    ];
+    Volume::format(Redis::start_aof(), Backend::S3(s3), "s3", &bucket, env, &[])
+}
+
+#[derive(Default)]
+struct Record {
+    /// Longest operation seen, and which.
+    slowest: Mutex<(Duration, String)>,
+    failures: AtomicU64,
+    ops: AtomicU64,
+    /// Files whose close returned 0: (name, seed, length).
+    closed: Mutex<Vec<(String, u64, usize)>>,
+}
+
+impl Record {
+    fn timed<T>(&self, what: &str, f: impl FnOnce() -> std::io::Result<T>) -> Option<T> {
+        let t = Instant::now();
+        let r = f();
+        let took = t.elapsed();
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = self.slowest.lock() {
+            if took > s.0 {
+                *s = (took, what.to_string());
+            }
+        }
+        match r {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// close(2) with its result (dropping a File ignores it).
+fn close(f: fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the fd was just taken out of the File, so it is closed once.
+    match unsafe { libc::close(f.into_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn write_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    close(f)
+}
+
+/// One worker: write a new file, read back an earlier one, stat, list.
+fn worker(m: &Mount, id: usize, stop: &AtomicBool, rec: &Record) {
+    let dir = m.p(&format!("w{id}"));
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let name = format!("w{id}/f{n}");
+        let seed = (id as u64) << 32 | n;
+        let len = 64 << 10;
+        let data = pattern(len, seed);
+        if rec
+            .timed("create+write+close", || write_file(&m.p(&name), &data))
+            .is_some()
+        {
+            rec.closed.lock().unwrap().push((name.clone(), seed, len));
+        }
+        let earlier = rec.closed.lock().unwrap().first().cloned();
+        if let Some((name, seed, len)) = earlier {
+            if let Some(back) = rec.timed("read", || fs::read(m.p(&name))) {
+                assert!(back == pattern(len, seed), "{name}: wrong bytes read");
+            }
+        }
+        rec.timed("stat", || fs::metadata(m.p(&name)));
+        rec.timed("readdir", || fs::read_dir(&dir).map(|d| d.count()));
+    }
+}
+
+/// How long `kill -9` takes to end a process blocked on the mount.
+fn kill_blocked_process(m: &Mount, what: &str) -> Duration {
+    let mut child = Command::new("stat")
+        .arg(m.p(what))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Blocked: still running after a second (Redis is down, the lookup waits).
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the probe did not block on the outage"
+    );
+    let t = Instant::now();
+    child.kill().unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    t.elapsed()
+}
+
+fn redis_outage(outage: Duration) {
+    let v = s3_volume_with_aof_redis();
+    let meta = META_TIMEOUT.to_string();
+    let io = IO_RETRY.to_string();
+    let m = Arc::new(v.mount_with(&["--meta-timeout", &meta, "--io-retry", &io]));
+    for id in 0..3 {
+        fs::create_dir(m.p(&format!("w{id}"))).unwrap();
+    }
+    // Closed before the outage, and one of them open and fully read (cached).
+    let before: Vec<(String, u64, usize)> = (0..8)
+        .map(|i| {
+            (
+                format!("before{i}"),
+                1000 + i,
+                (1 << 20) + i as usize * 4097,
+            )
+        })
+        .collect();
+    for (name, seed, len) in &before {
+        write_file(&m.p(name), &pattern(*len, *seed)).unwrap();
+    }
+    let mut cached = fs::File::open(m.p("before0")).unwrap();
+    let mut all = Vec::new();
+    cached.read_to_end(&mut all).unwrap();
+    assert!(all == pattern(before[0].2, before[0].1));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rec = Arc::new(Record::default());
+    let workers: Vec<_> = (0..3)
+        .map(|id| {
+            let (m, stop, rec) = (m.clone(), stop.clone(), rec.clone());
+            std::thread::spawn(move || worker(&m, id, &stop, &rec))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let ops_before = rec.ops.load(Ordering::Relaxed);
+    assert!(
+        ops_before > 0,
+        "the workers made no progress before the outage"
+    );
+
+    v.redis.stop();
+    let down_at = Instant::now();
+    // Reads through a handle opened before the outage come from the cache.
+    let mut cached_reads = 0;
+    for _ in 0..5 {
+        cached.seek(SeekFrom::Start(0)).unwrap();
+        let mut again = Vec::new();
+        cached.read_to_end(&mut again).unwrap();
+        assert!(again == all, "cached read during the outage differs");
+        cached_reads += 1;
+    }
+    assert_eq!(cached_reads, 5);
+    let kill_took = kill_blocked_process(&m, "no-such-file");
+    assert!(
+        kill_took < Duration::from_secs(2),
+        "kill -9 of a process blocked on the mount took {kill_took:?}"
+    );
+    let left = outage.saturating_sub(down_at.elapsed());
+    std::thread::sleep(left); // the outage itself, not a synchronisation
+    v.redis.restart();
+    let back_at = Instant::now();
+
+    // The mount answers again within 2 s of Redis returning.
+    let probe = m.p("after-outage");
+    let recovered = within(
+        "first operation after the outage",
+        Duration::from_secs(OP_BOUND.as_secs() + 10),
+        || {},
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while fs::create_dir(&probe).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Instant::now()
+        },
+    );
+    let recovery = recovered.saturating_duration_since(back_at);
+    assert!(
+        recovery < Duration::from_secs(2),
+        "the mount took {recovery:?} to work again after Redis returned"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        within(
+            "worker to stop",
+            OP_BOUND * 4,
+            || {},
+            move || w.join().unwrap(),
+        );
+    }
+    let (slowest, what) = rec.slowest.lock().unwrap().clone();
+    assert!(
+        slowest <= OP_BOUND,
+        "{what} blocked for {slowest:?} (bound {OP_BOUND:?})"
+    );
+    let failures = rec.failures.load(Ordering::Relaxed);
+    if outage + Duration::from_secs(3) < Duration::from_secs(META_TIMEOUT) {
+        // Shorter than the bound: operations wait it out and succeed.
+        assert_eq!(failures, 0, "operations failed during a short outage");
+    } else {
+        assert!(failures > 0, "a long outage failed no operation");
+    }
+    eprintln!(
+        "outage {outage:?}: {} operations, {failures} failed, slowest {what} {slowest:?}, \
+         kill -9 {kill_took:?}, recovery {recovery:?}",
+        rec.ops.load(Ordering::Relaxed)
+    );
+    drop(cached);
+    let m = Arc::try_unwrap(m).ok().unwrap();
+    m.unmount();
+
+    // Every file closed successfully, before or during the outage, is intact.
+    let fresh = v.mount();
+    let closed = rec.closed.lock().unwrap().clone();
+    assert!(!closed.is_empty());
+    for (name, seed, len) in before.iter().chain(closed.iter()) {
+        let back = fs::read(fresh.p(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(back == pattern(*len, *seed), "{name}: wrong bytes");
+    }
+    fresh.unmount();
+}
+
+#[test]
+fn a_5s_redis_outage_is_waited_out() {
+    redis_outage(Duration::from_secs(5));
+}
+
+#[test]
+fn a_60s_redis_outage_fails_operations_within_the_bound() {
+    redis_outage(Duration::from_secs(60));
+}
