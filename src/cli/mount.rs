@@ -58,8 +58,9 @@ pub struct MountArgs {
     /// Memory for write buffers in MiB.
     #[arg(long, default_value = "300")]
     buffer_size: String,
-    /// Seconds transient upload and commit failures are retried before
-    /// fsync/close report EIO (the data stays buffered and is retried).
+    /// Seconds transient upload, commit and block-read failures are retried
+    /// before fsync/close/read report EIO (unstored data stays buffered and
+    /// is retried).
     #[arg(long, default_value_t = 30.0)]
     io_retry: f64,
     /// Attribute cache timeout in seconds.

@@ -249,8 +249,6 @@ impl DataStore {
                 })
                 .await;
         }
-        let blocks = self.blocks.clone();
-        let fetches = self.fetches.clone();
         let k = key.clone();
         let fetching = &self.fetching;
         self.cache
@@ -258,20 +256,38 @@ impl DataStore {
                 if let Ok(mut f) = fetching.lock() {
                     f.insert(k.clone());
                 }
-                let got = async {
-                    let _permit = fetches
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| Error::internal(e.to_string()))?;
-                    blocks.get(&k).await.map_err(Error::from)
-                }
-                .await;
+                let got = self.fetch_stored(&k, None).await;
                 if let Ok(mut f) = fetching.lock() {
                     f.remove(&k);
                 }
                 got
             })
             .await
+    }
+
+    /// An object, or bytes `range` of it, from the store. Transient
+    /// failures (5xx, resets, bodies cut short) are retried for `retry_for`,
+    /// as uploads are: a store that throttles or restarts for a few seconds
+    /// delays readers instead of failing them. No fetch permit is held
+    /// while backing off.
+    async fn fetch_stored(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<usize>>,
+    ) -> Result<Bytes> {
+        self.retry("read", || async {
+            let _permit = self
+                .fetches
+                .acquire()
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?;
+            match &range {
+                None => self.blocks.get(key).await,
+                Some(r) => self.blocks.get_range(key, r.clone()).await,
+            }
+            .map_err(Error::from)
+        })
+        .await
     }
 
     fn being_fetched(&self, key: &str) -> bool {
@@ -438,16 +454,9 @@ impl DataStore {
                     "block {key}: no frame holds byte {start}"
                 )));
             }
-            let stored = {
-                let _permit = self
-                    .fetches
-                    .acquire()
-                    .await
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                self.blocks
-                    .get_range(key, layout.stored_range(&frames))
-                    .await?
-            };
+            let stored = self
+                .fetch_stored(key, Some(layout.stored_range(&frames)))
+                .await?;
             let l2 = layout.clone();
             let f2 = frames.clone();
             let raw = tokio::task::spawn_blocking(move || l2.decode_frames(f2, &stored))
@@ -480,7 +489,7 @@ impl DataStore {
             .layouts
             .try_get_with(key.to_string(), async {
                 let prefix = Layout::prefix_len(raw_len);
-                let head = self.blocks.get_range(key, 0..prefix).await?;
+                let head = self.fetch_stored(key, Some(0..prefix)).await?;
                 Layout::parse(&head)
                     .map(|l| l.map(Arc::new))
                     .map_err(|e| Error::from(e).context(format!("block {key}")))

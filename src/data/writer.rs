@@ -368,15 +368,18 @@ impl FileWriter {
 
     async fn store_and_commit(&self, batch: &[SealedView]) -> Result<Attr> {
         let ds = &self.ds;
-        let mut first_err = None;
-        for v in batch {
-            for b in &v.blocks {
-                if let Err(e) = wait_stored(ds, &v.id, b).await {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_err {
+        // All at once (the upload slots bound the parallelism): blocks whose
+        // upload failed are uploaded again, each retried for the retry
+        // bound, and one after another a flush of N failed blocks took N
+        // times the bound to report EIO.
+        let waits = batch
+            .iter()
+            .flat_map(|v| v.blocks.iter().map(move |b| wait_stored(ds, &v.id, b)));
+        if let Some(e) = futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .find_map(|r| r.err())
+        {
             return Err(e);
         }
         let mut records = Vec::with_capacity(batch.len());

@@ -3,6 +3,7 @@
 //! of the `vecfs` binary. Everything is torn down on drop.
 #![allow(dead_code)]
 
+pub mod httpfault;
 pub mod proxy;
 
 use std::net::TcpListener;

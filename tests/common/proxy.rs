@@ -34,7 +34,7 @@ pub struct Proxy {
 
 /// Closing with SO_LINGER 0 sends a RST instead of a FIN: the client sees
 /// "connection reset", not a clean end of a response.
-fn reset_on_close(s: &TcpStream) {
+pub fn reset_on_close(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
