@@ -52,6 +52,8 @@ struct Slot {
     /// The object key, once stored.
     key: Option<String>,
     task: Option<JoinHandle<Result<()>>>,
+    /// Stops the latest upload even while a flush is waiting on it.
+    abort: Option<tokio::task::AbortHandle>,
     /// Write-back: the block's staged copy, being written or written
     /// (None inside: it could not be staged).
     staged: Option<StagedFut>,
@@ -262,6 +264,9 @@ impl FileWriter {
                 if let Ok(mut slot) = b.slot.lock() {
                     if let Some(t) = slot.task.take() {
                         t.abort();
+                    }
+                    if let Some(a) = slot.abort.take() {
+                        a.abort();
                     }
                     // A flush still running must not upload it again.
                     slot.data = None;
@@ -784,12 +789,14 @@ fn seal_tail(ds: &Arc<DataStore>, s: &mut PendingSlice) {
             held: Some(held),
             key: None,
             task: None,
+            abort: None,
             staged,
             staged_at: None,
         }),
     });
     let task = spawn_block_upload(ds, s.id.clone(), block.clone());
     if let Ok(mut slot) = block.slot.lock() {
+        slot.abort = Some(task.abort_handle());
         slot.task = Some(task);
     }
     s.blocks.push(block);
@@ -808,7 +815,11 @@ async fn wait_stored(ds: &Arc<DataStore>, id: &Arc<OnceCell<u64>>, b: &Arc<Block
             }
             match slot.task.take() {
                 Some(t) => (t, false),
-                None => (spawn_block_upload(ds, id.clone(), b.clone()), true),
+                None => {
+                    let t = spawn_block_upload(ds, id.clone(), b.clone());
+                    slot.abort = Some(t.abort_handle());
+                    (t, true)
+                }
             }
         };
         match task.await.map_err(Error::from).and_then(|r| r) {
