@@ -647,11 +647,13 @@ impl FileWriter {
     async fn store_and_commit(&self, batch: &[SealedView]) -> Result<Attr> {
         let ds = &self.ds;
         let mut first_err = None;
-        for v in batch {
-            for b in &v.blocks {
-                if let Err(e) = wait_stored(ds, &v.id, b).await {
-                    first_err.get_or_insert(e);
-                }
+        // Concurrently: write-back defers every upload to here.
+        let waits = batch
+            .iter()
+            .flat_map(|v| v.blocks.iter().map(move |b| wait_stored(ds, &v.id, b)));
+        for r in futures::future::join_all(waits).await {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
             }
         }
         if let Some(e) = first_err {
@@ -777,29 +779,56 @@ fn drop_staged_slice(
 fn seal_tail(ds: &Arc<DataStore>, s: &mut PendingSlice) {
     let data = Bytes::from(std::mem::take(&mut s.tail));
     let held = std::mem::replace(&mut s.tail_held, ds.budget.empty());
-    let staged = ds.staging.clone().filter(|a| a.accepts()).map(|area| {
-        let raw = data.clone();
-        let task = tokio::spawn(async move { area.stage_block(raw).await });
-        async move { task.await.ok().flatten() }.boxed().shared()
-    });
     let block = Arc::new(Block {
         index: s.blocks.len() as u32,
         slot: Mutex::new(Slot {
-            data: Some(data),
+            data: Some(data.clone()),
             held: Some(held),
             key: None,
             task: None,
             abort: None,
-            staged,
+            staged: None,
             staged_at: None,
         }),
     });
-    let task = spawn_block_upload(ds, s.id.clone(), block.clone());
-    if let Ok(mut slot) = block.slot.lock() {
-        slot.abort = Some(task.abort_handle());
-        slot.task = Some(task);
+    match ds.staging.clone().filter(|a| a.accepts()) {
+        // Write-back: the block goes to the local disk now and leaves
+        // memory once there; its upload waits for the commit (a flush),
+        // so a writer's closes never queue behind its own uploads.
+        Some(area) => {
+            let b = block.clone();
+            let task = tokio::spawn(async move {
+                let sb = area.stage_block(data).await;
+                if let (Some(sb), Ok(mut slot)) = (&sb, b.slot.lock()) {
+                    if slot.key.is_none() {
+                        slot.staged_at = Some(sb.path.clone());
+                        slot.data = None;
+                        slot.held = None;
+                    }
+                }
+                sb
+            });
+            let fut = async move { task.await.ok().flatten() }.boxed().shared();
+            if let Ok(mut slot) = block.slot.lock() {
+                slot.staged = Some(fut);
+            }
+        }
+        None => start_upload(ds, &s.id, &block),
     }
     s.blocks.push(block);
+}
+
+/// Starts `b`'s upload unless it is stored or being stored.
+fn start_upload(ds: &Arc<DataStore>, id: &Arc<OnceCell<u64>>, b: &Arc<Block>) {
+    let Ok(mut slot) = b.slot.lock() else {
+        return;
+    };
+    if slot.key.is_some() || slot.task.is_some() {
+        return;
+    }
+    let task = spawn_block_upload(ds, id.clone(), b.clone());
+    slot.abort = Some(task.abort_handle());
+    slot.task = Some(task);
 }
 
 /// Waits until `b` is stored: joins its upload, and uploads it again when
