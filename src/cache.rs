@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::{codec, metrics};
 
 /// Modes of the disk cache's directories and files.
-const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
+pub(crate) const DIR_MODE: u32 = 0o700;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// Every disk entry starts with this tag and the xxh3 of its key; the block
 /// (framed raw form) follows. Entries of the earlier, unbound format lack
@@ -44,7 +44,7 @@ fn entry_head(key: &str) -> [u8; ENTRY_HEAD] {
 }
 
 /// Creates `dir` and any missing parents as 0700.
-fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir_all(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -52,11 +52,26 @@ fn private_dir_all(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Sets `p`'s permission bits to `mode` unless they already are.
-fn tighten(p: &Path, md: &std::fs::Metadata, mode: u32) -> std::io::Result<()> {
+pub(crate) fn tighten(p: &Path, md: &std::fs::Metadata, mode: u32) -> std::io::Result<()> {
     if md.permissions().mode() & 0o7777 == mode {
         return Ok(());
     }
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
+
+/// Share of the file system holding `dir` that is free (1.0 when unknown).
+pub(crate) fn free_share(dir: &Path) -> f64 {
+    let c = match std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) {
+        Ok(c) => c,
+        Err(_) => return 1.0,
+    };
+    // SAFETY: zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
+        return 1.0;
+    }
+    st.f_bavail as f64 / st.f_blocks as f64
 }
 
 pub struct DiskCache {
@@ -254,17 +269,7 @@ impl DiskCache {
 
     /// Share of the cache file system that is free.
     fn free_share(&self) -> f64 {
-        let c = match std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
-            Ok(c) => c,
-            Err(_) => return 1.0,
-        };
-        // SAFETY: zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
-            return 1.0;
-        }
-        st.f_bavail as f64 / st.f_blocks as f64
+        free_share(&self.dir)
     }
 
     /// Keeps a decoded block as a raw framed block (header and table, then

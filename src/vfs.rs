@@ -1670,13 +1670,34 @@ impl Vfs {
         }
     }
 
+    /// What close, fsync and release wait for: with write-back, the
+    /// writes staged durably on the local disk (the flusher commits them
+    /// next); otherwise, or when staging is full or failed, committed.
+    async fn persist_inode(&self, ino: u64) -> VResult<()> {
+        let write_back = self.data.staging.as_ref().is_some_and(|s| s.accepts());
+        if write_back {
+            let Some(h) = self.open_state(ino) else {
+                return Ok(());
+            };
+            match h.writer.stage().await {
+                Ok(true) => {
+                    self.kick.notify_one();
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => return Err(data_errno("stage", e)),
+            }
+        }
+        self.flush_inode(ino).await
+    }
+
     /// close(2): commit buffered writes, drop the closing process's POSIX
     /// locks. Closing a handle that cannot write does not wait for other
     /// handles' uploads.
     pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> VResult<()> {
         let h = self.file_handle(fh)?;
         let r = if h.writable {
-            self.flush_inode(h.ino).await
+            self.persist_inode(h.ino).await
         } else {
             Ok(())
         };
@@ -1688,7 +1709,7 @@ impl Vfs {
 
     pub async fn fsync(&self, fh: u64) -> VResult<()> {
         let h = self.file_handle(fh)?;
-        self.flush_inode(h.ino).await
+        self.persist_inode(h.ino).await
     }
 
     async fn unlock_all(&self, ino: u64, owner: u64) {
@@ -1803,7 +1824,7 @@ impl Vfs {
         };
         let ino = h.ino;
         let flushed = if h.writable {
-            self.flush_inode(ino).await
+            self.persist_inode(ino).await
         } else {
             Ok(())
         };

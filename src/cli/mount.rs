@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use vecfs::cache::{BlockCache, DiskCache};
+use vecfs::data::staging::Staging;
 use vecfs::data::DataStore;
 use vecfs::fuse::FuseFs;
 use vecfs::meta::{FileKind, Meta, ROOT_INO};
@@ -58,6 +59,11 @@ pub struct MountArgs {
     /// Memory for write buffers in MiB.
     #[arg(long, default_value = "300")]
     buffer_size: String,
+    /// Write-back: close and fsync return once the writes are staged durably
+    /// in the cache directory; they are uploaded and committed in the
+    /// background (other nodes see them after that). Needs a cache dir.
+    #[arg(long)]
+    writeback: bool,
     /// Seconds transient upload, commit and block-read failures are retried
     /// before fsync/close/read report EIO (unstored data stays buffered and
     /// is retried).
@@ -227,6 +233,17 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
     }
     let mib =
         |s: &str, what: &str| parse_size(s, 1 << 20).map_err(|e| anyhow::anyhow!("--{what}: {e}"));
+    let mut staging = None;
+    if a.writeback && a.read_only {
+        bail!("--writeback needs a writable mount (drop --read-only)");
+    }
+    if a.writeback
+        && a.cache_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str() == "memory")
+    {
+        bail!("--writeback stages writes in the cache directory: give --cache-dir a directory, not memory");
+    }
     let disk = match &a.cache_dir {
         Some(d) if d.as_os_str() == "memory" => None,
         dir => {
@@ -239,6 +256,22 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
                 }
             });
             let d = d.join(&fmt.uuid);
+            // Leftovers of a crashed daemon are committed whether or not
+            // this mount stages new writes; a read-only mount leaves them.
+            if !a.read_only {
+                staging = Staging::open(
+                    &d,
+                    mib(&a.cache_size, "cache-size")?,
+                    a.free_space_ratio,
+                    a.writeback,
+                )
+                .with_context(|| {
+                    format!(
+                        "cannot use the write-back staging area under {}",
+                        d.display()
+                    )
+                })?;
+            }
             Some(
                 DiskCache::open(&d, mib(&a.cache_size, "cache-size")?, a.free_space_ratio)
                     .with_context(|| format!("cannot use cache directory {}", d.display()))?,
@@ -263,6 +296,13 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         bail!("--io-retry must be a number of seconds >= 0 (e.g. 30)");
     }
     data.retry_for = Duration::from_secs_f64(a.io_retry);
+    let leftovers = match staging {
+        Some((st, left)) => {
+            data.staging = Some(Arc::new(st));
+            left
+        }
+        None => Vec::new(),
+    };
     let data = Arc::new(data);
     let root = match &a.subdir {
         Some(s) => resolve_subdir(&meta, s).await?,
@@ -302,6 +342,14 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
     bg.extend(data.cache.spawn_evictor());
     if !a.read_only {
         bg.push(vfs.spawn_flusher());
+    }
+    if let Some(st) = data.staging.clone() {
+        // In the background: the mount is usable at once.
+        bg.push(vecfs::data::staging::spawn_recovery(
+            data.clone(),
+            st,
+            leftovers,
+        ));
     }
     if a.metrics != "none" {
         // A busy port (another mount on this host) costs the metrics, not the mount.
@@ -451,6 +499,9 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     }
     if a.no_events {
         args.push("--no-events".into());
+    }
+    if a.writeback {
+        args.push("--writeback".into());
     }
     let mut opt = |k: &str, v: Option<String>| {
         if let Some(v) = v {

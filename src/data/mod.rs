@@ -7,6 +7,7 @@
 //! slice list is replayed and the blocks a read needs come through the
 //! shared cache, or from a writer's buffers for data not yet committed.
 
+pub mod staging;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -34,10 +35,11 @@ pub fn is_pending(id: u64) -> bool {
 }
 
 /// Where a block of a slice not yet committed can be read: bytes still held
-/// by the writer, or (once uploaded) its object.
+/// by the writer, its write-back staged copy, or (once uploaded) its object.
 #[derive(Clone, Debug)]
 pub enum PendingSource {
     Mem(Bytes),
+    Staged(std::path::PathBuf),
     Key(String),
 }
 
@@ -157,6 +159,9 @@ pub struct DataStore {
     /// Chunks being compacted by this node (inode, chunk index).
     compacting: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
     pub capacity: u64,
+    /// Write-back staging area (`mount --writeback`), and where batches
+    /// a crashed daemon staged wait to be committed.
+    pub staging: Option<Arc<staging::Staging>>,
 }
 
 /// A chunk whose list keeps this many records after a write is compacted:
@@ -197,6 +202,7 @@ impl DataStore {
             fetching: std::sync::Mutex::new(std::collections::HashSet::new()),
             compacting: std::sync::Mutex::new(std::collections::HashSet::new()),
             capacity,
+            staging: None,
         }
     }
 
@@ -374,6 +380,11 @@ impl DataStore {
             if let Some((local, index)) = j.pending {
                 return match pending.get(&(local, index)) {
                     Some(PendingSource::Mem(b)) => Ok((b.clone(), j.at)),
+                    // Gone when its batch committed meanwhile: the caller
+                    // reads again with a fresh slice list.
+                    Some(PendingSource::Staged(p)) => {
+                        staging::load_block(p.clone()).await.map(|b| (b, j.at))
+                    }
                     Some(PendingSource::Key(k)) => {
                         self.fetch_block(k.clone()).await.map(|b| (b, j.at))
                     }

@@ -15,15 +15,25 @@
 //!   lookup, stat or read ever waits on an upload or a commit. Flushes are
 //!   serialised by their own async lock; budget is taken before any lock.
 //! - Bytes not committed yet stay readable through `overlay`.
+//! - Write-back (`stage`, see staging.rs): with a staging area, every block
+//!   is also written to local disk as it fills, and a close makes the
+//!   slices written so far one durable batch (a manifest) without waiting
+//!   for the store; the flusher commits it later as exactly that batch,
+//!   under its token, and removes the manifest before anything else of the
+//!   file commits.
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
+use super::staging::{self, Manifest, StagedBlock, StagedSlice};
 use super::{DataStore, Held, PendingBlocks, PendingSource, COMPACT_AT, PENDING_ID};
 use crate::codec;
 use crate::error::{Error, Kind, Result};
@@ -42,6 +52,37 @@ struct Slot {
     /// The object key, once stored.
     key: Option<String>,
     task: Option<JoinHandle<Result<()>>>,
+    /// Stops the latest upload even while a flush is waiting on it.
+    abort: Option<tokio::task::AbortHandle>,
+    /// Write-back: the block's staged copy, being written or written
+    /// (None inside: it could not be staged).
+    staged: Option<StagedFut>,
+    /// The staged copy, once part of a durable batch: the bytes may leave
+    /// memory and are read (and uploaded) from here.
+    staged_at: Option<PathBuf>,
+}
+
+type StagedFut = Shared<BoxFuture<'static, Option<StagedBlock>>>;
+
+/// Write-back: a commit batch a close or fsync staged: the oldest `count`
+/// slices after the groups before it.
+struct Group {
+    count: usize,
+    manifest: Arc<Mutex<ManifestState>>,
+}
+
+enum ManifestState {
+    Writing,
+    Durable(PathBuf),
+    /// Could not be staged: closes write through until it commits.
+    Failed,
+    /// Committed or dropped while still being written: the writer of the
+    /// manifest removes it.
+    Settled,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A slice not committed yet.
@@ -60,6 +101,8 @@ struct PendingSlice {
     sealed: bool,
     /// A small file's bytes, committed into Redis with the record.
     inline: Option<Bytes>,
+    /// Write-back: the staged copy of `inline`.
+    inline_file: Arc<Mutex<Option<StagedBlock>>>,
 }
 
 /// What a flush commits of one slice, taken under the state lock.
@@ -70,6 +113,7 @@ struct SealedView {
     id: Arc<OnceCell<u64>>,
     blocks: Vec<Arc<Block>>,
     inline: Option<Bytes>,
+    inline_file: Arc<Mutex<Option<StagedBlock>>>,
 }
 
 #[derive(Default)]
@@ -86,6 +130,8 @@ struct State {
     /// Slices (the oldest this many) whose commit was sent but is not
     /// known to be applied: retried as one batch under the same token.
     frozen: Option<usize>,
+    /// Write-back batches covering the oldest slices, in order.
+    groups: VecDeque<Group>,
 }
 
 /// Pending writes of one inode on this node, shared by all its handles.
@@ -94,6 +140,9 @@ pub struct FileWriter {
     ds: Arc<DataStore>,
     state: Mutex<State>,
     flushing: tokio::sync::Mutex<()>,
+    /// Serialises `stage`; a commit takes it briefly, so it never goes out
+    /// while a manifest is being written.
+    staging: tokio::sync::Mutex<()>,
     /// A background flush of this file is queued or running.
     pub background: AtomicBool,
 }
@@ -113,6 +162,7 @@ impl FileWriter {
             ds,
             state: Mutex::new(State::default()),
             flushing: tokio::sync::Mutex::new(()),
+            staging: tokio::sync::Mutex::new(()),
             background: AtomicBool::new(false),
         }
     }
@@ -156,6 +206,7 @@ impl FileWriter {
                     tail_held: self.ds.budget.empty(),
                     sealed: false,
                     inline: None,
+                    inline_file: Arc::new(Mutex::new(None)),
                 });
             }
             let Some(s) = st.slices.last_mut() else {
@@ -194,7 +245,9 @@ impl FileWriter {
         if let Some(at) = st.failing {
             return at.elapsed() >= RETRY_PAUSE;
         }
-        st.slices.len() >= MAX_PENDING_SLICES
+        // Acknowledged to the application already: commit at once.
+        !st.groups.is_empty()
+            || st.slices.len() >= MAX_PENDING_SLICES
             || st.last_write.is_none_or(|t| t.elapsed() >= idle)
             || st.dirty_since.is_none_or(|t| t.elapsed() >= max_age)
     }
@@ -206,12 +259,23 @@ impl FileWriter {
         // are left to that commit or to the session's cleanup.
         let sent = st.frozen.unwrap_or(0).min(st.slices.len());
         self.ds.abandon_uploads(uploaded_ids(&st.slices[sent..]));
+        for g in st.groups.drain(..) {
+            settle_manifest(&self.ds, &g.manifest);
+        }
         for s in st.slices.drain(..) {
+            drop_staged_slice(&self.ds, &s.blocks, &s.inline_file);
             for b in s.blocks {
                 if let Ok(mut slot) = b.slot.lock() {
                     if let Some(t) = slot.task.take() {
                         t.abort();
                     }
+                    if let Some(a) = slot.abort.take() {
+                        a.abort();
+                    }
+                    // A flush still running must not upload it again.
+                    slot.data = None;
+                    slot.held = None;
+                    slot.staged_at = None;
                 }
             }
         }
@@ -249,10 +313,11 @@ impl FileWriter {
                     continue;
                 }
                 let Ok(slot) = b.slot.lock() else { continue };
-                let src = match (&slot.data, &slot.key) {
-                    (Some(d), _) => PendingSource::Mem(d.clone()),
-                    (None, Some(k)) => PendingSource::Key(k.clone()),
-                    (None, None) => continue,
+                let src = match (&slot.data, &slot.staged_at, &slot.key) {
+                    (Some(d), _, _) => PendingSource::Mem(d.clone()),
+                    (None, Some(p), _) => PendingSource::Staged(p.clone()),
+                    (None, None, Some(k)) => PendingSource::Key(k.clone()),
+                    (None, None, None) => continue,
                 };
                 blocks.insert((s.local, b.index), src);
             }
@@ -281,26 +346,22 @@ impl FileWriter {
         // Everything written before this call: the slices present now.
         let mut target = {
             let mut st = self.state();
-            let inline_size = self.ds.inline_size;
-            for s in st.slices.iter_mut().filter(|s| !s.sealed) {
-                s.sealed = true;
-                let small =
-                    s.indx == 0 && s.blocks.is_empty() && s.len > 0 && s.pos + s.len <= inline_size;
-                if small {
-                    s.inline = Some(Bytes::from(std::mem::take(&mut s.tail)));
-                } else if !s.tail.is_empty() {
-                    seal_tail(&self.ds, s);
-                }
-            }
+            seal_all(&self.ds, &mut st);
             st.slices.len()
         };
         while target > 0 {
             // A batch whose commit was sent is retried exactly as it was (same
             // slices, same token) until it is known applied: a bigger batch
             // under its token would be taken for it and the rest lost.
+            // A staged batch goes out as it was staged (its manifest names
+            // its token); a frozen one is always the first group, if any.
             let batch = {
                 let mut st = self.state();
-                let n = st.frozen.unwrap_or(target).min(st.slices.len());
+                let n = st
+                    .frozen
+                    .or_else(|| st.groups.front().map(|g| g.count))
+                    .unwrap_or(target)
+                    .min(st.slices.len());
                 if n == 0 {
                     break;
                 }
@@ -314,6 +375,7 @@ impl FileWriter {
                         id: s.id.clone(),
                         blocks: s.blocks.clone(),
                         inline: s.inline.clone(),
+                        inline_file: s.inline_file.clone(),
                     })
                     .collect::<Vec<_>>()
             };
@@ -324,8 +386,20 @@ impl FileWriter {
                 // lock: the caller takes its own locks).
                 on_commit(attr);
             }
+            if matches!(&r, Err(e) if matches!(e.kind, Kind::Fs(_))) {
+                // Dropped for good: its manifest must not be replayed either.
+                self.remove_manifest(n).await;
+            }
             let mut st = self.state();
             let n = n.min(st.slices.len());
+            if r.is_ok() || matches!(&r, Err(e) if matches!(e.kind, Kind::Fs(_))) {
+                if st.groups.front().is_some_and(|g| g.count == n) {
+                    st.groups.pop_front();
+                }
+                for s in &st.slices[..n] {
+                    drop_staged_slice(&self.ds, &s.blocks, &s.inline_file);
+                }
+            }
             match r {
                 Ok(_) => {
                     // The batch is the oldest slices: later writes were appended.
@@ -366,12 +440,221 @@ impl FileWriter {
         }
     }
 
+    /// Write-back: makes everything written before the call durable on the
+    /// local disk (each block's staged copy, then one manifest per new
+    /// batch) without waiting for the store; the flusher commits it later.
+    /// Ok(false): staging is off, full or failed: the caller commits
+    /// instead (write-through). A data loss reported earlier still sticks.
+    pub async fn stage(&self) -> Result<bool> {
+        let Some(area) = self.ds.staging.clone().filter(|s| s.accepts()) else {
+            return Ok(false);
+        };
+        let _serial = self.staging.lock().await;
+        // Under the state lock: the new batches' composition is fixed here
+        // (a commit already sent is one batch by itself: its token is set).
+        let todo = {
+            let mut st = self.state();
+            seal_all(&self.ds, &mut st);
+            if st
+                .groups
+                .iter()
+                .any(|g| matches!(*lock(&g.manifest), ManifestState::Failed))
+            {
+                return Ok(false);
+            }
+            let grouped: usize = st.groups.iter().map(|g| g.count).sum();
+            let total = st.slices.len();
+            let mut cuts = Vec::new();
+            if grouped < total {
+                let mut from = grouped;
+                if let Some(n) = st.frozen.filter(|n| grouped == 0 && *n < total) {
+                    cuts.push((0, n));
+                    from = n;
+                }
+                cuts.push((from, total));
+            }
+            let mut todo = Vec::new();
+            for (a, b) in cuts {
+                let manifest = Arc::new(Mutex::new(ManifestState::Writing));
+                st.groups.push_back(Group {
+                    count: b - a,
+                    manifest: manifest.clone(),
+                });
+                let views: Vec<SealedView> = st.slices[a..b]
+                    .iter()
+                    .map(|s| SealedView {
+                        indx: s.indx,
+                        pos: s.pos,
+                        len: s.len,
+                        id: s.id.clone(),
+                        blocks: s.blocks.clone(),
+                        inline: s.inline.clone(),
+                        inline_file: s.inline_file.clone(),
+                    })
+                    .collect();
+                todo.push((views, manifest));
+            }
+            todo
+        };
+        let mut ok = true;
+        for (views, manifest) in todo {
+            let written = if ok {
+                self.write_batch(&area, &views).await
+            } else {
+                Err(Error::internal("an earlier batch could not be staged"))
+            };
+            match written {
+                Ok(path) => {
+                    let settled = {
+                        let mut state = lock(&manifest);
+                        if matches!(*state, ManifestState::Settled) {
+                            Some(path)
+                        } else {
+                            *state = ManifestState::Durable(path);
+                            None
+                        }
+                    };
+                    if let Some(path) = settled {
+                        // Committed (or dropped) while being written.
+                        if let Err(e) = area.remove_manifest(path).await {
+                            tracing::warn!(ino = self.ino, error = %e, "cannot remove a write-back manifest");
+                        }
+                        continue;
+                    }
+                    // On disk for good: the bytes may leave memory.
+                    for v in &views {
+                        for b in &v.blocks {
+                            let path = b.slot.lock().ok().and_then(|s| s.staged.clone());
+                            let Some(Some(sb)) = path.and_then(|f| f.peek().cloned()) else {
+                                continue;
+                            };
+                            if let Ok(mut slot) = b.slot.lock() {
+                                slot.staged_at = Some(sb.path);
+                                slot.data = None;
+                                slot.held = None;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(ino = self.ino, error = %e, "cannot stage; writing through");
+                    *lock(&manifest) = ManifestState::Failed;
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return Ok(false);
+        }
+        self.lost()?;
+        Ok(true)
+    }
+
+    /// Stages one batch: waits for its blocks' staged copies, stages
+    /// inline bytes, writes the manifest. Returns the manifest's path.
+    async fn write_batch(
+        &self,
+        area: &Arc<staging::Staging>,
+        views: &[SealedView],
+    ) -> Result<PathBuf> {
+        let mut slices = Vec::with_capacity(views.len());
+        for v in views {
+            let id = slice_id(&self.ds, &v.id).await?;
+            let mut files = Vec::new();
+            let mut staged = Vec::new();
+            if let Some(b) = &v.inline {
+                let have = lock(&v.inline_file).clone();
+                let sb = match have {
+                    Some(sb) => sb,
+                    None => {
+                        let sb = area
+                            .stage_block(b.clone())
+                            .await
+                            .ok_or_else(|| Error::internal("no room to stage"))?;
+                        *lock(&v.inline_file) = Some(sb.clone());
+                        sb
+                    }
+                };
+                staged.push(sb);
+            }
+            for b in &v.blocks {
+                let fut = b.slot.lock().ok().and_then(|s| s.staged.clone());
+                match fut {
+                    Some(f) => match f.await {
+                        Some(sb) => staged.push(sb),
+                        None => return Err(Error::internal("a block could not be staged")),
+                    },
+                    None => return Err(Error::internal("a block was not staged")),
+                }
+            }
+            for sb in staged {
+                let name = sb
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                files.push(name.ok_or_else(|| Error::internal("staged block without a name"))?);
+            }
+            slices.push(StagedSlice {
+                indx: v.indx,
+                pos: v.pos,
+                len: v.len,
+                id,
+                inline: v.inline.is_some(),
+                files,
+            });
+        }
+        let token = slices.first().map(|s| s.id).unwrap_or(0);
+        let m = Manifest {
+            version: 1,
+            ino: self.ino,
+            token,
+            slices,
+        };
+        area.write_manifest(&m).await
+    }
+
+    /// The oldest `n` slices were committed (or dropped): removes their
+    /// batch's manifest, if they were staged as one, durably, or has its
+    /// writer remove it when it is still being written. (A batch sent
+    /// before a close staged it is the first group by then.)
+    async fn remove_manifest(&self, n: usize) {
+        let m = {
+            let st = self.state();
+            match st.groups.front().filter(|g| g.count == n) {
+                Some(g) => g.manifest.clone(),
+                None => return,
+            }
+        };
+        let path = {
+            let mut state = lock(&m);
+            match std::mem::replace(&mut *state, ManifestState::Settled) {
+                ManifestState::Durable(p) => Some(p),
+                ManifestState::Failed => {
+                    *state = ManifestState::Failed;
+                    None
+                }
+                _ => None,
+            }
+        };
+        let (Some(path), Some(area)) = (path, self.ds.staging.clone()) else {
+            return;
+        };
+        // Before anything else of this file commits: a replay of a batch
+        // applied may only ever re-append the very same bytes.
+        let mut wait = Duration::from_millis(50);
+        while let Err(e) = area.remove_manifest(path.clone()).await {
+            tracing::warn!(ino = self.ino, error = %e, "cannot remove a write-back manifest; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
     async fn store_and_commit(&self, batch: &[SealedView]) -> Result<Attr> {
         let ds = &self.ds;
-        // All at once (the upload slots bound the parallelism): blocks whose
-        // upload failed are uploaded again, each retried for the retry
-        // bound, and one after another a flush of N failed blocks took N
-        // times the bound to report EIO.
+        // All at once (the upload slots bound the parallelism; write-back
+        // defers every upload to here): blocks whose upload failed are
+        // uploaded again, each retried for the retry bound, and one after
+        // another a flush of N failed blocks took N times the bound.
         let waits = batch
             .iter()
             .flat_map(|v| v.blocks.iter().map(move |b| wait_stored(ds, &v.id, b)));
@@ -401,6 +684,14 @@ impl FileWriter {
         }
         // Slice ids are unique volume-wide: the first one names this commit.
         let token = records.first().map(|r| r.1.id & !INLINE_ID).unwrap_or(0);
+        if let Some(area) = &ds.staging {
+            // Batches a crashed daemon staged for this file land first.
+            if area.is_recovering(self.ino) {
+                area.wait_recovered(self.ino, ds.retry_for).await?;
+            }
+            // No manifest is half written while a commit goes out.
+            drop(self.staging.lock().await);
+        }
         let done = ds
             .retry("commit", || async {
                 ds.meta
@@ -409,6 +700,7 @@ impl FileWriter {
                     .map_err(Error::from)
             })
             .await?;
+        self.remove_manifest(batch.len()).await;
         for (indx, n) in done.kept {
             if n >= COMPACT_AT {
                 ds.spawn_compaction(self.ino, indx);
@@ -438,24 +730,121 @@ fn uploaded_ids(slices: &[PendingSlice]) -> Vec<u64> {
         .collect()
 }
 
-/// Turns a slice's tail into a block and starts its upload.
+/// Seals every open slice (a flush or stage takes what was written before
+/// it): small files become inline, tails become blocks.
+fn seal_all(ds: &Arc<DataStore>, st: &mut State) {
+    let inline_size = ds.inline_size;
+    for s in st.slices.iter_mut().filter(|s| !s.sealed) {
+        s.sealed = true;
+        let small = s.indx == 0 && s.blocks.is_empty() && s.len > 0 && s.pos + s.len <= inline_size;
+        if small {
+            s.inline = Some(Bytes::from(std::mem::take(&mut s.tail)));
+        } else if !s.tail.is_empty() {
+            seal_tail(ds, s);
+        }
+    }
+}
+
+/// Marks a batch's manifest settled (discard: no durability needed, the
+/// file is gone and a replay finds no inode).
+fn settle_manifest(ds: &Arc<DataStore>, m: &Arc<Mutex<ManifestState>>) {
+    let path = match std::mem::replace(&mut *lock(m), ManifestState::Settled) {
+        ManifestState::Durable(p) => p,
+        _ => return,
+    };
+    if let (Some(area), Ok(h)) = (ds.staging.clone(), tokio::runtime::Handle::try_current()) {
+        h.spawn(async move {
+            if let Err(e) = area.remove_manifest(path).await {
+                tracing::warn!(error = %e, "cannot remove a write-back manifest");
+            }
+        });
+    }
+}
+
+/// Removes a slice's staged copies (it is committed or dropped), each
+/// once it is written if that is still going on.
+fn drop_staged_slice(
+    ds: &Arc<DataStore>,
+    blocks: &[Arc<Block>],
+    inline_file: &Mutex<Option<StagedBlock>>,
+) {
+    let Some(area) = ds.staging.clone() else {
+        return;
+    };
+    if let Some(sb) = lock(inline_file).take() {
+        area.remove_block(sb);
+    }
+    let Ok(h) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for b in blocks {
+        let fut = b.slot.lock().ok().and_then(|mut s| s.staged.take());
+        if let Some(fut) = fut {
+            let area = area.clone();
+            h.spawn(async move {
+                if let Some(sb) = fut.await {
+                    area.remove_block(sb);
+                }
+            });
+        }
+    }
+}
+
+/// Turns a slice's tail into a block and starts its upload (and, with
+/// write-back, its staged copy).
 fn seal_tail(ds: &Arc<DataStore>, s: &mut PendingSlice) {
     let data = Bytes::from(std::mem::take(&mut s.tail));
     let held = std::mem::replace(&mut s.tail_held, ds.budget.empty());
     let block = Arc::new(Block {
         index: s.blocks.len() as u32,
         slot: Mutex::new(Slot {
-            data: Some(data),
+            data: Some(data.clone()),
             held: Some(held),
             key: None,
             task: None,
+            abort: None,
+            staged: None,
+            staged_at: None,
         }),
     });
-    let task = spawn_block_upload(ds, s.id.clone(), block.clone());
-    if let Ok(mut slot) = block.slot.lock() {
-        slot.task = Some(task);
+    match ds.staging.clone().filter(|a| a.accepts()) {
+        // Write-back: the block goes to the local disk now and leaves
+        // memory once there; its upload waits for the commit (a flush),
+        // so a writer's closes never queue behind its own uploads.
+        Some(area) => {
+            let b = block.clone();
+            let task = tokio::spawn(async move {
+                let sb = area.stage_block(data).await;
+                if let (Some(sb), Ok(mut slot)) = (&sb, b.slot.lock()) {
+                    if slot.key.is_none() {
+                        slot.staged_at = Some(sb.path.clone());
+                        slot.data = None;
+                        slot.held = None;
+                    }
+                }
+                sb
+            });
+            let fut = async move { task.await.ok().flatten() }.boxed().shared();
+            if let Ok(mut slot) = block.slot.lock() {
+                slot.staged = Some(fut);
+            }
+        }
+        None => start_upload(ds, &s.id, &block),
     }
     s.blocks.push(block);
+}
+
+/// Starts `b`'s upload unless it is stored or being stored.
+fn start_upload(ds: &Arc<DataStore>, id: &Arc<OnceCell<u64>>, b: &Arc<Block>) {
+    let Ok(mut slot) = b.slot.lock() else {
+        return;
+    };
+    if slot.key.is_some() || slot.task.is_some() {
+        return;
+    }
+    let task = spawn_block_upload(ds, id.clone(), b.clone());
+    slot.abort = Some(task.abort_handle());
+    slot.task = Some(task);
 }
 
 /// Waits until `b` is stored: joins its upload, and uploads it again when
@@ -471,7 +860,11 @@ async fn wait_stored(ds: &Arc<DataStore>, id: &Arc<OnceCell<u64>>, b: &Arc<Block
             }
             match slot.task.take() {
                 Some(t) => (t, false),
-                None => (spawn_block_upload(ds, id.clone(), b.clone()), true),
+                None => {
+                    let t = spawn_block_upload(ds, id.clone(), b.clone());
+                    slot.abort = Some(t.abort_handle());
+                    (t, true)
+                }
             }
         };
         match task.await.map_err(Error::from).and_then(|r| r) {
@@ -491,13 +884,15 @@ fn spawn_block_upload(
 ) -> JoinHandle<Result<()>> {
     let ds = ds.clone();
     tokio::spawn(async move {
-        let data = match block.slot.lock() {
+        let (data, staged_at) = match block.slot.lock() {
             Ok(slot) if slot.key.is_some() => return Ok(()),
-            Ok(slot) => slot.data.clone(),
-            Err(_) => None,
+            Ok(slot) => (slot.data.clone(), slot.staged_at.clone()),
+            Err(_) => (None, None),
         };
-        let Some(data) = data else {
-            return Err(Error::internal("block has neither bytes nor an object"));
+        let data = match (data, staged_at) {
+            (Some(d), _) => d,
+            (None, Some(p)) => staging::load_block(p).await?,
+            (None, None) => return Err(Error::internal("block has neither bytes nor an object")),
         };
         let id = slice_id(&ds, &id).await?;
         let key = store_block(&ds, id, block.index, data).await?;
