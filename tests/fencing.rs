@@ -247,3 +247,89 @@ fn a_blocking_lock_wait_is_interrupted_and_leaves_no_lock() {
     a.unmount();
     b.unmount();
 }
+
+/// Uploads of a node whose session expired and was cleaned were handed to
+/// the deleter; committing them after the node re-registered would make a
+/// file point at objects about to be deleted. The commit is refused: fsync
+/// says EIO, and the file another node sees never points at missing data.
+#[test]
+fn uploads_of_a_cleaned_session_are_never_committed() {
+    // No trash: B's deleter frees what A's cleanup handed it at once.
+    let v = Volume::with_args(Storage::File, &["--trash-days", "0"]);
+    let proxy = Proxy::start(v.redis.port);
+    let url = format!("redis://127.0.0.1:{}/1", proxy.port);
+    let a = v.mount_via(
+        &[],
+        &url,
+        &["--heartbeat", "1", "--meta-timeout", "2", "--io-retry", "2"],
+    );
+    let b = v.mount_with(&["--heartbeat", "1", "--delete-delay", "0"]);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(a.p("seg"))
+        .unwrap();
+    let body = pattern(12 << 20, 9);
+    std::os::unix::fs::FileExt::write_all_at(&f, &body, 0).unwrap();
+    // Full blocks are uploaded (and journaled) as they fill. Asked over a
+    // connection of the test's own: spawning redis-cli would fork this
+    // process, and the child's close-on-exec of the open file is a close
+    // (FUSE flush) that commits the uploads.
+    let mut redis = redis::Client::open(v.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut journal = || -> String {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("{testvol}uploads*")
+            .query(&mut redis)
+            .unwrap_or_default();
+        keys.join(" ")
+    };
+    wait_for("uploads journaled", Duration::from_secs(20), || {
+        !journal().trim().is_empty()
+    });
+    proxy.down();
+    wait_for("A's session cleaned", Duration::from_secs(40), || {
+        journal().trim().is_empty()
+    });
+    proxy.up();
+    wait_for("A to start a new session", Duration::from_secs(30), || {
+        a.log_text().contains("started a new session")
+    });
+    // SAFETY: fsync on an fd the File owns.
+    let synced = unsafe { libc::fsync(f.as_raw_fd()) };
+    assert_eq!(synced, -1, "fsync committed uploads of a cleaned session");
+    drop(f);
+    // Once the deleter is through, whatever B sees reads without error
+    // (no slice names a deleted object).
+    let deleted = common::poll_until(Duration::from_secs(30), || {
+        v.redis
+            .cli(&["-n", "1", "ZCARD", "{testvol}delslices"])
+            .trim()
+            == "0"
+    });
+    assert!(
+        deleted,
+        "deleter not through: {} / B log: {}",
+        v.redis.cli(&[
+            "-n",
+            "1",
+            "ZRANGE",
+            "{testvol}delslices",
+            "0",
+            "-1",
+            "WITHSCORES"
+        ]),
+        b.log_text()
+    );
+    let back = fs::read(b.p("seg")).expect("reading the file on B");
+    assert!(
+        back.len() == 0 || back == body,
+        "B sees {} bytes",
+        back.len()
+    );
+    a.unmount();
+    b.unmount();
+}

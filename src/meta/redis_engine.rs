@@ -212,7 +212,11 @@ fn deadline_passed(timeout: Duration) -> redis::RedisError {
 
 /// Worth another attempt: the request may not have reached a working Redis.
 fn retryable(e: &redis::RedisError) -> bool {
-    e.is_io_error()
+    // A reconnect to a Redis still loading its data fails in SELECT, as a
+    // plain response error whose detail says LOADING.
+    let loading = e.detail().is_some_and(|d| d.contains("LOADING"));
+    loading
+        || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
@@ -222,8 +226,26 @@ fn retryable(e: &redis::RedisError) -> bool {
         )
 }
 
+/// Server answers that mean "not now" (loading its data after a restart,
+/// failing over, busy with a script). They arrive as values, not errors:
+/// the caller's conversion would turn them into EIO without a retry.
+fn busy_answer(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => matches!(
+            e.code(),
+            "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
+        ),
+        Value::Array(items) => items.iter().any(busy_answer),
+        _ => false,
+    }
+}
+
 impl TimedConn {
-    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> redis::RedisResult<T>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        busy: impl Fn(&T) -> bool,
+        mut attempt: F,
+    ) -> redis::RedisResult<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -236,22 +258,28 @@ impl TimedConn {
             let r = tokio::time::timeout(t, attempt(self.inner.clone()))
                 .await
                 .unwrap_or_else(|_| Err(deadline_passed(t)));
-            match r {
-                Err(e) if retryable(&e) && start.elapsed() + backoff < self.retry_for => {
-                    crate::metrics::META_RETRIES.add(1);
-                    tracing::debug!(error = %e, "Redis request failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                r => return r,
+            let again = match &r {
+                Err(e) => retryable(e),
+                Ok(v) => busy(v),
+            };
+            if !again || start.elapsed() + backoff >= self.retry_for {
+                return r;
             }
+            crate::metrics::META_RETRIES.add(1);
+            if let Err(e) = &r {
+                tracing::debug!(error = %e, "Redis request failed; retrying");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
 
 impl redis::aio::ConnectionLike for TimedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        Box::pin(self.with_retries(move |mut c| async move { c.send_packed_command(cmd).await }))
+        Box::pin(self.with_retries(busy_answer, move |mut c| async move {
+            c.send_packed_command(cmd).await
+        }))
     }
 
     fn req_packed_commands<'a>(
@@ -260,9 +288,10 @@ impl redis::aio::ConnectionLike for TimedConn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        Box::pin(self.with_retries(move |mut c| async move {
-            c.send_packed_commands(cmd, offset, count).await
-        }))
+        Box::pin(self.with_retries(
+            |v: &Vec<Value>| v.iter().any(busy_answer),
+            move |mut c| async move { c.send_packed_commands(cmd, offset, count).await },
+        ))
     }
 
     fn get_db(&self) -> i64 {
@@ -289,7 +318,8 @@ fn redis_err(e: redis::RedisError) -> MetaError {
         || code == "NOPERM"
         || e.kind() == redis::ErrorKind::AuthenticationFailed;
     let transient = !denied
-        && (e.is_io_error()
+        && (retryable(&e)
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_refusal()
             || e.is_connection_dropped()

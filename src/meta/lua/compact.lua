@@ -9,7 +9,10 @@ local n = #old / 24
 local recs = redis.call("LRANGE", ck, 0, n - 1)
 -- Either referenced or handed to the deleter below: out of the journal.
 local _, newid = struct.unpack(SLICE, new)
-redis.call("ZREM", uploads_key(SID), string.format("%d", newid))
+-- Not in this session's journal: a cleanup of an expired session of this
+-- node has handed its objects to the deleter already.
+local journaled = SID == "0" or redis.call("ZREM", uploads_key(SID), string.format("%d", newid)) == 1
+if not journaled then return {EAGAIN} end
 if not get_attr(ino) or #recs ~= n or table.concat(recs) ~= old then
   redis.call("ZADD", P .. "delslices", NOW, new)
   return {EAGAIN}

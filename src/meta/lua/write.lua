@@ -24,6 +24,22 @@ while i + 3 <= #ARGV do
   i = i + 4
 end
 if newlen > a.length and not check_space(space(newlen) - space(a.length), cap) then return {ENOSPC} end
+-- An object slice must still be in the caller's pending-upload journal: if
+-- this node's session expired and was cleaned (it was cut off longer than
+-- the expiry), its uploads went to the deleter and committing them would
+-- reference objects about to be deleted. Refused (EIO, and the writer
+-- reports it) rather than revived.
+if SID ~= "0" then
+  local j = first
+  while j + 3 <= #ARGV do
+    local _, id = struct.unpack(SLICE, ARGV[j + 1])
+    if ARGV[j + 3] == "" and id ~= 0
+      and not redis.call("ZSCORE", uploads_key(SID), string.format("%d", id)) then
+      return {5}
+    end
+    j = j + 4
+  end
+end
 i = first
 local touched, order = {}, {}
 while i + 3 <= #ARGV do
