@@ -326,7 +326,7 @@ fn uploads_of_a_cleaned_session_are_never_committed() {
     );
     let back = fs::read(b.p("seg")).expect("reading the file on B");
     assert!(
-        back.len() == 0 || back == body,
+        back.is_empty() || back == body,
         "B sees {} bytes",
         back.len()
     );
