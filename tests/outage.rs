@@ -22,9 +22,11 @@ use common::{pattern, within, Backend, Mount, Redis, Volume, S3};
 /// The bounds the mount is given (seconds).
 const META_TIMEOUT: u64 = 10;
 const IO_RETRY: u64 = 10;
-/// The longest any single operation may take: a commit attempt is cut at
-/// the retry deadline but gets at least 5 s, plus scheduling slack.
-const OP_BOUND: Duration = Duration::from_secs(IO_RETRY + 5 + 3);
+/// The longest any single system call may take: metadata calls give up
+/// after META_TIMEOUT; a close or fsync may first wait for a flush the
+/// background flusher has under way (one retry window), then make its own
+/// (another, whose last attempt gets at least 5 s), plus scheduling slack.
+const OP_BOUND: Duration = Duration::from_secs(2 * IO_RETRY + 5 + 3);
 
 /// `ballast` keys in another database make Redis take a while to load its
 /// data when it restarts (it answers LOADING meanwhile).

@@ -211,13 +211,28 @@ impl DataStore {
     /// attempt is cut off at the deadline (but gets at least
     /// `MIN_ATTEMPT`), so the whole takes at most `retry_for` + `MIN_ATTEMPT`
     /// even when each attempt retries inside (Redis requests do).
-    pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    pub async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.retry_until(tokio::time::Instant::now() + self.retry_for, what, op)
+            .await
+    }
+
+    /// `retry` with a deadline shared by several steps (a flush's slice ids
+    /// and commit), so their waits do not add up.
+    pub async fn retry_until<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        what: &str,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         const MIN_ATTEMPT: Duration = Duration::from_secs(5);
-        let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut wait = Duration::from_millis(50);
         loop {
             let limit = deadline

@@ -651,6 +651,9 @@ impl FileWriter {
 
     async fn store_and_commit(&self, batch: &[SealedView]) -> Result<Attr> {
         let ds = &self.ds;
+        // Ids and commit share one retry window: a flush answers within
+        // about --io-retry, not a multiple of it.
+        let deadline = tokio::time::Instant::now() + ds.retry_for;
         // All at once (the upload slots bound the parallelism; write-back
         // defers every upload to here): blocks whose upload failed are
         // uploaded again, each retried for the retry bound, and one after
@@ -667,7 +670,7 @@ impl FileWriter {
         }
         let mut records = Vec::with_capacity(batch.len());
         for v in batch {
-            let id = slice_id(ds, &v.id).await?;
+            let id = slice_id_by(ds, &v.id, deadline).await?;
             let id = if v.inline.is_some() {
                 id | INLINE_ID
             } else {
@@ -693,7 +696,7 @@ impl FileWriter {
             drop(self.staging.lock().await);
         }
         let done = ds
-            .retry("commit", || async {
+            .retry_until(deadline, "commit", || async {
                 ds.meta
                     .write_slices(self.ino, &records, ds.capacity, token)
                     .await
@@ -711,6 +714,21 @@ impl FileWriter {
         ds.forget_cached(&done.dropped).await;
         Ok(done.attr)
     }
+}
+
+/// `slice_id` within a deadline shared with the commit that needs it.
+async fn slice_id_by(
+    ds: &Arc<DataStore>,
+    cell: &OnceCell<u64>,
+    deadline: tokio::time::Instant,
+) -> Result<u64> {
+    cell.get_or_try_init(|| {
+        ds.retry_until(deadline, "slice id", || async {
+            Ok(ds.meta.new_slice_id().await?)
+        })
+    })
+    .await
+    .copied()
 }
 
 /// The slice's volume-wide id, taken from Redis once.
