@@ -19,7 +19,7 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::{abort_mount, pattern, within, Backend, Mount, Redis, Storage, Volume, S3};
+use common::{
+    abort_mount, close, fsync, pattern, within, Backend, Mount, Redis, Storage, Volume, S3,
+};
 
 /// The mount option that bounds how long a failed upload or commit is
 /// retried before fsync reports the error (seconds), under the names it may
@@ -48,23 +50,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-/// close(2) with its result: dropping a `File` throws close errors away.
-fn close(f: File) -> std::io::Result<()> {
-    // SAFETY: the fd was just taken out of the File, so it is closed once.
-    match unsafe { libc::close(f.into_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
-fn fsync(f: &File) -> std::io::Result<()> {
-    // SAFETY: fsync on an fd the File owns.
-    match unsafe { libc::fsync(f.as_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
 }
 
 /// Aborts the mount from a watchdog without borrowing it.
@@ -625,15 +610,9 @@ fn failed_commit_keeps_data() {
 /// A volume on moto whose every request goes through a fault proxy.
 fn s3_behind_proxy() -> (Volume, Proxy) {
     let s3 = S3::start();
-    s3.bucket("vecfs-test");
     let proxy = Proxy::start(s3.port);
-    let bucket = format!("http://127.0.0.1:{}/vecfs-test", proxy.port);
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
-    ];
-    let v = Volume::format(Redis::start(), Backend::S3(s3), "s3", &bucket, env, &[]);
-    (v, proxy)
+    let port = proxy.port;
+    (common::s3_volume(Redis::start(), s3, port, &[]), proxy)
 }
 
 /// The upload fails: the object store (moto behind a fault proxy) drops

@@ -12,13 +12,12 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::httpfault::{Fault, HttpFault, Rule};
-use common::{abort_mount, pattern, wait_for, within, Backend, Mount, Redis, Volume, S3};
+use common::{abort_mount, close, fsync, pattern, wait_for, within, Mount, Redis, Volume, S3};
 
 /// Object keys of data blocks (not the format probe).
 const CHUNKS: &str = "/chunks/";
@@ -37,15 +36,9 @@ const REPORT_SLACK: Duration = Duration::from_secs(16);
 /// A volume on moto whose every store request goes through the fault proxy.
 fn s3_behind_faults(extra: &[&str]) -> (Volume, HttpFault) {
     let s3 = S3::start();
-    s3.bucket("vecfs-test");
     let px = HttpFault::start(s3.port);
-    let bucket = format!("http://127.0.0.1:{}/vecfs-test", px.port);
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
-    ];
-    let v = Volume::format(Redis::start(), Backend::S3(s3), "s3", &bucket, env, extra);
-    (v, px)
+    let port = px.port;
+    (common::s3_volume(Redis::start(), s3, port, extra), px)
 }
 
 /// Float vectors with few distinct values: compressible, so stored lz4.
@@ -64,22 +57,6 @@ fn sample_files() -> Vec<(String, Vec<u8>)> {
         ("seg-vectors".into(), vectors(3 << 20, 8)),
         ("small".into(), pattern(300 << 10, 9)),
     ]
-}
-
-fn close(f: File) -> std::io::Result<()> {
-    // SAFETY: the fd was just taken out of the File, so it is closed once.
-    match unsafe { libc::close(f.into_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
-fn fsync(f: &File) -> std::io::Result<()> {
-    // SAFETY: fsync on an fd the File owns.
-    match unsafe { libc::fsync(f.as_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
 }
 
 fn aborter(m: &Mount) -> impl FnOnce() {

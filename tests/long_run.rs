@@ -18,7 +18,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::httpfault::{Fault, HttpFault, Rule};
-use common::{abort_mount, within, Backend, Mount, Redis, Rng, Volume, S3};
+use common::{abort_mount, close, within, Mount, Redis, Rng, S3};
 
 const MEM_CACHE_MIB: u64 = 64;
 const BUFFER_MIB: u64 = 64;
@@ -60,14 +59,6 @@ fn meta_timeout_args() -> Vec<String> {
     } else {
         println!("note: `vecfs mount` has no --meta-timeout; metadata calls are not retried");
         Vec::new()
-    }
-}
-
-fn close(f: File) -> std::io::Result<()> {
-    // SAFETY: the fd was just taken out of the File, so it is closed once.
-    match unsafe { libc::close(f.into_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -509,19 +500,12 @@ fn long_mixed_run_with_a_redis_restart_and_store_faults() {
     println!("long run: {secs} s, seed {seed} (VECFS_LONG_SEED), {per_mount} workers per mount");
 
     let s3 = S3::start();
-    s3.bucket("vecfs-test");
     let px = Arc::new(HttpFault::start_seeded(s3.port, seed));
-    let bucket = format!("http://127.0.0.1:{}/vecfs-test", px.port);
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
-    ];
-    let v = Arc::new(Volume::format(
+    let port = px.port;
+    let v = Arc::new(common::s3_volume(
         Redis::start_aof(),
-        Backend::S3(s3),
-        "s3",
-        &bucket,
-        env,
+        s3,
+        port,
         &["--block-size", "1M"],
     ));
     let mut args: Vec<String> = vec![

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{pattern, within, Backend, Mount, Redis, Volume, S3};
+use common::{close, pattern, within, Mount, Redis, Volume, S3};
 
 /// The bounds the mount is given (seconds).
 const META_TIMEOUT: u64 = 10;
@@ -49,12 +49,8 @@ fn s3_volume_with_aof_redis(ballast: u64) -> Volume {
         });
     }
     let s3 = S3::start();
-    let bucket = s3.bucket("vecfs-test");
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
-    ];
-    Volume::format(redis, Backend::S3(s3), "s3", &bucket, env, &[])
+    let port = s3.port;
+    common::s3_volume(redis, s3, port, &[])
 }
 
 #[derive(Default)]
@@ -85,16 +81,6 @@ impl Record {
                 None
             }
         }
-    }
-}
-
-/// close(2) with its result (dropping a File ignores it).
-fn close(f: fs::File) -> std::io::Result<()> {
-    use std::os::fd::IntoRawFd;
-    // SAFETY: the fd was just taken out of the File, so it is closed once.
-    match unsafe { libc::close(f.into_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -303,14 +289,9 @@ fn a_60s_redis_outage_fails_operations_within_the_bound() {
 fn a_writer_waiting_for_buffers_on_a_dead_store_is_killable_and_bounded() {
     use common::proxy::Proxy;
     let s3 = S3::start();
-    s3.bucket("vecfs-test");
     let proxy = Proxy::start(s3.port);
-    let bucket = format!("http://127.0.0.1:{}/vecfs-test", proxy.port);
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
-    ];
-    let v = Volume::format(Redis::start(), Backend::S3(s3), "s3", &bucket, env, &[]);
+    let port = proxy.port;
+    let v = common::s3_volume(Redis::start(), s3, port, &[]);
     let m = v.mount_with(&["--buffer-size", "8", "--io-retry", "6"]);
     proxy.down();
     let dd = |name: &str| {

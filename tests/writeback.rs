@@ -13,39 +13,23 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::{pattern, wait_for, within, Backend, Mount, Redis, Volume, S3};
+use common::{close, pattern, wait_for, within, Backend, Mount, Redis, Volume, S3};
 
 /// How long a failed upload is retried before a write-through close
 /// reports EIO: a write-back close must return well before.
 const IO_RETRY: &str = "3";
 
-/// close(2) with its result: dropping a `File` throws close errors away.
-fn close(f: File) -> std::io::Result<()> {
-    // SAFETY: the fd was just taken out of the File, so it is closed once.
-    match unsafe { libc::close(f.into_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
 /// A volume on moto whose every request goes through a fault proxy.
 fn s3_behind_proxy() -> (Volume, Proxy) {
     let s3 = S3::start();
-    s3.bucket("vecfs-test");
     let proxy = Proxy::start(s3.port);
-    let bucket = format!("http://127.0.0.1:{}/vecfs-test", proxy.port);
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
-    ];
-    let v = Volume::format(Redis::start(), Backend::S3(s3), "s3", &bucket, env, &[]);
-    (v, proxy)
+    let port = proxy.port;
+    (common::s3_volume(Redis::start(), s3, port, &[]), proxy)
 }
 
 fn writeback_mount(v: &Volume, cache: &Path) -> Mount {

@@ -20,6 +20,38 @@ pub fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
+/// close(2) with its result: dropping a `File` throws close errors away.
+pub fn close(f: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the fd was just taken out of the File, so it is closed once.
+    match unsafe { libc::close(f.into_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// fsync(2) of an open file.
+pub fn fsync(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsync on an fd the File owns.
+    match unsafe { libc::fsync(f.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// A volume on moto's bucket `vecfs-test` whose store requests go to
+/// loopback `port` (moto's own, or a fault proxy's in front of it).
+pub fn s3_volume(redis: Redis, s3: S3, port: u16, extra: &[&str]) -> Volume {
+    s3.bucket("vecfs-test");
+    let bucket = format!("http://127.0.0.1:{port}/vecfs-test");
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
+    ];
+    Volume::format(redis, Backend::S3(s3), "s3", &bucket, env, extra)
+}
+
 /// Polls `cond` until it holds or `timeout` passes.
 pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
     assert!(poll_until(timeout, cond), "timed out waiting for {what}");
