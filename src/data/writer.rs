@@ -105,6 +105,21 @@ struct PendingSlice {
     inline_file: Arc<Mutex<Option<StagedBlock>>>,
 }
 
+impl PendingSlice {
+    /// What a flush or a stage needs of a sealed slice.
+    fn view(&self) -> SealedView {
+        SealedView {
+            indx: self.indx,
+            pos: self.pos,
+            len: self.len,
+            id: self.id.clone(),
+            blocks: self.blocks.clone(),
+            inline: self.inline.clone(),
+            inline_file: self.inline_file.clone(),
+        }
+    }
+}
+
 /// What a flush commits of one slice, taken under the state lock.
 struct SealedView {
     indx: u64,
@@ -368,15 +383,7 @@ impl FileWriter {
                 st.frozen = Some(n);
                 st.slices[..n]
                     .iter()
-                    .map(|s| SealedView {
-                        indx: s.indx,
-                        pos: s.pos,
-                        len: s.len,
-                        id: s.id.clone(),
-                        blocks: s.blocks.clone(),
-                        inline: s.inline.clone(),
-                        inline_file: s.inline_file.clone(),
-                    })
+                    .map(PendingSlice::view)
                     .collect::<Vec<_>>()
             };
             let n = batch.len();
@@ -480,18 +487,8 @@ impl FileWriter {
                     count: b - a,
                     manifest: manifest.clone(),
                 });
-                let views: Vec<SealedView> = st.slices[a..b]
-                    .iter()
-                    .map(|s| SealedView {
-                        indx: s.indx,
-                        pos: s.pos,
-                        len: s.len,
-                        id: s.id.clone(),
-                        blocks: s.blocks.clone(),
-                        inline: s.inline.clone(),
-                        inline_file: s.inline_file.clone(),
-                    })
-                    .collect();
+                let views: Vec<SealedView> =
+                    st.slices[a..b].iter().map(PendingSlice::view).collect();
                 todo.push((views, manifest));
             }
             todo
