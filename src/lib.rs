@@ -18,6 +18,7 @@ pub mod meta;
 pub mod metacache;
 pub mod metrics;
 pub mod object;
+pub mod prefetch;
 pub mod session;
 pub mod util;
 pub mod vfs;
