@@ -94,7 +94,28 @@ pub static DELETE_FAILURES: Counter = Counter::new(
     "deletion entries given back after a failure (retried later)",
 );
 
-static ALL: [&Counter; 19] = [
+pub static WARM_FILES: Counter = Counter::new(
+    "vecfs_warm_files_total",
+    "files other nodes committed that this node warmed into its cache (--warm-on-commit)",
+);
+pub static WARM_BYTES: Counter = Counter::new(
+    "vecfs_warm_bytes_total",
+    "bytes of blocks loaded into the cache by warm-on-commit",
+);
+pub static WARM_SKIPPED: Counter = Counter::new(
+    "vecfs_warm_skipped_total",
+    "warm-ups dropped (file changed or gone meanwhile, too large, fetch failed, queue full)",
+);
+pub static PAGE_CACHE_PUSHED_BYTES: Counter = Counter::new(
+    "vecfs_page_cache_pushed_bytes_total",
+    "bytes of warmed files read into the kernel page cache (--warm-page-cache)",
+);
+pub static PAGE_CACHE_DROPPED_BYTES: Counter = Counter::new(
+    "vecfs_page_cache_dropped_bytes_total",
+    "bytes of pushed files dropped from the page cache to stay within --warm-page-cache",
+);
+
+static ALL: [&Counter; 24] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -114,6 +135,11 @@ static ALL: [&Counter; 19] = [
     &DELETED_FILES,
     &DELETED_SLICES,
     &DELETE_FAILURES,
+    &WARM_FILES,
+    &WARM_BYTES,
+    &WARM_SKIPPED,
+    &PAGE_CACHE_PUSHED_BYTES,
+    &PAGE_CACHE_DROPPED_BYTES,
 ];
 
 /// All counters in the Prometheus text format.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::meta::{now, Event, Meta, MetaError, SessionInfo};
+use crate::prefetch::warm::Warmer;
 use crate::vfs::Vfs;
 
 pub fn session_info(mountpoint: &str, read_only: bool) -> SessionInfo {
@@ -204,7 +205,7 @@ pub fn spawn_session_cleaner(meta: Arc<Meta>, every: Duration) -> tokio::task::J
 /// Follows the volume's change channel and drops kernel caches for what
 /// other nodes changed. A lost connection is retried; meanwhile the
 /// attribute and entry TTLs bound how long anything can be stale.
-pub async fn run_event_listener(vfs: Arc<Vfs>) {
+pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
     use futures::StreamExt;
     loop {
         match vfs.meta.subscribe().await {
@@ -218,7 +219,12 @@ pub async fn run_event_listener(vfs: Arc<Vfs>) {
                     };
                     tracing::trace!(?ev, "change event");
                     if ev.sid() != vfs.sid() || vfs.sid() == 0 {
-                        vfs.on_remote_change(ev).await;
+                        // Kernel caches first: a warm-up must not read
+                        // through entries the change made stale.
+                        vfs.on_remote_change(ev.clone()).await;
+                        if let Some(w) = &warmer {
+                            w.on_event(&ev);
+                        }
                     }
                 }
                 tracing::warn!("change channel closed; resubscribing");

@@ -438,7 +438,7 @@ impl Vfs {
     }
 
     /// Volume inode -> kernel inode.
-    fn shown(&self, ino: u64) -> u64 {
+    pub fn shown(&self, ino: u64) -> u64 {
         if ino == self.cfg.root {
             ROOT_INO
         } else {
@@ -462,7 +462,8 @@ impl Vfs {
         let _ = self.invalidator.set(inv);
     }
 
-    async fn invalidate_inode(&self, real: u64) {
+    /// Drops the kernel's attributes and page cache of `real`.
+    pub async fn invalidate_inode(&self, real: u64) {
         if let Some(inv) = self.invalidator.get().cloned() {
             let ino = self.shown(real);
             let _ = tokio::task::spawn_blocking(move || inv.inval_inode(ino)).await;

@@ -10,39 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pattern, wait_for, Storage, Volume};
+use common::{pattern, resident_pages, wait_for, Storage, Volume};
 
 const SOON: Duration = Duration::from_secs(5);
-
-/// Pages of `path` resident in the page cache, without faulting any in.
-fn resident_pages(path: &Path) -> usize {
-    use std::os::fd::AsRawFd;
-    let f = File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: a read-only shared mapping of an open file, unmapped below.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(addr, libc::MAP_FAILED);
-    let pages = len.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: addr/len is the mapping made above; vec has one byte per page.
-    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
-    // SAFETY: unmapping what was mapped.
-    unsafe { libc::munmap(addr, len) };
-    assert_eq!(rc, 0);
-    vec.iter().filter(|b| **b & 1 == 1).count()
-}
 
 #[test]
 fn close_to_open_and_directory_changes_cross_nodes() {

@@ -19,6 +19,7 @@ use vecfs::data::DataStore;
 use vecfs::fuse::FuseFs;
 use vecfs::meta::{FileKind, Meta, ROOT_INO};
 use vecfs::object::{build_store, BlockStore, Credentials};
+use vecfs::prefetch::warm::{WarmConfig, Warmer};
 use vecfs::session;
 use vecfs::util::{mounted_fstype, parse_size};
 use vecfs::vfs::{Vfs, VfsConfig};
@@ -84,6 +85,19 @@ pub struct MountArgs {
     /// Do not subscribe to other nodes' change events (rely on the TTLs alone).
     #[arg(long)]
     no_events: bool,
+    /// Warm files other nodes commit into this node's cache at once, before
+    /// anything opens them: comma-separated file-name patterns, e.g.
+    /// '*.rv,*.uid,bloom_filter' ('*' for every file). Needs change events.
+    #[arg(long, value_name = "GLOB[,GLOB...]")]
+    warm_on_commit: Option<String>,
+    /// Blocks fetched at once by warm-on-commit, node-wide.
+    #[arg(long, default_value_t = 16)]
+    warm_concurrency: usize,
+    /// MiB of warmed files also read into the kernel page cache, so the
+    /// first read() never reaches the daemon; the oldest pushed files are
+    /// dropped beyond it (0: no push).
+    #[arg(long, default_value = "1024")]
+    warm_page_cache: String,
     /// Seconds this node answers lookups and stats from its own metadata
     /// cache, which change events keep coherent (off with --no-events; 0: off).
     #[arg(long, default_value_t = 10.0)]
@@ -169,7 +183,7 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
     crate::cli::init_logging(verbose, log.as_deref())?;
     let rt = crate::cli::runtime()?;
     let prepared = rt.block_on(prepare(&a, &mp));
-    let (vfs, bg) = match prepared {
+    let (vfs, bg, warm) = match prepared {
         Ok(v) => v,
         Err(e) => {
             if a.log.is_some() {
@@ -178,7 +192,7 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    serve(&rt, vfs.clone(), &a, &mp)?;
+    serve(&rt, vfs.clone(), &a, &mp, warm)?;
     rt.block_on(async {
         for h in bg {
             h.abort();
@@ -213,7 +227,10 @@ async fn resolve_subdir(meta: &Meta, subdir: &str) -> anyhow::Result<u64> {
 
 type Background = Vec<tokio::task::JoinHandle<()>>;
 
-async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Background)> {
+async fn prepare(
+    a: &MountArgs,
+    mp: &Path,
+) -> anyhow::Result<(Arc<Vfs>, Background, Option<WarmConfig>)> {
     let u = crate::cli::meta_url_arg(&a.meta_url)?;
     let (meta, fmt) = crate::cli::open_volume(&u, a.name.as_deref()).await?;
     let creds = Credentials {
@@ -278,6 +295,24 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
             )
         }
     };
+    let warm_patterns = match &a.warm_on_commit {
+        Some(_) if a.no_events => {
+            bail!("--warm-on-commit learns of commits from change events: drop --no-events")
+        }
+        Some(spec) => Some(
+            vecfs::prefetch::warm::parse_patterns(spec)
+                .map_err(|e| anyhow::anyhow!("--warm-on-commit: {e}"))?,
+        ),
+        None => None,
+    };
+    let warm_page_cache = mib(&a.warm_page_cache, "warm-page-cache")?;
+    if a.warm_concurrency == 0 {
+        bail!("--warm-concurrency must be at least 1 (e.g. 16)");
+    }
+    let cache_bytes = match &a.cache_dir {
+        Some(d) if d.as_os_str() == "memory" => mib(&a.mem_cache_size, "mem-cache-size")?,
+        _ => mib(&a.cache_size, "cache-size")?,
+    };
     let cache = Arc::new(BlockCache::new(
         mib(&a.mem_cache_size, "mem-cache-size")?,
         disk,
@@ -335,6 +370,13 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
     meta.set_meta_timeout(Duration::from_secs_f64(a.meta_timeout));
     let trash = fmt.trash_days;
     let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
+    let warm = warm_patterns.map(|patterns| WarmConfig {
+        patterns,
+        concurrency: a.warm_concurrency,
+        page_cache_bytes: warm_page_cache,
+        max_file_bytes: cache_bytes / 2,
+        mountpoint: mp.to_path_buf(),
+    });
     let mut bg = Vec::new();
     if !(0.0..1.0).contains(&a.free_space_ratio) {
         bail!("--free-space-ratio must be between 0 and 1 (e.g. 0.1)");
@@ -384,7 +426,7 @@ async fn prepare(a: &MountArgs, mp: &Path) -> anyhow::Result<(Arc<Vfs>, Backgrou
         };
         bg.push(vecfs::deleter::Deleter::new(data, grace).spawn());
     }
-    Ok((vfs, bg))
+    Ok((vfs, bg, warm))
 }
 
 fn serve(
@@ -392,6 +434,7 @@ fn serve(
     vfs: Arc<Vfs>,
     a: &MountArgs,
     mp: &Path,
+    warm: Option<WarmConfig>,
 ) -> anyhow::Result<()> {
     use fuser::{Config, MountOption, SessionACL};
     let mut cfg = Config::default();
@@ -437,7 +480,12 @@ fn serve(
     vfs.set_invalidator(Arc::new(vecfs::fuse::KernelNotifier(session.notifier())));
     set_kernel_readahead(mp, a.readahead_kb);
     if !a.no_events {
-        rt.spawn(session::run_event_listener(vfs.clone()));
+        // The warmer reads through the mount: started once it exists.
+        let warmer = warm.map(|w| {
+            let _rt = rt.enter();
+            Warmer::start(vfs.clone(), w)
+        });
+        rt.spawn(session::run_event_listener(vfs.clone(), warmer));
     }
     let mut unmounter = session.unmount_callable();
     tracing::info!(mountpoint = %mp.display(), volume = %name, "mounted");
@@ -530,6 +578,9 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("meta-timeout", Some(a.meta_timeout.to_string()));
     opt("meta-cache", Some(a.meta_cache.to_string()));
     opt("metrics", Some(a.metrics.clone()));
+    opt("warm-on-commit", a.warm_on_commit.clone());
+    opt("warm-concurrency", Some(a.warm_concurrency.to_string()));
+    opt("warm-page-cache", Some(a.warm_page_cache.clone()));
     opt("log", Some(log.to_string_lossy().into_owned()));
     opt("name", a.name.clone());
     for o in &a.options {

@@ -525,9 +525,8 @@ impl DataStore {
         found.ok_or_else(|| Error::corrupt(format!("block {key} has no frame table")))
     }
 
-    /// Starts fetching the blocks that cover chunk range [off, off+len) into
-    /// the cache without waiting for them.
-    pub fn prefetch(self: &Arc<Self>, pieces: &[Piece], off: u32, len: u32) {
+    /// Keys of the committed blocks that cover chunk range [off, off+len).
+    pub fn block_keys(&self, pieces: &[Piece], off: u32, len: u32) -> Vec<String> {
         let mut keys: Vec<String> = self
             .block_reads(pieces, off, off.saturating_add(len))
             .into_iter()
@@ -535,7 +534,19 @@ impl DataStore {
             .map(|j| j.key)
             .collect();
         keys.dedup();
-        for key in keys {
+        keys
+    }
+
+    /// Loads one block into the cache (memory, and disk when there is one)
+    /// unless it is there already; returns its decoded length.
+    pub async fn warm_block(&self, key: String) -> Result<usize> {
+        self.fetch_block(key).await.map(|b| b.len())
+    }
+
+    /// Starts fetching the blocks that cover chunk range [off, off+len) into
+    /// the cache without waiting for them.
+    pub fn prefetch(self: &Arc<Self>, pieces: &[Piece], off: u32, len: u32) {
+        for key in self.block_keys(pieces, off, len) {
             let me = self.clone();
             tokio::spawn(async move {
                 if me.cache.contains(&key).await {

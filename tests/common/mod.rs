@@ -611,6 +611,36 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     (0..len).map(|_| (r.next() >> 24) as u8).collect()
 }
 
+/// Pages of `path` resident in the page cache, without faulting any in.
+pub fn resident_pages(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: a read-only shared mapping of an open file, unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED);
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: addr/len is the mapping made above; vec has one byte per page.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    // SAFETY: unmapping what was mapped.
+    unsafe { libc::munmap(addr, len) };
+    assert_eq!(rc, 0);
+    vec.iter().filter(|b| **b & 1 == 1).count()
+}
+
 /// Bytes of all files below `p`.
 pub fn dir_bytes(p: &Path) -> u64 {
     let mut total = 0;

@@ -1,0 +1,258 @@
+//! Warm-on-commit (issue 11): a reader mount B with `--warm-on-commit`
+//! loads the files writer mount A commits before anything on B opens them,
+//! and pushes them into B's page cache within `--warm-page-cache`. Real
+//! redis-server, moto S3 (through the HTTP fault proxy where a test needs
+//! slow GETs) and two vecfs processes.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::time::Duration;
+
+use common::httpfault::{Fault, HttpFault, Rule};
+use common::{pattern, resident_pages, wait_for, Metrics, Mount, Redis, Storage, Volume, S3};
+
+const SOON: Duration = Duration::from_secs(30);
+
+fn gets(m: &Metrics) -> u64 {
+    m.get("vecfs_object_get_total") + m.get("vecfs_object_range_get_total")
+}
+
+/// Writes `body` to `rel` on `a` with one write and a close, as Milvus does.
+fn write_file(a: &Mount, rel: &str, body: &[u8]) {
+    let mut f = File::create(a.p(rel)).unwrap();
+    f.write_all(body).unwrap();
+    common::close(f).unwrap();
+}
+
+/// Writes a temp file and renames it over `rel`, as Milvus replaces
+/// `bloom_filter` and `deleted_docs`.
+fn replace_file(a: &Mount, rel: &str, body: &[u8]) {
+    let tmp = format!("{rel}.tmp");
+    write_file(a, &tmp, body);
+    fs::rename(a.p(&tmp), a.p(rel)).unwrap();
+}
+
+/// B follows A's change events once a probe file A writes gets warmed.
+fn wait_subscribed(a: &Mount, b: &Metrics, probe: &str) {
+    let before = b.get("vecfs_warm_files_total");
+    write_file(a, probe, b"probe");
+    wait_for("the reader to warm the probe", SOON, || {
+        b.get("vecfs_warm_files_total") > before
+    });
+}
+
+#[test]
+fn committed_files_are_in_the_readers_cache_before_the_first_open() {
+    let v = Volume::new(Storage::S3);
+    let a = v.mount();
+    let (b, bm) = v.mount_with_metrics(&[
+        "--read-only",
+        "--warm-on-commit",
+        "*.rv,bloom_filter,probe",
+        "--warm-page-cache",
+        "0",
+    ]);
+    fs::create_dir_all(a.p("db/tables/c1/seg1")).unwrap();
+    wait_subscribed(&a, &bm, "probe");
+    let warmed0 = bm.get("vecfs_warm_files_total");
+
+    let rv = pattern((12 << 20) + 8, 1);
+    let uid = pattern(1 << 20, 2);
+    let bloom = pattern(512 << 10, 3);
+    write_file(&a, "db/tables/c1/seg1/1.rv", &rv);
+    write_file(&a, "db/tables/c1/seg1/1.uid", &uid);
+    replace_file(&a, "db/tables/c1/seg1/bloom_filter", &bloom);
+    wait_for("1.rv and bloom_filter warmed on B", SOON, || {
+        bm.get("vecfs_warm_files_total") >= warmed0 + 2
+    });
+
+    // The load itself never reaches the store.
+    let before = gets(&bm);
+    assert_eq!(fs::read(b.p("db/tables/c1/seg1/1.rv")).unwrap(), rv);
+    assert_eq!(
+        fs::read(b.p("db/tables/c1/seg1/bloom_filter")).unwrap(),
+        bloom
+    );
+    assert_eq!(
+        gets(&bm),
+        before,
+        "B fetched from the store while loading warmed files"
+    );
+    // A file no pattern names is fetched on demand (and the counter works).
+    assert_eq!(fs::read(b.p("db/tables/c1/seg1/1.uid")).unwrap(), uid);
+    assert!(
+        gets(&bm) > before,
+        "1.uid was warmed though no pattern names it"
+    );
+    // A read-only reader never writes to the store.
+    assert_eq!(bm.get("vecfs_object_put_total"), 0);
+    assert_eq!(bm.get("vecfs_object_delete_total"), 0);
+}
+
+#[test]
+fn pushed_files_are_read_without_the_daemon_and_the_budget_holds() {
+    let v = Volume::new(Storage::S3);
+    let a = v.mount();
+    let (b, bm) = v.mount_with_metrics(&[
+        "--read-only",
+        "--warm-on-commit",
+        "*.rv",
+        "--warm-page-cache",
+        "20",
+    ]);
+    fs::create_dir_all(a.p("db/seg")).unwrap();
+    wait_subscribed(&a, &bm, "db/probe.rv");
+    let len = 8 << 20;
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| pattern(len, 10 + i)).collect();
+    let pushed0 = bm.get("vecfs_page_cache_pushed_bytes_total");
+    for (i, body) in bodies.iter().enumerate() {
+        write_file(&a, &format!("db/seg/{i}.rv"), body);
+        // One at a time, so the oldest-first order of the budget is known.
+        wait_for("the file pushed into B's page cache", SOON, || {
+            bm.get("vecfs_page_cache_pushed_bytes_total") >= pushed0 + (i as u64 + 1) * len as u64
+        });
+    }
+    // 3 x 8 MiB pushed with a 20 MiB budget: the oldest went out again.
+    let pages: Vec<usize> = (0..3)
+        .map(|i| resident_pages(&b.p(&format!("db/seg/{i}.rv"))))
+        .collect();
+    let resident: usize = pages.iter().sum::<usize>() * 4096;
+    assert!(
+        resident <= 20 << 20,
+        "{resident} bytes resident for a 20 MiB budget ({pages:?} pages)"
+    );
+    assert_eq!(
+        pages[2] * 4096,
+        len,
+        "the newest pushed file is not resident"
+    );
+    assert!(bm.get("vecfs_page_cache_dropped_bytes_total") >= len as u64);
+
+    // Its first read never reaches the daemon.
+    let served = bm.get("vecfs_read_bytes_total");
+    assert_eq!(fs::read(b.p("db/seg/2.rv")).unwrap(), bodies[2]);
+    assert_eq!(
+        bm.get("vecfs_read_bytes_total"),
+        served,
+        "the read of a pushed file went to the daemon"
+    );
+    // The dropped one reads back right, from the daemon's cache.
+    let before = gets(&bm);
+    assert_eq!(fs::read(b.p("db/seg/0.rv")).unwrap(), bodies[0]);
+    assert_eq!(gets(&bm), before);
+}
+
+#[test]
+fn a_file_replaced_during_its_warm_up_is_never_served_stale() {
+    let s3 = S3::start();
+    let px = HttpFault::start(s3.port);
+    let port = px.port;
+    let v = common::s3_volume(Redis::start(), s3, port, &[]);
+    let a = v.mount();
+    let (b, bm) = v.mount_with_metrics(&["--read-only", "--warm-on-commit", "*.rv"]);
+    wait_subscribed(&a, &bm, "probe.rv");
+
+    for (round, in_place) in [(0u64, false), (1, true)] {
+        let name = format!("x{round}.rv");
+        let old = pattern(16 << 20, 20 + round);
+        let new = pattern(12 << 20, 30 + round);
+        // B's GETs crawl: its warm-up of the old content is under way
+        // when A replaces the file.
+        let slow = px.add(Rule::new(Fault::Delay(Duration::from_millis(700))).method("GET"));
+        write_file(&a, &name, &old);
+        wait_for("B's warm-up to start fetching", SOON, || slow.fired() > 0);
+        if in_place {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(a.p(&name))
+                .unwrap();
+            f.write_all(&new).unwrap();
+            common::close(f).unwrap();
+        } else {
+            replace_file(&a, &name, &new);
+        }
+        assert_eq!(
+            fs::read(b.p(&name)).unwrap(),
+            new,
+            "B served the replaced content (round {round})"
+        );
+        px.remove(&slow);
+        // And after every warm-up and push has settled.
+        wait_for("B's warm-ups to finish", SOON, || {
+            bm.get("vecfs_warm_files_total") + bm.get("vecfs_warm_skipped_total") >= 3 + 2 * round
+        });
+        assert_eq!(fs::read(b.p(&name)).unwrap(), new, "round {round}, settled");
+    }
+}
+
+#[test]
+fn a_reader_restarted_mid_stream_catches_up() {
+    let v = Volume::new(Storage::S3);
+    let a = v.mount();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let args = [
+        "--read-only",
+        "--warm-on-commit",
+        "*.rv",
+        "--cache-dir",
+        cache_dir,
+    ];
+    let (b, bm) = v.mount_with_metrics(&args);
+    wait_subscribed(&a, &bm, "probe.rv");
+    let bodies: Vec<Vec<u8>> = (0..4).map(|i| pattern(6 << 20, 40 + i)).collect();
+    write_file(&a, "f0.rv", &bodies[0]);
+    wait_for("f0 warmed", SOON, || bm.get("vecfs_warm_files_total") >= 2);
+    b.unmount();
+
+    // Written while B is away: B misses their events.
+    write_file(&a, "f1.rv", &bodies[1]);
+    write_file(&a, "f2.rv", &bodies[2]);
+    let (b, bm) = v.mount_with_metrics(&args);
+    wait_subscribed(&a, &bm, "probe2.rv");
+    write_file(&a, "f3.rv", &bodies[3]);
+    wait_for("f3 warmed", SOON, || bm.get("vecfs_warm_files_total") >= 2);
+
+    // f0 (warmed before the restart, on disk) and f3 load without the store;
+    // the missed ones load from it, whole and right.
+    let before = gets(&bm);
+    assert_eq!(fs::read(b.p("f0.rv")).unwrap(), bodies[0]);
+    assert_eq!(fs::read(b.p("f3.rv")).unwrap(), bodies[3]);
+    assert_eq!(gets(&bm), before, "warmed files fetched again");
+    assert_eq!(fs::read(b.p("f1.rv")).unwrap(), bodies[1]);
+    assert_eq!(fs::read(b.p("f2.rv")).unwrap(), bodies[2]);
+    assert!(gets(&bm) > before);
+}
+
+#[test]
+fn bad_warm_options_are_refused_with_a_clear_error() {
+    let v = Volume::new(Storage::File);
+    let mp = tempfile::tempdir().unwrap();
+    let mp = mp.path().to_str().unwrap();
+    for (args, want) in [
+        (
+            vec!["--warm-on-commit", "db/*.rv"],
+            "patterns match file names",
+        ),
+        (vec!["--warm-on-commit", "[a"], "'[a'"),
+        (
+            vec!["--warm-on-commit", "*.rv", "--no-events"],
+            "drop --no-events",
+        ),
+        (
+            vec!["--warm-on-commit", "*.rv", "--warm-concurrency", "0"],
+            "--warm-concurrency",
+        ),
+    ] {
+        let mut all = vec!["mount", v.url.as_str(), mp];
+        all.extend(args.iter());
+        let out = common::vecfs(&all, &v.env_refs());
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = common::stderr(&out);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
