@@ -1334,7 +1334,18 @@ impl Vfs {
         if writable || flags & libc::O_TRUNC != 0 {
             self.writable()?;
         }
-        let attr = self.fresh_attr(real, "open").await?;
+        // The kernel resolved the name through a dentry it cached before
+        // another node replaced or removed the file (its change event may
+        // still be on the way). ESTALE makes the kernel look the name up
+        // again (LOOKUP_REVAL) and open what it names now, instead of
+        // failing with ENOENT or serving the replaced content.
+        let attr = match self.fresh_attr(real, "open").await {
+            Err(libc::ENOENT) => return Err(self.stale_name(real)),
+            other => other?,
+        };
+        if attr.kind == FileKind::File && attr.nlink == 0 && !self.is_open_here(real) {
+            return Err(self.stale_name(real));
+        }
         match attr.kind {
             FileKind::Dir => return Err(libc::EISDIR),
             FileKind::File => {}
@@ -1357,6 +1368,18 @@ impl Vfs {
         self.add_open(real, attr.length);
         let fh = self.new_file_handle(real, writable);
         Ok(OpenReply { fh, keep_cache })
+    }
+
+    /// `real` is no longer what the name the kernel opened names: forget
+    /// what this node cached (the lookup the kernel retries must reach
+    /// Redis) and answer ESTALE.
+    fn stale_name(&self, real: u64) -> i32 {
+        tracing::debug!(
+            ino = real,
+            "open of a replaced or removed file: ESTALE, the kernel looks up again"
+        );
+        self.mcache.clear();
+        libc::ESTALE
     }
 
     pub async fn create(

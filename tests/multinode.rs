@@ -484,3 +484,36 @@ fn metadata_cache_follows_other_nodes_changes() {
     a.unmount();
     b.unmount();
 }
+
+/// Milvus replaces `bloom_filter` by renaming a new file over it. A reader
+/// node whose kernel still holds the old name (its change event not yet
+/// handled; here held for good: no events, 60 s entry cache) must open the
+/// new file, not fail with ENOENT or read the replaced one, also while
+/// another node keeps the replaced file open.
+#[test]
+fn an_open_through_a_name_replaced_on_another_node_gets_the_new_file() {
+    let v = Volume::new(Storage::S3);
+    let a = v.mount();
+    let b = v.mount_with(&["--no-events", "--entry-cache", "60", "--attr-cache", "60"]);
+    let replace = |body: &[u8]| {
+        fs::write(a.p("bloom_filter.tmp"), body).unwrap();
+        fs::rename(a.p("bloom_filter.tmp"), a.p("bloom_filter")).unwrap();
+    };
+    replace(b"version 1");
+    assert_eq!(fs::read(b.p("bloom_filter")).unwrap(), b"version 1");
+    replace(b"version 2, longer");
+    assert_eq!(fs::read(b.p("bloom_filter")).unwrap(), b"version 2, longer");
+
+    let held = File::open(a.p("bloom_filter")).unwrap();
+    replace(b"v3");
+    assert_eq!(
+        fs::read(b.p("bloom_filter")).unwrap(),
+        b"v3",
+        "B opened the replaced file another node holds open"
+    );
+    drop(held);
+
+    fs::remove_file(a.p("bloom_filter")).unwrap();
+    let err = fs::read(b.p("bloom_filter")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+}
