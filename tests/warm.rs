@@ -186,6 +186,19 @@ fn a_file_replaced_during_its_warm_up_is_never_served_stale() {
         });
         assert_eq!(fs::read(b.p(&name)).unwrap(), new, "round {round}, settled");
     }
+
+    // Deleted during its warm-up: gone on B too, and the warm-up gives up.
+    let skipped = bm.get("vecfs_warm_skipped_total");
+    let slow = px.add(Rule::new(Fault::Delay(Duration::from_millis(700))).method("GET"));
+    write_file(&a, "gone.rv", &pattern(16 << 20, 50));
+    wait_for("B's warm-up to start fetching", SOON, || slow.fired() > 0);
+    fs::remove_file(a.p("gone.rv")).unwrap();
+    let err = fs::read(b.p("gone.rv")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    px.remove(&slow);
+    wait_for("the warm-up of the deleted file to give up", SOON, || {
+        bm.get("vecfs_warm_skipped_total") > skipped
+    });
 }
 
 #[test]

@@ -236,12 +236,6 @@ impl Warmer {
         let started = std::time::Instant::now();
         let chunks = attr.length.div_ceil(CHUNK_SIZE);
         for indx in 0..chunks {
-            // A file replaced, truncated or deleted meanwhile: stop. Its
-            // change event queues a fresh warm-up if it still matters.
-            if indx > 0 && self.version(ino).await.map(|v| v.0) != Some(version) {
-                metrics::WARM_SKIPPED.add(1);
-                return;
-            }
             let records = match self.vfs.meta.read_chunk(ino, indx).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -273,6 +267,12 @@ impl Warmer {
                 return;
             }
             metrics::WARM_BYTES.add(got.into_iter().flatten().map(|n| n as u64).sum());
+            // A file replaced, truncated or deleted meanwhile: stop. Its
+            // change event queues a fresh warm-up if it still matters.
+            if self.version(ino).await.map(|v| v.0) != Some(version) {
+                metrics::WARM_SKIPPED.add(1);
+                return;
+            }
         }
         metrics::WARM_FILES.add(1);
         tracing::debug!(ino, length = attr.length, elapsed = ?started.elapsed(), "warmed");
