@@ -51,6 +51,10 @@ pub static DISK_CACHE_HITS: Counter = Counter::new(
     "vecfs_disk_cache_hit_total",
     "block or frame reads served from the disk cache",
 );
+pub static FILL_BLOCKS: Counter = Counter::new(
+    "vecfs_fill_block_total",
+    "blocks of files read at random fetched into the disk cache in the background",
+);
 pub static READ_BYTES: Counter =
     Counter::new("vecfs_read_bytes_total", "bytes read by applications");
 pub static WRITE_BYTES: Counter =
@@ -94,7 +98,7 @@ pub static DELETE_FAILURES: Counter = Counter::new(
     "deletion entries given back after a failure (retried later)",
 );
 
-static ALL: [&Counter; 19] = [
+static ALL: [&Counter; 20] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -103,6 +107,7 @@ static ALL: [&Counter; 19] = [
     &OBJECT_DELETES,
     &MEM_CACHE_HITS,
     &DISK_CACHE_HITS,
+    &FILL_BLOCKS,
     &READ_BYTES,
     &WRITE_BYTES,
     &RETRIES,
