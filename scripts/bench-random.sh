@@ -14,7 +14,8 @@
 #   TARGETS: vecfs, rclone, and vecfs-old when VECFS_OLD names another
 #   vecfs binary (e.g. one built from an older commit) to compare with.
 # Env: SECONDS_RUN (30), SIZE_MIB (1024), PHASES ("rand seq"), REDIS_PORT / S3_PORT /
-# METRICS_PORT (free ports when unset).
+# METRICS_PORT (free ports when unset), VECFS_ARGS (extra mount options
+# for the vecfs targets, e.g. "--cache-dir memory").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
@@ -62,8 +63,11 @@ mount_target() {
   case $t in
     vecfs|vecfs-old)
       rm -rf "$work/cache-$t"
-      "$(bin_of "$t")" mount "$meta" "$m" -d --cache-dir "$work/cache-$t" --log "$work/$t.log" \
-        --metrics "127.0.0.1:$mport" >/dev/null ;;
+      local cache=(--cache-dir "$work/cache-$t")
+      [[ ${VECFS_ARGS:-} == *--cache-dir* ]] && cache=()
+      # shellcheck disable=SC2086 # VECFS_ARGS is a list of options
+      "$(bin_of "$t")" mount "$meta" "$m" -d "${cache[@]}" --log "$work/$t.log" \
+        --metrics "127.0.0.1:$mport" ${VECFS_ARGS:-} >/dev/null ;;
     rclone)
       rm -rf "$work/rclone-cache"
       env -u AWS_CA_BUNDLE rclone mount ":s3,provider=Other,endpoint='$endpoint',access_key_id=bench,secret_access_key=bench:rclone" \
@@ -92,7 +96,7 @@ dd if=/dev/urandom of="$work/rand.bin" bs=1M count="$size" status=none
 mount_target vecfs
 cp "$work/rand.bin" "$work/mnt-vecfs/rand.bin"
 umount_target vecfs
-python3 - "$endpoint" "$work/rand.bin" <<'PY'
+[[ " ${targets[*]} " == *" rclone "* ]] && python3 - "$endpoint" "$work/rand.bin" <<'PY'
 import sys, boto3
 from botocore.config import Config
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",

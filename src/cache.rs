@@ -323,6 +323,11 @@ impl DiskCache {
         self.capacity
     }
 
+    /// Whether an entry of `len` bytes would be taken now.
+    pub fn has_room(&self, len: u64) -> bool {
+        self.used() + len <= self.capacity && self.free_share() >= self.free_ratio
+    }
+
     /// Drops least recently used entries until the cache is under 90 % of
     /// its capacity and the file system has its free share back. Runs from a
     /// background task, never on the read path. Returns bytes removed.

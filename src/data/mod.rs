@@ -438,6 +438,13 @@ impl DataStore {
             if key.starts_with(INLINE_PREFIX) || self.cache.has(&key) || self.being_fetched(&key) {
                 continue;
             }
+            // Never fetch what the disk cache would refuse.
+            let room = raw_len_of(&key).unwrap_or(self.block_size as usize) as u64
+                * FILL_CONCURRENCY as u64;
+            if !self.cache.disk().is_some_and(|d| d.has_room(room)) {
+                failed = Some(Error::transient("the disk cache is full"));
+                break;
+            }
             let permit = self
                 .fills
                 .clone()
