@@ -128,3 +128,52 @@ fn a_sequential_reader_keeps_the_frames_random_reads_fetched() {
     );
     b.unmount();
 }
+
+/// Whole-block GETs so far.
+fn whole_gets(m: &Metrics) -> u64 {
+    m.get("vecfs_object_get_total")
+}
+
+#[test]
+fn a_new_handle_starts_with_the_window_the_last_one_grew() {
+    let v = Volume::new(Storage::S3);
+    let len = 160 * MIB; // 40 blocks
+    let data = common::pattern(len as usize, 13);
+    let a = v.mount();
+    std::fs::write(a.p("seg"), &data).unwrap();
+    a.unmount();
+
+    let (b, m) = v.mount_with_metrics(&["--cache-dir", "memory", "--mem-cache-size", "1024"]);
+    let gets0 = whole_gets(&m);
+    let mut buf = vec![0u8; MIB as usize];
+    // Handle 1: two 1 MiB reads that wait for the store (no kernel
+    // read-ahead: POSIX_FADV_RANDOM), so its window grows 8 -> 16 -> 32
+    // MiB; it reads ahead blocks 1-4 and 36-39.
+    let f = open_random(&b.p("seg"));
+    for off in [0, 140 * MIB] {
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert!(buf == data[off as usize..(off + MIB) as usize]);
+    }
+    drop(f);
+    assert!(
+        poll_until(Duration::from_secs(30), || whole_gets(&m) - gets0 >= 10),
+        "handle 1 fetched {} blocks, not 10",
+        whole_gets(&m) - gets0
+    );
+    let gets1 = whole_gets(&m);
+    // Handle 2 starts where nothing is cached: its first read waits and
+    // doubles the file's 32 MiB window to 64 MiB, so blocks 15-31 come.
+    // A window per handle would start at 8 MiB again (16 after the wait:
+    // blocks 15-19).
+    let f = open_random(&b.p("seg"));
+    f.read_exact_at(&mut buf, 60 * MIB).unwrap();
+    assert!(buf == data[(60 * MIB) as usize..(61 * MIB) as usize]);
+    let grown = poll_until(Duration::from_secs(30), || whole_gets(&m) - gets1 >= 12);
+    assert!(
+        grown,
+        "the second handle read ahead {} blocks: it did not start with the grown window",
+        whole_gets(&m) - gets1
+    );
+    drop(f);
+    b.unmount();
+}
