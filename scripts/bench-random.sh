@@ -8,7 +8,9 @@
 #
 # Then (PHASES contains seq) a cold sequential read of the same file per
 # vecfs target (fio read 1 MiB, 1 job) with the daemon's peak RSS, next to
-# the server's raw parallel GET throughput (scripts/s3raw.py).
+# the server's raw parallel GET throughput (scripts/s3raw.py), and once
+# more from the disk cache it filled (fresh daemon, kernel caches dropped)
+# next to the local disk.
 #
 # Usage: scripts/bench-random.sh [TARGETS...]   (default: vecfs rclone)
 #   TARGETS: vecfs, rclone, and vecfs-old when VECFS_OLD names another
@@ -62,7 +64,7 @@ mount_target() {
   mkdir -p "$m"
   case $t in
     vecfs|vecfs-old)
-      rm -rf "$work/cache-$t"
+      [[ ${2:-} == keep ]] || rm -rf "$work/cache-$t"
       local cache=(--cache-dir "$work/cache-$t")
       [[ ${VECFS_ARGS:-} == *--cache-dir* ]] && cache=()
       # shellcheck disable=SC2086 # VECFS_ARGS is a list of options
@@ -103,7 +105,6 @@ s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
                   config=Config(s3={"addressing_style": "path"}))
 s3.upload_file(sys.argv[2], "rclone", "rand.bin")
 PY
-rm -f "$work/rand.bin"
 
 [[ $phases == *rand* ]] && printf '%-10s %8s %10s %12s %14s %10s\n' target IOPS "read MiB" "lo rx MiB" "vecfs GET MiB" "RSS MiB"
 for t in "${targets[@]}"; do
@@ -129,17 +130,30 @@ done
 [[ $phases == *seq* ]] || exit 0
 echo
 python3 scripts/s3raw.py "$endpoint" rclone --total-mib 512 | sed 's/^/server /'
-printf '%-10s %12s %14s %10s\n' target "seq MiB/s" "vecfs GET MiB" "RSS MiB"
+seqread() { # DIR: fio read 1 MiB of DIR/rand.bin, prints MiB/s
+  (cd "$1" && fio --output-format=json --name=seq --filename=rand.bin --size="${size}M" \
+    --rw=read --bs=1M --numjobs=1) |
+    python3 -c 'import json, sys; print("%.0f" % (json.load(sys.stdin)["jobs"][0]["read"]["bw"] / 1024))'
+}
+drop_caches
+echo "local disk seq MiB/s (page cache dropped): $(seqread "$work")"
+printf '%-10s %12s %14s %10s %18s\n' target "seq MiB/s" "vecfs GET MiB" "RSS MiB" "disk-cache MiB/s"
 for t in "${targets[@]}"; do
   [[ $t == vecfs* ]] || continue
   mount_target "$t"
   drop_caches
   got0=$(metric vecfs_object_get_bytes_total)
-  out=$(cd "$work/mnt-$t" && fio --output-format=json --name=seq --filename=rand.bin --size="${size}M" \
-    --rw=read --bs=1M --numjobs=1)
+  bw=$(seqread "$work/mnt-$t")
   got=$(( ($(metric vecfs_object_get_bytes_total) - got0) >> 20 ))
   rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/"$(daemon_pid "$t")"/status)
-  bw=$(python3 -c 'import json, sys; print("%.0f" % (json.load(sys.stdin)["jobs"][0]["read"]["bw"] / 1024))' <<<"$out")
-  printf '%-10s %12s %14s %10s\n' "$t" "$bw" "$got" "$rss"
   umount_target "$t"
+  # Again from this node's disk cache, in a fresh daemon (no memory cache).
+  local_bw=-
+  if [[ ${VECFS_ARGS:-} != *--cache-dir* ]]; then
+    mount_target "$t" keep
+    drop_caches
+    local_bw=$(seqread "$work/mnt-$t")
+    umount_target "$t"
+  fi
+  printf '%-10s %12s %14s %10s %18s\n' "$t" "$bw" "$got" "$rss" "$local_bw"
 done
