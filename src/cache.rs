@@ -275,17 +275,19 @@ impl DiskCache {
     /// Keeps a decoded block as a raw framed block (header and table, then
     /// the bytes as they are: no copy of the block is made), after the
     /// entry header that binds it to `key`. The file is 0600 from birth.
-    fn store(&self, key: &str, raw: &[u8]) {
+    fn store(&self, key: &str, raw: &[u8]) -> bool {
         let head = codec::raw_head(raw);
         let len = (ENTRY_HEAD + head.len() + raw.len()) as u64;
         // Never overshoot: eviction runs in the background, this just refuses.
         if self.used() + len > self.capacity || self.free_share() < self.free_ratio {
-            return;
+            return false;
         }
         let p = self.path(key);
-        let Some(parent) = p.parent() else { return };
+        let Some(parent) = p.parent() else {
+            return false;
+        };
         if private_dir_all(parent).is_err() {
-            return;
+            return false;
         }
         // Temp file + rename: a crash never leaves a half-written entry under the real name.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
@@ -304,9 +306,26 @@ impl DiskCache {
             let old = self.touch(&p, len).unwrap_or(0);
             self.used.fetch_add(len, Ordering::Relaxed);
             self.used.fetch_sub(old.min(self.used()), Ordering::Relaxed);
+            true
         } else {
             let _ = std::fs::remove_file(&tmp);
+            false
         }
+    }
+
+    /// Whether `key` has an entry (by the index: no I/O).
+    pub fn has(&self, key: &str) -> bool {
+        let p = self.path(key);
+        self.index.lock().is_ok_and(|i| i.contains_key(&p))
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether an entry of `len` bytes would be taken now.
+    pub fn has_room(&self, len: u64) -> bool {
+        self.used() + len <= self.capacity && self.free_share() >= self.free_ratio
     }
 
     /// Drops least recently used entries until the cache is under 90 % of
@@ -366,6 +385,14 @@ fn pieces_of(key: &str) -> usize {
         .div_ceil(codec::MIN_FRAME)
 }
 
+/// What a block fetch hands the cache: the stored block (decoded and
+/// checked here) or raw bytes already checked (a block put together from
+/// the frames this node already had and ranged GETs of the others).
+pub enum Fetched {
+    Stored(Bytes),
+    Raw(Bytes),
+}
+
 pub struct BlockCache {
     mem: moka::future::Cache<String, Bytes>,
     disk: Option<Arc<DiskCache>>,
@@ -398,7 +425,7 @@ impl BlockCache {
     pub async fn get<F, Fut>(&self, key: &str, fetch: F) -> Result<Bytes>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Bytes>>,
+        Fut: Future<Output = Result<Fetched>>,
     {
         if let Some(hit) = self.mem.get(key).await {
             metrics::MEM_CACHE_HITS.add(1);
@@ -417,10 +444,14 @@ impl BlockCache {
                         return Ok(raw);
                     }
                 }
-                let encoded = fetch().await?;
-                let raw = tokio::task::spawn_blocking(move || codec::decode_shared(encoded))
-                    .await?
-                    .map_err(|e| Error::from(e).context(format!("block {k}")))?;
+                let raw = match fetch().await? {
+                    Fetched::Raw(raw) => raw,
+                    Fetched::Stored(encoded) => {
+                        tokio::task::spawn_blocking(move || codec::decode_shared(encoded))
+                            .await?
+                            .map_err(|e| Error::from(e).context(format!("block {k}")))?
+                    }
+                };
                 if let Some(d) = disk {
                     store_later(&writes, d, k, raw.clone());
                 }
@@ -494,6 +525,33 @@ impl BlockCache {
 
     pub async fn contains(&self, key: &str) -> bool {
         self.mem.contains_key(key)
+    }
+
+    /// The memory entry for `key`, if any (not counted as a hit).
+    pub async fn mem_peek(&self, key: &str) -> Option<Bytes> {
+        self.mem.get(key).await
+    }
+
+    /// Whether `key` is in memory or on disk (no disk I/O).
+    pub fn has(&self, key: &str) -> bool {
+        self.mem.contains_key(key) || self.disk.as_ref().is_some_and(|d| d.has(key))
+    }
+
+    /// Keeps a block on disk only, waiting for the write (background fills:
+    /// they must not push what readers use out of memory). False when the
+    /// disk cache is missing, full or failed.
+    pub async fn store_disk(&self, key: &str, raw: Bytes) -> bool {
+        let Some(d) = self.disk.clone() else {
+            return false;
+        };
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || d.store(&key, &raw))
+            .await
+            .unwrap_or(false)
+    }
+
+    pub fn mem_capacity(&self) -> u64 {
+        self.mem.policy().max_capacity().unwrap_or(0)
     }
 
     /// The memory cache is close to full: read-ahead should back off.
@@ -649,7 +707,9 @@ mod tests {
         }
         // A later read of K1 must fetch it again.
         let got = c
-            .get(K1, || async { Ok(Bytes::from(codec::encode_raw(&b1))) })
+            .get(K1, || async {
+                Ok(Fetched::Stored(Bytes::from(codec::encode_raw(&b1))))
+            })
             .await
             .unwrap();
         assert_eq!(got, b1);

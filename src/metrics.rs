@@ -51,6 +51,10 @@ pub static DISK_CACHE_HITS: Counter = Counter::new(
     "vecfs_disk_cache_hit_total",
     "block or frame reads served from the disk cache",
 );
+pub static FILL_BLOCKS: Counter = Counter::new(
+    "vecfs_fill_block_total",
+    "blocks of files read at random fetched into the disk cache in the background",
+);
 pub static READ_BYTES: Counter =
     Counter::new("vecfs_read_bytes_total", "bytes read by applications");
 pub static WRITE_BYTES: Counter =
@@ -115,7 +119,7 @@ pub static PAGE_CACHE_DROPPED_BYTES: Counter = Counter::new(
     "bytes of pushed files dropped from the page cache to stay within --warm-page-cache",
 );
 
-static ALL: [&Counter; 24] = [
+static ALL: [&Counter; 25] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -124,6 +128,7 @@ static ALL: [&Counter; 24] = [
     &OBJECT_DELETES,
     &MEM_CACHE_HITS,
     &DISK_CACHE_HITS,
+    &FILL_BLOCKS,
     &READ_BYTES,
     &WRITE_BYTES,
     &RETRIES,

@@ -17,6 +17,7 @@ use crate::meta::{
     ROOT_INO,
 };
 use crate::metacache::MetaCache;
+use crate::prefetch::readahead::{ReadAhead, Stream};
 use crate::session::Lease;
 
 /// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
@@ -84,9 +85,6 @@ impl Default for VfsConfig {
         }
     }
 }
-
-/// Requests at least this large are never treated as random reads.
-const RANDOM_READ_MAX: u32 = 128 << 10;
 
 /// Who asks: the kernel's view of the calling process.
 #[derive(Clone, Copy, Debug)]
@@ -316,12 +314,8 @@ type Version = ((i64, u32), u64);
 struct FileHandle {
     ino: u64,
     writable: bool,
-    /// End of the last read, to spot sequential readers.
-    last_end: AtomicU64,
-    /// How far ahead prefetch has been started.
-    prefetched_to: AtomicU64,
-    /// Current read-ahead window of this handle, in bytes.
-    window: AtomicU64,
+    /// Where this handle reads (the read-ahead policy's view of it).
+    stream: Mutex<Stream>,
 }
 
 struct DirHandle {
@@ -373,6 +367,8 @@ pub struct Vfs {
     recent: Recent,
     /// Wakes the flusher early (a writer piles up slices).
     kick: tokio::sync::Notify,
+    /// Read-ahead windows and random-read fills, per inode.
+    readahead: Arc<ReadAhead>,
 }
 
 /// How often the flusher looks for buffered writes to commit, and when:
@@ -404,6 +400,7 @@ impl Vfs {
     pub fn new(meta: Arc<Meta>, data: Arc<DataStore>, format: Format, cfg: VfsConfig) -> Vfs {
         let mcache = MetaCache::new(cfg.meta_cache_ttl);
         let lease = Arc::new(Lease::new(cfg.session_ttl));
+        let readahead = Arc::new(ReadAhead::new(data.block_size as u64, cfg.readahead));
         Vfs {
             meta,
             data,
@@ -420,6 +417,7 @@ impl Vfs {
             mcache,
             recent: Recent::new(),
             kick: tokio::sync::Notify::new(),
+            readahead,
         }
     }
 
@@ -1303,9 +1301,7 @@ impl Vfs {
                 Handle::File(Arc::new(FileHandle {
                     ino,
                     writable,
-                    last_end: AtomicU64::new(u64::MAX),
-                    prefetched_to: AtomicU64::new(0),
-                    window: AtomicU64::new(2 * self.data.block_size as u64),
+                    stream: Mutex::new(Stream::default()),
                 })),
             );
         }
@@ -1486,12 +1482,12 @@ impl Vfs {
         let end = (offset + size as u64).min(len);
         let mut out = vec![0u8; (end - offset) as usize];
         let started = std::time::Instant::now();
-        // A random reader asks for a few pages far from where it last read.
-        // Kernel read-ahead (large requests, running megabytes ahead and out
-        // of order) and readers sharing one page cache are sequential.
-        let last = h.last_end.swap(end, Ordering::Relaxed);
-        let far = last.abs_diff(offset) > self.data.block_size as u64;
-        let sequential = offset == 0 || !far || size >= RANDOM_READ_MAX;
+        // Sequential or random: see prefetch::readahead.
+        let sequential = match h.stream.lock() {
+            Ok(mut st) => self.readahead.classify(&mut st, offset, size, end),
+            Err(_) => true,
+        };
+        let mut missed = false;
         let mut pos = offset;
         while pos < end {
             let indx = pos / CHUNK_SIZE;
@@ -1501,42 +1497,42 @@ impl Vfs {
             let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
             let at = (pos - offset) as usize;
             let dst = &mut out[at..at + n as usize];
-            if let Err(e) = self
+            match self
                 .data
                 .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
                 .await
             {
-                // The cached slice list may name slices that compaction or
-                // an overwrite replaced and whose objects are gone by now.
-                tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
-                self.forget_pieces(ino);
-                let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
-                dst.fill(0);
-                self.data
-                    .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
-                    .await
-                    .map_err(|e| data_errno("read", e))?;
+                Ok(m) => missed |= m,
+                Err(e) => {
+                    // The cached slice list may name slices that compaction or
+                    // an overwrite replaced and whose objects are gone by now.
+                    tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
+                    self.forget_pieces(ino);
+                    let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
+                    dst.fill(0);
+                    missed |= self
+                        .data
+                        .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
+                        .await
+                        .map_err(|e| data_errno("read", e))?;
+                }
             }
             pos += n;
         }
         crate::metrics::READ_BYTES.add(out.len() as u64);
-        // Sequential reader: keep the next window in flight.
-        if sequential && self.cfg.readahead > 0 {
-            // Grow the window while the reader waits on the store; shrink it
-            // when the memory cache is nearly full, so prefetched blocks do
-            // not evict each other before they are read.
-            let block = self.data.block_size as u64;
-            let mut window = h.window.load(Ordering::Relaxed);
-            if self.data.cache.under_pressure() {
-                window = (window / 2).max(block);
-            } else if started.elapsed() > Duration::from_millis(1) {
-                window = (window * 2).min(self.cfg.readahead.max(block));
-            }
-            h.window.store(window, Ordering::Relaxed);
-            let want_to = (end + window).min(len);
-            let from = h.prefetched_to.load(Ordering::Relaxed).max(end);
-            if want_to > from + window / 4 || (from < len && want_to == len) {
-                h.prefetched_to.store(want_to, Ordering::Relaxed);
+        if sequential {
+            // Keep the next window in flight: grown while the reader waits
+            // on the store, shrunk when the memory cache is nearly full (so
+            // prefetched blocks do not evict each other before use).
+            let waited = started.elapsed() > Duration::from_millis(1);
+            let pressure = self.data.cache.under_pressure();
+            let plan = match h.stream.lock() {
+                Ok(mut st) => self
+                    .readahead
+                    .after_sequential(ino, &mut st, end, len, waited, pressure),
+                Err(_) => None,
+            };
+            if let Some((from, want_to)) = plan {
                 let mut p = from;
                 while p < want_to {
                     let indx = p / CHUNK_SIZE;
@@ -1548,6 +1544,15 @@ impl Vfs {
                     p += n;
                 }
             }
+        } else if missed && len <= self.data.fill_limit() && self.readahead.random_miss(ino) {
+            // A random reader that keeps missing: fetch the rest of the
+            // file into the disk cache in the background.
+            crate::prefetch::readahead::spawn_fill(
+                self.data.clone(),
+                self.readahead.clone(),
+                ino,
+                len,
+            );
         }
         Ok(out)
     }

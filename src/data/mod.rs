@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::cache::BlockCache;
+use crate::cache::{BlockCache, Fetched};
 use crate::codec::{self, Codec, Layout};
 use crate::error::{Error, Result};
 use crate::meta::{build_pieces, is_inline, Meta, Piece, Slice};
@@ -156,6 +156,17 @@ pub struct DataStore {
     /// Blocks being fetched whole right now: a random read of one of them
     /// joins that fetch rather than fetching its frames a second time.
     fetching: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Blocks a background fill is fetching into the disk cache right now,
+    /// each with a signal for when it is there: a reader of one of them
+    /// waits for it rather than fetching its bytes a second time.
+    /// Ranged reads of a block going to the store are counted here too: a
+    /// fill waits for them and keeps what they fetched, and a ranged read
+    /// of a block being filled waits for the fill.
+    flights: std::sync::Mutex<HashMap<String, Flight>>,
+    /// A ranged read of some block ended.
+    ranged_done: Notify,
+    /// Blocks background fills fetch at once, node-wide.
+    fills: Arc<Semaphore>,
     /// Chunks being compacted by this node (inode, chunk index).
     compacting: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
     pub capacity: u64,
@@ -174,6 +185,10 @@ const INLINE_PREFIX: &str = "inline/";
 /// Random reads are served in pieces of this many raw bytes (the smallest
 /// frame size), each cached in memory on its own.
 const PIECE: usize = codec::MIN_FRAME;
+
+/// Blocks fetched at once by background fills (node-wide): with 4 MiB
+/// blocks at most 8 x (stored + raw) = 64 MiB in flight.
+const FILL_CONCURRENCY: usize = 8;
 
 impl DataStore {
     pub fn new(
@@ -200,6 +215,9 @@ impl DataStore {
             fetches: Arc::new(Semaphore::new(32)),
             layouts: moka::future::Cache::new(16_384),
             fetching: std::sync::Mutex::new(std::collections::HashSet::new()),
+            flights: std::sync::Mutex::new(HashMap::new()),
+            ranged_done: Notify::new(),
+            fills: Arc::new(Semaphore::new(FILL_CONCURRENCY)),
             compacting: std::sync::Mutex::new(std::collections::HashSet::new()),
             capacity,
             staging: None,
@@ -270,6 +288,7 @@ impl DataStore {
                 })
                 .await;
         }
+        self.wait_fill(&key).await;
         let k = key.clone();
         let fetching = &self.fetching;
         self.cache
@@ -277,13 +296,265 @@ impl DataStore {
                 if let Ok(mut f) = fetching.lock() {
                     f.insert(k.clone());
                 }
-                let got = self.fetch_stored(&k, None).await;
+                let got = self.fetch_whole(&k).await;
                 if let Ok(mut f) = fetching.lock() {
                     f.remove(&k);
                 }
                 got
             })
             .await
+    }
+
+    /// A whole block from the store: when this node already holds some of
+    /// its frames (random reads fetched them), those are kept and only the
+    /// others are fetched, so no byte of a block comes twice while cached.
+    async fn fetch_whole(&self, key: &str) -> Result<Fetched> {
+        if let Some(raw_len) = raw_len_of(key) {
+            match self.assemble(key, raw_len).await {
+                Ok(Some(raw)) => return Ok(Fetched::Raw(raw)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(key, error = %e, "assembling from frames failed, reading the block")
+                }
+            }
+        }
+        self.fetch_stored(key, None).await.map(Fetched::Stored)
+    }
+
+    /// The raw block put together from its pieces in memory and ranged GETs
+    /// of its other frames; None when its frame table is not known here or
+    /// no frame of it is in memory (one whole GET is cheaper then).
+    async fn assemble(&self, key: &str, raw_len: usize) -> Result<Option<Bytes>> {
+        let Some(Some(layout)) = self.layouts.get(key).await else {
+            return Ok(None);
+        };
+        if layout.raw_len != raw_len || layout.frame_size % PIECE != 0 {
+            return Ok(None);
+        }
+        let per = layout.frame_size / PIECE;
+        let pieces = raw_len.div_ceil(PIECE);
+        let mut have: Vec<Option<Vec<Bytes>>> = Vec::with_capacity(layout.frame_count());
+        for f in 0..layout.frame_count() {
+            let mut parts = Vec::with_capacity(per);
+            for p in f * per..((f + 1) * per).min(pieces) {
+                match self.cache.mem_peek(&format!("{key}@{p}")).await {
+                    Some(b) => parts.push(b),
+                    None => break,
+                }
+            }
+            let whole = parts.len() == ((f + 1) * per).min(pieces) - f * per;
+            have.push(whole.then_some(parts));
+        }
+        if have.iter().all(|h| h.is_none()) {
+            return Ok(None);
+        }
+        let mut raw = vec![0u8; raw_len];
+        // Runs of missing frames, each one ranged GET.
+        let mut runs = Vec::new();
+        let mut f = 0;
+        while f < have.len() {
+            if let Some(parts) = &have[f] {
+                let mut at = f * layout.frame_size;
+                for b in parts {
+                    let n = b.len().min(raw_len - at);
+                    raw[at..at + n].copy_from_slice(&b[..n]);
+                    at += n;
+                }
+                f += 1;
+                continue;
+            }
+            let start = f;
+            while f < have.len() && have[f].is_none() {
+                f += 1;
+            }
+            runs.push(start..f);
+        }
+        let got = futures::future::join_all(runs.into_iter().map(|r| {
+            let layout = layout.clone();
+            async move {
+                let stored = self
+                    .fetch_stored(key, Some(layout.stored_range(&r)))
+                    .await?;
+                let r2 = r.clone();
+                let dec = tokio::task::spawn_blocking(move || layout.decode_frames(r2, &stored))
+                    .await?
+                    .map_err(|e| Error::from(e).context(format!("block {key}")))?;
+                Ok::<_, Error>((r, dec))
+            }
+        }))
+        .await;
+        for g in got {
+            let (r, dec) = g?;
+            let at = r.start * layout.frame_size;
+            if at + dec.len() > raw.len() {
+                return Err(Error::corrupt(format!("block {key}: frames past its end")));
+            }
+            raw[at..at + dec.len()].copy_from_slice(&dec);
+        }
+        Ok(Some(Bytes::from(raw)))
+    }
+
+    /// Registers a ranged read of `key` going to the store, or hands back
+    /// the signal of the fill fetching it now.
+    fn begin_ranged(
+        &self,
+        key: &str,
+    ) -> std::result::Result<RangedFlight<'_>, tokio::sync::watch::Receiver<bool>> {
+        if let Ok(mut f) = self.flights.lock() {
+            let e = f.entry(key.to_string()).or_default();
+            if let Some(rx) = &e.fill {
+                return Err(rx.clone());
+            }
+            e.ranged += 1;
+        }
+        Ok(RangedFlight {
+            store: self,
+            key: key.to_string(),
+        })
+    }
+
+    /// Waits while a background fill is fetching `key` (it will be on disk).
+    async fn wait_fill(&self, key: &str) {
+        let rx = self
+            .flights
+            .lock()
+            .ok()
+            .and_then(|f| f.get(key).and_then(|e| e.fill.clone()));
+        if let Some(mut rx) = rx {
+            // The filler dropping its sender (failed) ends the wait too.
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Fetches whichever of `blocks` (key, raw length) this node does not
+    /// hold yet into the disk cache, a few at a time, without pushing
+    /// anything out of memory. Stops at the first failure or when the disk
+    /// cache refuses (full). Returns how many blocks it fetched.
+    pub async fn fill(self: &Arc<Self>, blocks: Vec<String>) -> Result<usize> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut fetched = 0;
+        let mut failed = None;
+        for key in blocks {
+            if key.starts_with(INLINE_PREFIX) || self.cache.has(&key) || self.being_fetched(&key) {
+                continue;
+            }
+            // Never fetch what the disk cache would refuse.
+            let room = raw_len_of(&key).unwrap_or(self.block_size as usize) as u64
+                * FILL_CONCURRENCY as u64;
+            if !self.cache.disk().is_some_and(|d| d.has_room(room)) {
+                failed = Some(Error::transient("the disk cache is full"));
+                break;
+            }
+            let permit = self
+                .fills
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?;
+            // Reap what finished; stop early on a failure.
+            while let Some(r) = tasks.try_join_next() {
+                match r.map_err(Error::from).and_then(|r| r) {
+                    Ok(true) => fetched += 1,
+                    Ok(false) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
+            let me = self.clone();
+            tasks.spawn(async move {
+                let r = me.fill_block(key).await;
+                drop(permit);
+                r
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            match r.map_err(Error::from).and_then(|r| r) {
+                Ok(true) => fetched += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(fetched),
+        }
+    }
+
+    /// One block of a fill; false when it was not fetched (held already or
+    /// being fetched by someone else).
+    async fn fill_block(&self, key: String) -> Result<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // Claim the block, then let ranged reads of it already under way
+        // finish: their frames are kept, not fetched again.
+        loop {
+            let done = self.ranged_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            {
+                let Ok(mut f) = self.flights.lock() else {
+                    return Ok(false);
+                };
+                let e = f.entry(key.clone()).or_default();
+                if e.fill.is_some() && !e.fill.as_ref().is_some_and(|r| r.same_channel(&rx)) {
+                    return Ok(false);
+                }
+                e.fill = Some(rx.clone());
+                if e.ranged == 0 {
+                    break;
+                }
+            }
+            done.await;
+        }
+        let got = async {
+            if self.cache.has(&key) || self.being_fetched(&key) {
+                return Ok(false);
+            }
+            let raw = match self.fetch_whole(&key).await? {
+                Fetched::Raw(raw) => raw,
+                Fetched::Stored(enc) => {
+                    tokio::task::spawn_blocking(move || codec::decode_shared(enc))
+                        .await?
+                        .map_err(|e| Error::from(e).context(format!("block {key}")))?
+                }
+            };
+            if !self.cache.store_disk(&key, raw).await {
+                return Err(Error::transient("the disk cache refused a block (full?)"));
+            }
+            crate::metrics::FILL_BLOCKS.add(1);
+            Ok(true)
+        }
+        .await;
+        if let Ok(mut f) = self.flights.lock() {
+            if let Some(e) = f.get_mut(&key) {
+                e.fill = None;
+                if e.ranged == 0 {
+                    f.remove(&key);
+                }
+            }
+        }
+        let _ = tx.send(true);
+        got
+    }
+
+    /// Largest file a background fill takes on: a quarter of the disk
+    /// cache (0 without one: filling memory would push out what readers use).
+    pub fn fill_limit(&self) -> u64 {
+        self.cache.disk().map(|d| d.capacity() / 4).unwrap_or(0)
+    }
+
+    /// Cache keys of the blocks holding chunk bytes [0, len) as `pieces`
+    /// replay them (holes and pending slices left out).
+    pub fn chunk_block_keys(&self, pieces: &[Piece], len: u32) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .block_reads(pieces, 0, len)
+            .into_iter()
+            .filter(|j| j.pending.is_none())
+            .map(|j| j.key)
+            .collect();
+        keys.dedup();
+        keys
     }
 
     /// An object, or bytes `range` of it, from the store. Transient
@@ -380,6 +651,9 @@ impl DataStore {
     /// not in memory; a sequential one gets whole blocks, which read-ahead
     /// has usually fetched already. Pieces of slices this node has not
     /// committed yet are read from `pending`.
+    ///
+    /// True when a random read had to fetch frames from the store (a miss
+    /// of every cache), which the read-ahead policy counts.
     pub async fn read_chunk_range(
         &self,
         pieces: &[Piece],
@@ -387,9 +661,11 @@ impl DataStore {
         buf: &mut [u8],
         random: bool,
         pending: &PendingBlocks,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let end = off + buf.len() as u32;
         let jobs = self.block_reads(pieces, off, end);
+        let missed = std::sync::atomic::AtomicBool::new(false);
+        let missed = &missed;
         // Blocks are fetched concurrently (each through the single-flight cache).
         let futs = jobs.iter().map(|j| async move {
             if let Some((local, index)) = j.pending {
@@ -410,8 +686,14 @@ impl DataStore {
             }
             let key = &j.key;
             let ranged = random && j.len < j.block_len / 2 && !key.starts_with(INLINE_PREFIX);
+            if ranged {
+                self.wait_fill(key).await;
+            }
             if ranged && !self.being_fetched(key) && !self.cache.contains(key).await {
-                match self.read_frames(key, j.block_len, j.at, j.len).await {
+                match self
+                    .read_frames(key, j.block_len, j.at, j.len, missed)
+                    .await
+                {
                     Ok(b) => return Ok((b, 0)),
                     Err(e) => {
                         tracing::debug!(key, error = %e, "ranged read failed, reading the block")
@@ -432,7 +714,7 @@ impl DataStore {
             }
             buf[j.dst..j.dst + j.len].copy_from_slice(&block[at..at + j.len]);
         }
-        Ok(())
+        Ok(missed.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Raw bytes [off, off+len) of a block, fetched as 64 KiB pieces: each
@@ -444,12 +726,13 @@ impl DataStore {
         raw_len: usize,
         off: usize,
         len: usize,
+        missed: &std::sync::atomic::AtomicBool,
     ) -> Result<Bytes> {
         let first = off / PIECE;
         let last = (off + len).div_ceil(PIECE);
         let mut out = Vec::with_capacity(len);
         for p in first..last {
-            let piece = self.read_piece(key, raw_len, p).await?;
+            let piece = self.read_piece(key, raw_len, p, missed).await?;
             let (ps, pe) = (p * PIECE, p * PIECE + piece.len());
             let (s, e) = (off.max(ps), (off + len).min(pe));
             out.extend_from_slice(&piece[s - ps..e - ps]);
@@ -457,22 +740,38 @@ impl DataStore {
         Ok(Bytes::from(out))
     }
 
-    async fn read_piece(&self, key: &str, raw_len: usize, p: usize) -> Result<Bytes> {
+    async fn read_piece(
+        &self,
+        key: &str,
+        raw_len: usize,
+        p: usize,
+        missed: &std::sync::atomic::AtomicBool,
+    ) -> Result<Bytes> {
         let piece_key = format!("{key}@{p}");
         let init = async {
             let start = p * PIECE;
             let len = PIECE.min(raw_len - start);
-            if let Some(d) = self.cache.disk() {
-                let k = key.to_string();
-                let got =
-                    tokio::task::spawn_blocking(move || d.load_range(&k, raw_len, start, len))
-                        .await
-                        .ok()
-                        .flatten();
-                if let Some(raw) = got {
-                    return Ok(Bytes::from(raw));
+            let _flight = loop {
+                if let Some(d) = self.cache.disk() {
+                    let k = key.to_string();
+                    let got =
+                        tokio::task::spawn_blocking(move || d.load_range(&k, raw_len, start, len))
+                            .await
+                            .ok()
+                            .flatten();
+                    if let Some(raw) = got {
+                        return Ok(Bytes::from(raw));
+                    }
                 }
-            }
+                match self.begin_ranged(key) {
+                    Ok(f) => break f,
+                    // Being filled: it will be on disk (or the fill failed).
+                    Err(mut rx) => {
+                        let _ = rx.wait_for(|done| *done).await;
+                    }
+                }
+            };
+            missed.store(true, std::sync::atomic::Ordering::Relaxed);
             let layout = self.layout(key, raw_len).await?;
             let frames = layout.frames_for(start, len);
             if frames.is_empty() {
@@ -498,6 +797,8 @@ impl DataStore {
                 let n = PIECE.min(raw.len() - at);
                 let part = raw.slice(at..at + n);
                 if q == p {
+                    // In memory before the flight ends (a fill then keeps it).
+                    self.cache.insert_mem(&piece_key, part.clone()).await;
                     mine = part;
                 } else {
                     self.cache.insert_mem(&format!("{key}@{q}"), part).await;
@@ -616,6 +917,7 @@ impl DataStore {
             if let Err(e) = self
                 .read_chunk_range(&pieces, at, &mut raw, false, &pending)
                 .await
+                .map(|_| ())
             {
                 stored = Err(e);
                 break;
@@ -723,6 +1025,38 @@ impl DataStore {
             }
         });
     }
+}
+
+/// What is under way for one block: a background fill, ranged reads.
+#[derive(Default)]
+struct Flight {
+    fill: Option<tokio::sync::watch::Receiver<bool>>,
+    ranged: usize,
+}
+
+/// A ranged read of a block under way; ends when dropped.
+struct RangedFlight<'a> {
+    store: &'a DataStore,
+    key: String,
+}
+
+impl Drop for RangedFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.store.flights.lock() {
+            if let Some(e) = f.get_mut(&self.key) {
+                e.ranged = e.ranged.saturating_sub(1);
+                if e.ranged == 0 && e.fill.is_none() {
+                    f.remove(&self.key);
+                }
+            }
+        }
+        self.store.ranged_done.notify_waiters();
+    }
+}
+
+/// The raw length a block key ends in (`..._{id}_{index}_{len}`).
+fn raw_len_of(key: &str) -> Option<usize> {
+    key.rsplit('_').next().and_then(|l| l.parse().ok())
 }
 
 /// Part of one block a read needs: `len` bytes from `at` within the block

@@ -5,4 +5,5 @@
 //! of warmed files into the kernel's page cache. The data path (`data`)
 //! fetches; this module decides what and when.
 
+pub mod readahead;
 pub mod warm;
