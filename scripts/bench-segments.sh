@@ -32,7 +32,8 @@
 #   [--targets local,vecfs,vecfs-warm,rclone] [--port-base P]
 # --interval MIN[-MAX]: seconds between batches (uniform; default 1-8).
 # --port-base P: redis on P, moto on P+1, metrics from P+10 (default: free ports).
-# Env: VECFS_BIN runs that vecfs binary instead of target/release/vecfs.
+# Env: VECFS_BIN runs that vecfs binary instead of target/release/vecfs;
+# SEGMENTS_KEEP=DIR keeps the per-load JSON lines, notes and daemon logs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -220,5 +221,10 @@ for t in "${targets[@]}"; do run_target "$t"; done
 
 params=$(printf '{"batches": %s, "rows": %s, "dim": %s, "seed": %s, "interval": "%s", "reader_delay": %s, "readers": %s}' \
   "$batches" "$rows" "$dim" "$seed" "$interval" "$delay" "$readers")
+if [[ -n ${SEGMENTS_KEEP:-} ]]; then
+  mkdir -p "$SEGMENTS_KEEP"
+  cp -r "$out" "$notes" "$SEGMENTS_KEEP"/
+  cp "$work"/*.log "$work"/rx "$SEGMENTS_KEEP"/ 2>/dev/null || true
+fi
 python3 scripts/segments.py summary --dir "$out" --notes "$notes" --params "$params" \
   --net "$work/rx"

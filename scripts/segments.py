@@ -282,7 +282,10 @@ def cmd_read(a):
                               ("vecfs_mem_cache_hit_total", "mem_hits"),
                               ("vecfs_disk_cache_hit_total", "disk_hits"),
                               ("vecfs_object_get_total", "gets"),
-                              ("vecfs_object_range_get_total", "range_gets")):
+                              ("vecfs_object_range_get_total", "range_gets"),
+                              ("vecfs_warm_bytes_total", "warmed"),
+                              ("vecfs_warm_skipped_total", "warm_skipped"),
+                              ("vecfs_page_cache_pushed_bytes_total", "pushed")):
                 rec[name + "_load"] = delta(after, before, key)
                 rec[name + "_batch"] = delta(after, last, key)
             last = after
@@ -318,8 +321,8 @@ def cmd_summary(a):
     mb = 1 / 1e6
 
     def col(rs, key, scale=1.0):
-        s = stats([r[key] * scale if r.get(key) is not None else None for r in rs])
-        return s
+        # timings of failed loads (checksum, answer, I/O error) are left out
+        return stats([r[key] * scale if r.get(key) is not None else None for r in rs if r["ok"]])
 
     rows = [
         ("visible after close, s", "visible_s", 1.0, ("mean", "p50", "p95")),
@@ -332,6 +335,9 @@ def cmd_summary(a):
         ("writer: segment write, s", "write_s", 1.0, ("mean",)),
         ("fetched from store during load, MB", "fetched_load", mb, ("mean",)),
         ("fetched from store per batch, MB", "fetched_batch", mb, ("mean",)),
+        ("warmed by warm-on-commit per batch, MB", "warmed_batch", mb, ("mean",)),
+        ("pushed into page cache per batch, MB", "pushed_batch", mb, ("mean",)),
+        ("warm-ups skipped per batch", "warm_skipped_batch", 1.0, ("mean",)),
         ("block GETs during load", "gets_load", 1.0, ("mean",)),
         ("memory-cache hits during load", "mem_hits_load", 1.0, ("mean",)),
         ("disk-cache hits during load", "disk_hits_load", 1.0, ("mean",)),
@@ -353,7 +359,7 @@ def cmd_summary(a):
         summary[n]["batches"] = len(cols[n])
         summary[n]["failures"] = len(bad)
         summary[n]["errors"] = sorted({e for r in bad for e in r["errors"]})[:5]
-    lines.append("loads failed (checksum/answer/IO)".ljust(40)
+    lines.append("loads failed (left out above)".ljust(40)
                  + "".join(str(summary[n]["failures"]).rjust(w) for n in names))
     # ratios against the local disk
     base = {k: summary.get(k, {}).get("load_query_s") for k in names if k.startswith("local")}
