@@ -158,6 +158,7 @@ def tail(path, deadline_s):
             if entry.get("end"):
                 return
             yield entry
+            last = time.time()  # the wait counts from here, not from before the visibility poll
 
 
 def read_whole(path, header):
