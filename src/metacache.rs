@@ -157,6 +157,19 @@ impl MetaCache {
         }
     }
 
+    /// Forgets every name that leads to `ino`, and its attributes: the
+    /// inode is gone, so a retried lookup must ask Redis. Scans the names
+    /// (only on that rare event), so the rest of the cache stays warm.
+    pub fn drop_inode(&self, ino: u64) {
+        if !self.on() {
+            return;
+        }
+        if let Ok(mut names) = self.names.lock() {
+            names.retain(|_, (i, _)| *i != ino);
+        }
+        self.drop_attr(ino);
+    }
+
     pub fn drop_attr(&self, ino: u64) {
         if !self.on() {
             return;

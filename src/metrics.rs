@@ -119,7 +119,12 @@ pub static PAGE_CACHE_DROPPED_BYTES: Counter = Counter::new(
     "bytes of pushed files dropped from the page cache to stay within --warm-page-cache",
 );
 
-static ALL: [&Counter; 25] = [
+pub static PAGE_CACHE_PUSH_FAILURES: Counter = Counter::new(
+    "vecfs_page_cache_push_failures_total",
+    "page-cache pushes that could not read the warmed file through the mount",
+);
+
+static ALL: [&Counter; 26] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -145,6 +150,7 @@ static ALL: [&Counter; 25] = [
     &WARM_SKIPPED,
     &PAGE_CACHE_PUSHED_BYTES,
     &PAGE_CACHE_DROPPED_BYTES,
+    &PAGE_CACHE_PUSH_FAILURES,
 ];
 
 /// All counters in the Prometheus text format.

@@ -572,6 +572,18 @@ impl Vfs {
             .unwrap_or(false)
     }
 
+    /// This node removed the last name of `ino`, open here.
+    fn unlinked_here(&self, ino: u64) -> bool {
+        self.open
+            .lock()
+            .is_ok_and(|o| o.get(&ino).is_some_and(|f| f.unlinked))
+    }
+
+    /// Whether any handle on this node has `ino` open.
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.is_open_here(ino)
+    }
+
     /// Takes a reference on `ino` if it is open here (see unlink).
     fn pin(&self, ino: u64) -> bool {
         match self.open.lock() {
@@ -717,7 +729,14 @@ impl Vfs {
         let real = self.real(ino);
         let attr = match self.mcache.attr(real) {
             Some(a) => a,
-            None => self.fresh_attr(real, "getattr").await?,
+            // Gone from Redis: the kernel reached it through a name it
+            // cached (with default_permissions, open asks for attributes
+            // first); ESTALE makes a path walk look the name up again. An
+            // fstat of a handle on it gets ESTALE too, as on NFS.
+            None => match self.fresh_attr(real, "getattr").await {
+                Err(libc::ENOENT) => return Err(self.stale_name(real)),
+                other => other?,
+            },
         };
         let attr = self.fix_attr(real, attr);
         Ok(self.entry(real, attr))
@@ -1339,7 +1358,10 @@ impl Vfs {
             Err(libc::ENOENT) => return Err(self.stale_name(real)),
             other => other?,
         };
-        if attr.kind == FileKind::File && attr.nlink == 0 && !self.is_open_here(real) {
+        // A file with no name left can be opened by name only through a
+        // stale dentry; through /proc/PID/fd only when this node removed
+        // its last name (the kernel then dropped the name itself).
+        if attr.kind == FileKind::File && attr.nlink == 0 && !self.unlinked_here(real) {
             return Err(self.stale_name(real));
         }
         match attr.kind {
@@ -1372,9 +1394,9 @@ impl Vfs {
     fn stale_name(&self, real: u64) -> i32 {
         tracing::debug!(
             ino = real,
-            "open of a replaced or removed file: ESTALE, the kernel looks up again"
+            "replaced or removed file reached through an old name: ESTALE, the kernel looks up again"
         );
-        self.mcache.clear();
+        self.mcache.drop_inode(real);
         libc::ESTALE
     }
 

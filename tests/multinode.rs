@@ -494,10 +494,27 @@ fn metadata_cache_follows_other_nodes_changes() {
 fn an_open_through_a_name_replaced_on_another_node_gets_the_new_file() {
     let v = Volume::new(Storage::S3);
     let a = v.mount();
-    let b = v.mount_with(&["--no-events", "--entry-cache", "60", "--attr-cache", "60"]);
+    // Within the attribute TTL the kernel opens at once; past it (the
+    // default 1 s), it asks for the old inode's attributes first.
+    for (attr_cache, wait) in [("60", Duration::ZERO), ("1", Duration::from_millis(1200))] {
+        let b = v.mount_with(&[
+            "--no-events",
+            "--entry-cache",
+            "60",
+            "--attr-cache",
+            attr_cache,
+        ]);
+        replaced_names_on(&a, &b, wait);
+    }
+}
+
+fn replaced_names_on(a: &common::Mount, b: &common::Mount, wait: Duration) {
     let replace = |body: &[u8]| {
         fs::write(a.p("bloom_filter.tmp"), body).unwrap();
         fs::rename(a.p("bloom_filter.tmp"), a.p("bloom_filter")).unwrap();
+        // Lets B's attribute cache of the old file expire (a TTL, not a
+        // condition that could be polled).
+        std::thread::sleep(wait);
     };
     replace(b"version 1");
     assert_eq!(fs::read(b.p("bloom_filter")).unwrap(), b"version 1");
@@ -512,6 +529,16 @@ fn an_open_through_a_name_replaced_on_another_node_gets_the_new_file() {
         "B opened the replaced file another node holds open"
     );
     drop(held);
+
+    // B itself holds the old file open: a new open by name still gets the new one.
+    let mine = File::open(b.p("bloom_filter")).unwrap();
+    replace(b"v4 from A");
+    assert_eq!(
+        fs::read(b.p("bloom_filter")).unwrap(),
+        b"v4 from A",
+        "B reopened the replaced file it holds open"
+    );
+    drop(mine);
 
     fs::remove_file(a.p("bloom_filter")).unwrap();
     let err = fs::read(b.p("bloom_filter")).unwrap_err();

@@ -377,6 +377,14 @@ async fn prepare(
         max_file_bytes: cache_bytes / 2,
         mountpoint: mp.to_path_buf(),
     });
+    if warm
+        .as_ref()
+        .is_some_and(|w| w.max_file_bytes < vfs.format.block_size as u64)
+    {
+        tracing::warn!(
+            "--warm-on-commit: the cache is too small to warm anything (files up to half of it are warmed): raise --cache-size"
+        );
+    }
     let mut bg = Vec::new();
     if !(0.0..1.0).contains(&a.free_space_ratio) {
         bail!("--free-space-ratio must be between 0 and 1 (e.g. 0.1)");

@@ -838,9 +838,13 @@ impl DataStore {
         keys
     }
 
-    /// Loads one block into the cache (memory, and disk when there is one)
-    /// unless it is there already; returns its decoded length.
+    /// Loads one block into the cache unless it is there already (in
+    /// memory, or on disk: not promoted into memory then, where it would
+    /// push out blocks readers use). Returns the bytes it fetched.
     pub async fn warm_block(&self, key: String) -> Result<usize> {
+        if self.cache.contains(&key).await || self.cache.disk().is_some_and(|d| d.has(&key)) {
+            return Ok(0);
+        }
         self.fetch_block(key).await.map(|b| b.len())
     }
 

@@ -21,6 +21,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Semaphore};
@@ -88,14 +89,97 @@ enum Job {
 struct State {
     /// Files whose name matched, with where they were seen (for the push).
     watched: HashMap<u64, (u64, Vec<u8>)>,
+    /// The version each file was last warmed (and pushed) at: a second
+    /// event for the same content (a file's create and its commit arrive
+    /// as two) costs nothing.
+    done: HashMap<u64, Version>,
     /// Being warmed; a second request while busy runs it once more after.
     busy: HashSet<u64>,
     again: HashSet<u64>,
-    /// Directory -> (parent, name), learned while resolving paths.
+    /// Directory -> (parent, name), learned while resolving paths, and the
+    /// way back, so an entry event on (parent, name) (a directory renamed
+    /// or removed) forgets it.
     dirs: HashMap<u64, (u64, Vec<u8>)>,
-    /// Files pushed into the page cache, oldest first, and their bytes.
-    pushed: VecDeque<(u64, u64)>,
+    dir_names: HashMap<(u64, Vec<u8>), u64>,
+    /// Files in the page cache by push: inode -> (push number, bytes
+    /// charged); `order` holds (inode, push number) oldest first, with
+    /// entries of later pushes of the same inode skipped when they surface.
+    pushed: HashMap<u64, (u64, u64)>,
+    order: VecDeque<(u64, u64)>,
     pushed_bytes: u64,
+    pushes: u64,
+}
+
+impl State {
+    fn forget_dir_name(&mut self, parent: u64, name: &[u8]) {
+        if let Some(dir) = self.dir_names.remove(&(parent, name.to_vec())) {
+            self.dirs.remove(&dir);
+        }
+    }
+
+    fn learn_dir(&mut self, dir: u64, parent: u64, name: Vec<u8>) {
+        if self.dirs.len() >= MAX_WATCHED {
+            self.dirs.clear();
+            self.dir_names.clear();
+        }
+        self.dir_names.insert((parent, name.clone()), dir);
+        self.dirs.insert(dir, (parent, name));
+    }
+
+    /// Records a push of `bytes` and returns what must leave the page
+    /// cache to stay within `budget` (never files open here: `in_use`).
+    fn charge(
+        &mut self,
+        ino: u64,
+        bytes: u64,
+        budget: u64,
+        in_use: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, u64)> {
+        self.pushes += 1;
+        let n = self.pushes;
+        if let Some((_, old)) = self.pushed.insert(ino, (n, bytes)) {
+            self.pushed_bytes -= old;
+        }
+        self.pushed_bytes += bytes;
+        self.order.push_back((ino, n));
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        while self.pushed_bytes > budget {
+            let Some((old, at)) = self.order.pop_front() else {
+                break;
+            };
+            match self.pushed.get(&old) {
+                Some(&(m, b)) if m == at => {
+                    if old != ino && in_use(old) {
+                        // Read by someone now: its pages are theirs, not a
+                        // guess ahead of demand; it no longer counts.
+                        self.pushed.remove(&old);
+                        self.pushed_bytes -= b;
+                        continue;
+                    }
+                    if old == ino {
+                        // The file just pushed is the only one left over
+                        // the budget: keep it (the push checked its size).
+                        kept.push((old, at));
+                        break;
+                    }
+                    self.pushed.remove(&old);
+                    self.pushed_bytes -= b;
+                    out.push((old, b));
+                }
+                _ => {} // a later push of that inode is further back
+            }
+        }
+        for k in kept.into_iter().rev() {
+            self.order.push_front(k);
+        }
+        out
+    }
+}
+
+/// Page-cache bytes a file of `len` bytes occupies.
+fn pages_of(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
 }
 
 const MAX_WATCHED: usize = 100_000;
@@ -109,6 +193,8 @@ pub struct Warmer {
     state: Mutex<State>,
     blocks: Arc<Semaphore>,
     files: Arc<Semaphore>,
+    queue_full_told: AtomicBool,
+    push_failure_told: AtomicBool,
 }
 
 impl Warmer {
@@ -122,6 +208,8 @@ impl Warmer {
             cfg,
             jobs: tx,
             state: Mutex::new(State::default()),
+            queue_full_told: AtomicBool::new(false),
+            push_failure_told: AtomicBool::new(false),
         });
         tokio::spawn(w.clone().run(rx));
         w
@@ -137,6 +225,11 @@ impl Warmer {
     /// Another node changed something. Never waits: a full queue drops the
     /// event (the file is then read the ordinary way).
     pub fn on_event(&self, ev: &Event) {
+        if let Event::Entry { parent, name, .. } = ev {
+            if let Ok(mut s) = self.state.lock() {
+                s.forget_dir_name(*parent, name);
+            }
+        }
         let job = match ev {
             Event::Entry { parent, name, .. } if self.matches(name) => {
                 Job::Entry(*parent, name.clone())
@@ -146,13 +239,20 @@ impl Warmer {
                 if !watched {
                     return;
                 }
+                // The commit dropped the kernel's pages of the file (see
+                // Vfs::on_remote_change): warm and push it again.
+                if let Ok(mut s) = self.state.lock() {
+                    s.done.remove(ino);
+                }
                 Job::Inode(*ino)
             }
             _ => return,
         };
         if self.jobs.try_send(job).is_err() {
             metrics::WARM_SKIPPED.add(1);
-            tracing::debug!("warm-up queue full; event dropped");
+            if !self.queue_full_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!("warm-up queue full: change events dropped, those files are read from the store when opened");
+            }
         }
     }
 
@@ -185,11 +285,13 @@ impl Warmer {
             if !fresh {
                 continue;
             }
-            let Ok(permit) = self.files.clone().acquire_owned().await else {
-                return;
-            };
             let me = self.clone();
+            // Waits for its turn in its own task: a small file's event is
+            // never stuck behind the queue of a few large ones.
             tokio::spawn(async move {
+                let Ok(_permit) = me.files.clone().acquire_owned().await else {
+                    return;
+                };
                 loop {
                     me.warm_file(ino).await;
                     let rerun = me.state.lock().is_ok_and(|mut s| {
@@ -204,7 +306,6 @@ impl Warmer {
                         break;
                     }
                 }
-                drop(permit);
             });
         }
     }
@@ -219,11 +320,37 @@ impl Warmer {
 
     async fn warm_file(&self, ino: u64) {
         let Some((version, attr)) = self.version(ino).await else {
+            if let Ok(mut s) = self.state.lock() {
+                s.watched.remove(&ino);
+                s.done.remove(&ino);
+            }
             return;
         };
         if attr.length == 0 {
             return;
         }
+        if self
+            .state
+            .lock()
+            .is_ok_and(|s| s.done.get(&ino) == Some(&version))
+        {
+            return;
+        }
+        let Some((parent, name)) = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.watched.get(&ino).cloned())
+        else {
+            return;
+        };
+        // Only what this mount shows (--subdir): other trees' files are
+        // not this node's business.
+        let Some(dir) = self.dir_path(parent).await else {
+            metrics::WARM_SKIPPED.add(1);
+            tracing::debug!(ino, "not under this mount's root; not warmed");
+            return;
+        };
         if attr.length > self.cfg.max_file_bytes {
             metrics::WARM_SKIPPED.add(1);
             tracing::debug!(
@@ -276,8 +403,15 @@ impl Warmer {
         }
         metrics::WARM_FILES.add(1);
         tracing::debug!(ino, length = attr.length, elapsed = ?started.elapsed(), "warmed");
-        if self.cfg.page_cache_bytes >= attr.length {
-            self.push_page_cache(ino, version).await;
+        if let Ok(mut s) = self.state.lock() {
+            if s.done.len() >= MAX_WATCHED {
+                s.done.clear();
+            }
+            s.done.insert(ino, version);
+        }
+        if self.cfg.page_cache_bytes >= pages_of(attr.length) {
+            let path = self.cfg.mountpoint.join(dir).join(OsStr::from_bytes(&name));
+            self.push_page_cache(ino, version, path, parent).await;
         }
     }
 
@@ -310,10 +444,7 @@ impl Warmer {
                     let entries = self.vfs.meta.readdir(attr.parent).await.ok()?;
                     let e = entries.into_iter().find(|e| e.ino == cur)?;
                     if let Ok(mut s) = self.state.lock() {
-                        if s.dirs.len() >= MAX_WATCHED {
-                            s.dirs.clear();
-                        }
-                        s.dirs.insert(cur, (attr.parent, e.name.clone()));
+                        s.learn_dir(cur, attr.parent, e.name.clone());
                     }
                     (attr.parent, e.name)
                 }
@@ -327,37 +458,30 @@ impl Warmer {
     /// Reads the warmed file through the mount, which fills the kernel's
     /// page cache the ordinary way (the kernel takes pushed pages only for
     /// inodes it already knows; a new file is unknown to it).
-    async fn push_page_cache(&self, ino: u64, version: Version) {
-        let Some((parent, name)) = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|s| s.watched.get(&ino).cloned())
-        else {
-            return;
-        };
-        let Some(dir) = self.dir_path(parent).await else {
-            tracing::debug!(ino, "page-cache push: directory not under this mount");
-            return;
-        };
-        let path = self.cfg.mountpoint.join(dir).join(OsStr::from_bytes(&name));
+    async fn push_page_cache(&self, ino: u64, version: Version, path: PathBuf, parent: u64) {
         let expect_ino = self.vfs.shown(ino);
         let len = version.length;
         let read = tokio::task::spawn_blocking(move || read_through(&path, expect_ino, len)).await;
-        match read {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
-                // Another file under that name by now: forget the stale path.
-                if let Ok(mut s) = self.state.lock() {
-                    s.dirs.remove(&parent);
-                }
-                return;
+        let failed = match read {
+            Ok(Ok(true)) => None,
+            // Another file under that name by now.
+            Ok(Ok(false)) => Some("the name holds another file by now".to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            metrics::PAGE_CACHE_PUSH_FAILURES.add(1);
+            // The path may be stale (a directory renamed): learn it anew.
+            if let Ok(mut s) = self.state.lock() {
+                s.dirs.clear();
+                s.dir_names.clear();
             }
-            Ok(Err(e)) => {
-                tracing::debug!(ino, error = %e, "page-cache push failed");
-                return;
+            if !self.push_failure_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(ino, parent, error = %why, "page-cache push failed (told once; vecfs_page_cache_push_failures_total counts them)");
+            } else {
+                tracing::debug!(ino, parent, error = %why, "page-cache push failed");
             }
-            Err(_) => return,
+            return;
         }
         if self.version(ino).await.map(|v| v.0) != Some(version) {
             // Changed while it was read: what the kernel holds may be old.
@@ -366,20 +490,9 @@ impl Warmer {
         }
         metrics::PAGE_CACHE_PUSHED_BYTES.add(len);
         let evict = match self.state.lock() {
-            Ok(mut s) => {
-                s.pushed.retain(|(i, _)| *i != ino);
-                s.pushed.push_back((ino, len));
-                s.pushed_bytes = s.pushed.iter().map(|(_, n)| n).sum();
-                let mut out = Vec::new();
-                while s.pushed_bytes > self.cfg.page_cache_bytes {
-                    let Some((old, n)) = s.pushed.pop_front() else {
-                        break;
-                    };
-                    s.pushed_bytes -= n;
-                    out.push((old, n));
-                }
-                out
-            }
+            Ok(mut s) => s.charge(ino, pages_of(len), self.cfg.page_cache_bytes, |i| {
+                self.vfs.is_open(i)
+            }),
             Err(_) => Vec::new(),
         };
         for (old, n) in evict {
@@ -419,6 +532,58 @@ mod tests {
         assert!(!m("bloom_filter.tmp"));
         assert!(!m("deleted_docs"));
         assert!(parse_patterns("*").unwrap()[0].matches("anything"));
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_oldest_push_leaves_first_and_a_repush_is_charged_once() {
+        let mut s = State::default();
+        let none_open = |_| false;
+        assert!(s.charge(1, 8 * MIB, 20 * MIB, none_open).is_empty());
+        assert!(s.charge(2, 8 * MIB, 20 * MIB, none_open).is_empty());
+        // Pushed again (changed and re-warmed): moves to the back, counted once.
+        assert!(s.charge(1, 8 * MIB, 20 * MIB, none_open).is_empty());
+        assert_eq!(s.pushed_bytes, 16 * MIB);
+        assert_eq!(
+            s.charge(3, 8 * MIB, 20 * MIB, none_open),
+            vec![(2, 8 * MIB)]
+        );
+        assert_eq!(s.pushed_bytes, 16 * MIB);
+        assert_eq!(
+            s.charge(4, 8 * MIB, 20 * MIB, none_open),
+            vec![(1, 8 * MIB)]
+        );
+    }
+
+    #[test]
+    fn files_open_here_are_never_dropped_and_stop_counting() {
+        let mut s = State::default();
+        s.charge(1, 8 * MIB, 20 * MIB, |_| false);
+        s.charge(2, 8 * MIB, 20 * MIB, |_| false);
+        let out = s.charge(3, 8 * MIB, 20 * MIB, |i| i == 1);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(s.pushed_bytes, 16 * MIB);
+        assert!(!s.pushed.contains_key(&1));
+    }
+
+    #[test]
+    fn small_files_are_charged_whole_pages() {
+        let mut s = State::default();
+        let mut dropped = 0;
+        for ino in 0..1000 {
+            dropped += s.charge(ino, pages_of(8), 400 * 4096, |_| false).len();
+        }
+        assert_eq!(s.pushed_bytes, 400 * 4096);
+        assert_eq!(dropped, 600);
+    }
+
+    #[test]
+    fn a_renamed_directory_is_forgotten() {
+        let mut s = State::default();
+        s.learn_dir(10, 1, b"seg".to_vec());
+        s.forget_dir_name(1, b"seg");
+        assert!(s.dirs.is_empty() && s.dir_names.is_empty());
     }
 
     #[test]
