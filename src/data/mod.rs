@@ -251,17 +251,6 @@ impl DataStore {
         store
     }
 
-    /// Bytes read-ahead may hold node-wide.
-    pub fn readahead_budget(&self) -> usize {
-        self.ahead_bytes
-    }
-
-    /// Bytes of blocks read ahead and not read yet (or being fetched).
-    pub fn readahead_held(&self) -> usize {
-        self.ahead_bytes
-            .saturating_sub(self.ahead_budget.available_permits())
-    }
-
     /// A read used `key`: its read-ahead charge (if any) is given back.
     fn ahead_used(&self, key: &str) {
         if let Ok(mut a) = self.ahead.lock() {
@@ -952,15 +941,21 @@ impl DataStore {
             let me = self.clone();
             tokio::spawn(async move {
                 let n = raw_len_of(&key).unwrap_or(me.block_size as usize);
-                let go = !me.cache.contains(&key).await
-                    && me.ahead_charge(&key, n).await.is_some()
-                    && !me.cache.contains(&key).await;
-                if go {
-                    if let Err(e) = me.fetch_block(key.clone()).await {
-                        tracing::debug!(key, error = %e, "prefetch failed");
-                        me.ahead_used(&key);
-                    }
-                } else {
+                if me.cache.contains(&key).await {
+                    me.ahead_used(&key);
+                    return;
+                }
+                // None: a read used the block while this waited (its claim
+                // is gone), nothing to fetch or give back.
+                if me.ahead_charge(&key, n).await.is_none() {
+                    return;
+                }
+                if me.cache.contains(&key).await {
+                    me.ahead_used(&key);
+                    return;
+                }
+                if let Err(e) = me.fetch_block(key.clone()).await {
+                    tracing::debug!(key, error = %e, "prefetch failed");
                     me.ahead_used(&key);
                 }
             });
