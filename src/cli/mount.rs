@@ -181,6 +181,7 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
     }
     let log = a.log.clone();
     crate::cli::init_logging(verbose, log.as_deref())?;
+    limit_malloc_arenas();
     let rt = crate::cli::runtime()?;
     let prepared = rt.block_on(prepare(&a, &mp));
     let (vfs, bg, warm) = match prepared {
@@ -543,6 +544,25 @@ fn set_kernel_readahead(mp: &Path, kb: u32) {
 }
 
 /// Starts `vecfs mount` again without -d, detached, and waits for the mount.
+/// glibc gives each thread that allocates under contention its own arena
+/// (up to 8 per core) and keeps block-sized buffers freed there for reuse:
+/// eight cold readers of different 256 MiB files peaked at 1.24 GiB RSS
+/// with the defaults, past `--mem-cache-size` + `--buffer-size` + 200 MiB
+/// = 1012 MiB, read-ahead budget or not (BENCHMARKS, "Read path: memory
+/// budget"). Two arenas keep that reuse (no page faults per block, which a
+/// fixed mmap threshold costs: +50 % CPU) and stay within the bound.
+/// `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called once
+        // before the runtime starts its threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the vecfs executable")?;
     let log = a.log.clone().unwrap_or_else(default_log);

@@ -167,6 +167,17 @@ pub struct DataStore {
     ranged_done: Notify,
     /// Blocks background fills fetch at once, node-wide.
     fills: Arc<Semaphore>,
+    /// Read-ahead budget, node-wide: bytes of blocks prefetched (or being
+    /// prefetched) that no read has used yet. However many files are read
+    /// at once, read-ahead never holds more; a prefetch waits for room.
+    ahead_budget: Arc<Semaphore>,
+    ahead_bytes: usize,
+    /// Blocks read ahead and not read yet, each with its charge on
+    /// `ahead_budget` (None while its prefetch waits for room) and when it
+    /// was charged. A read of the block gives the charge back; a charge
+    /// nobody read for `AHEAD_STALE` is given back by the next prefetch
+    /// that has to wait (the reader went away).
+    ahead: std::sync::Mutex<HashMap<String, Ahead>>,
     /// Chunks being compacted by this node (inode, chunk index).
     compacting: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
     pub capacity: u64,
@@ -186,6 +197,10 @@ const INLINE_PREFIX: &str = "inline/";
 /// frame size), each cached in memory on its own.
 const PIECE: usize = codec::MIN_FRAME;
 
+/// A prefetched block no read used for this long stops counting against
+/// the read-ahead budget.
+const AHEAD_STALE: Duration = Duration::from_secs(10);
+
 /// Blocks fetched at once by background fills (node-wide): with 4 MiB
 /// blocks at most 8 x (stored + raw) = 64 MiB in flight.
 const FILL_CONCURRENCY: usize = 8;
@@ -202,7 +217,13 @@ impl DataStore {
     ) -> DataStore {
         // A single write (up to 1 MiB) plus a few blocks must always fit.
         let budget = buffer_bytes.max(4 * block_size as u64 + (2 << 20));
-        DataStore {
+        // Read-ahead may fill half the memory cache (prefetched blocks wait
+        // there for their reader and must not push each other out), and
+        // always has room for two blocks.
+        let ahead_bytes = (cache.mem_capacity() / 2)
+            .max(2 * block_size as u64)
+            .min(Semaphore::MAX_PERMITS as u64) as usize;
+        let mut store = DataStore {
             meta,
             blocks,
             cache,
@@ -218,10 +239,56 @@ impl DataStore {
             flights: std::sync::Mutex::new(HashMap::new()),
             ranged_done: Notify::new(),
             fills: Arc::new(Semaphore::new(FILL_CONCURRENCY)),
+            ahead_budget: Arc::new(Semaphore::new(0)),
+            ahead_bytes: 0,
+            ahead: std::sync::Mutex::new(HashMap::new()),
             compacting: std::sync::Mutex::new(std::collections::HashSet::new()),
             capacity,
             staging: None,
+        };
+        store.ahead_budget = Arc::new(Semaphore::new(ahead_bytes));
+        store.ahead_bytes = ahead_bytes;
+        store
+    }
+
+    /// A read used `key`: its read-ahead charge (if any) is given back.
+    fn ahead_used(&self, key: &str) {
+        if let Ok(mut a) = self.ahead.lock() {
+            if !a.is_empty() {
+                a.remove(key);
+            }
         }
+    }
+
+    /// Gives back the charges of prefetched blocks nobody read in time.
+    fn ahead_sweep(&self) {
+        let now = std::time::Instant::now();
+        if let Ok(mut a) = self.ahead.lock() {
+            a.retain(|_, e| e.permit.is_none() || now.duration_since(e.since) < AHEAD_STALE);
+        }
+    }
+
+    /// Room for `n` bytes of read-ahead for `key`, waiting while the
+    /// budget is spent. None when a read used the block meanwhile (or
+    /// another prefetch of it holds the charge): nothing to fetch then.
+    async fn ahead_charge(&self, key: &str, n: usize) -> Option<()> {
+        let n = n.min(self.ahead_bytes).min(u32::MAX as usize) as u32;
+        let permit = loop {
+            let acquire = self.ahead_budget.clone().acquire_many_owned(n);
+            match tokio::time::timeout(Duration::from_secs(1), acquire).await {
+                Ok(Ok(p)) => break p,
+                Ok(Err(_)) => return None,
+                Err(_) => self.ahead_sweep(),
+            }
+        };
+        let mut a = self.ahead.lock().ok()?;
+        let e = a.get_mut(key)?;
+        if e.permit.is_some() {
+            return None;
+        }
+        e.permit = Some(permit);
+        e.since = std::time::Instant::now();
+        Some(())
     }
 
     /// Runs `op` until it succeeds, fails for a reason retrying cannot fix,
@@ -703,6 +770,11 @@ impl DataStore {
             self.fetch_block(key.clone()).await.map(|b| (b, j.at))
         });
         let results = futures::future::join_all(futs).await;
+        for j in &jobs {
+            if j.pending.is_none() {
+                self.ahead_used(&j.key);
+            }
+        }
         for (j, r) in jobs.iter().zip(results) {
             let (block, at) = r?;
             if at + j.len > block.len() {
@@ -852,13 +924,43 @@ impl DataStore {
     /// the cache without waiting for them.
     pub fn prefetch(self: &Arc<Self>, pieces: &[Piece], off: u32, len: u32) {
         for key in self.block_keys(pieces, off, len) {
+            // Claim the block for read-ahead; one claimed already (read
+            // ahead, not read yet) is left alone.
+            let fresh = self.ahead.lock().is_ok_and(|mut a| {
+                use std::collections::hash_map::Entry;
+                match a.entry(key.clone()) {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(v) => {
+                        v.insert(Ahead {
+                            permit: None,
+                            since: std::time::Instant::now(),
+                        });
+                        true
+                    }
+                }
+            });
+            if !fresh {
+                continue;
+            }
             let me = self.clone();
             tokio::spawn(async move {
+                let n = raw_len_of(&key).unwrap_or(me.block_size as usize);
                 if me.cache.contains(&key).await {
+                    me.ahead_used(&key);
+                    return;
+                }
+                // None: a read used the block while this waited (its claim
+                // is gone), nothing to fetch or give back.
+                if me.ahead_charge(&key, n).await.is_none() {
+                    return;
+                }
+                if me.cache.contains(&key).await {
+                    me.ahead_used(&key);
                     return;
                 }
                 if let Err(e) = me.fetch_block(key.clone()).await {
                     tracing::debug!(key, error = %e, "prefetch failed");
+                    me.ahead_used(&key);
                 }
             });
         }
@@ -1029,6 +1131,12 @@ impl DataStore {
             }
         });
     }
+}
+
+/// A block read ahead: its charge on the read-ahead budget.
+struct Ahead {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    since: std::time::Instant,
 }
 
 /// What is under way for one block: a background fill, ranged reads.
