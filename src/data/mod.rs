@@ -611,19 +611,6 @@ impl DataStore {
         self.cache.disk().map(|d| d.capacity() / 4).unwrap_or(0)
     }
 
-    /// Cache keys of the blocks holding chunk bytes [0, len) as `pieces`
-    /// replay them (holes and pending slices left out).
-    pub fn chunk_block_keys(&self, pieces: &[Piece], len: u32) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .block_reads(pieces, 0, len)
-            .into_iter()
-            .filter(|j| j.pending.is_none())
-            .map(|j| j.key)
-            .collect();
-        keys.dedup();
-        keys
-    }
-
     /// An object, or bytes `range` of it, from the store. Transient
     /// failures (5xx, resets, bodies cut short) are retried for `retry_for`,
     /// as uploads are: a store that throttles or restarts for a few seconds

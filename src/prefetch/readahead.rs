@@ -217,7 +217,7 @@ async fn fill_file(data: &Arc<DataStore>, ino: u64, len: u64) -> Result<usize> {
     for indx in 0..len.div_ceil(CHUNK_SIZE) {
         let pieces = data.chunk_pieces(ino, indx).await?;
         let n = (len - indx * CHUNK_SIZE).min(CHUNK_SIZE) as u32;
-        keys.extend(data.chunk_block_keys(&pieces, n));
+        keys.extend(data.block_keys(&pieces, 0, n));
     }
     data.fill(keys).await
 }
