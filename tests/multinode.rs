@@ -164,6 +164,15 @@ impl Drop for Holder {
     }
 }
 
+/// Polls `ok` until it holds, failing the test after SOON.
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {SOON:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn py(code: &str) -> (bool, String) {
     let o = Command::new("python3").args(["-c", code]).output().unwrap();
     (
@@ -226,6 +235,8 @@ fn fcntl_and_flock_locks_hold_across_nodes() {
 
     // Byte ranges: disjoint ranges coexist, overlapping ones conflict;
     // shared locks coexist.
+    let free = |p: &Path| py(&lockf_code(p, true, true, 0, 0, false)).0;
+    eventually("B's waiter let go", || free(&pa));
     let holder = Holder::start(&lockf_code(&pa, true, true, 0, 100, true));
     assert!(
         py(&lockf_code(&pb, true, true, 100, 100, false)).0,
@@ -236,12 +247,16 @@ fn fcntl_and_flock_locks_hold_across_nodes() {
         "overlapping range"
     );
     drop(holder);
+    // The holder's exit releases its locks through an asynchronous FUSE
+    // flush/release, so they may linger for a moment after wait() returned.
+    eventually("the range holder let go", || free(&pa));
     let shared = Holder::start(&lockf_code(&pa, false, true, 0, 0, true));
     assert!(
         py(&lockf_code(&pb, false, true, 0, 0, false)).0,
         "shared locks coexist"
     );
     drop(shared);
+    eventually("the shared holders let go", || free(&pa));
 
     // flock: exclusive on A blocks B until A closes.
     let flock = |p: &Path, hold: bool| {
@@ -258,10 +273,9 @@ fn fcntl_and_flock_locks_hold_across_nodes() {
         "flock conflicts across nodes: {out}"
     );
     drop(holder);
-    assert!(
-        py(&flock(&pb, false)).0,
-        "flock free after the holder exited"
-    );
+    eventually("flock free after the holder exited", || {
+        py(&flock(&pb, false)).0
+    });
     a.unmount();
     b.unmount();
 }
