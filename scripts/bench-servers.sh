@@ -8,8 +8,9 @@
 # BENCH_BIND=0.0.0.0 makes both servers listen beyond loopback (for mounts
 # in other network namespaces; default 127.0.0.1).
 bash scripts/deps.sh --bench
-cargo build --release --quiet
-vecfs=$PWD/target/release/vecfs
+# VECFS_BIN: benchmark that binary instead of building this tree's release one.
+[[ -n ${VECFS_BIN:-} ]] || cargo build --release --quiet
+vecfs=${VECFS_BIN:-$PWD/target/release/vecfs}
 work=$(mktemp -d "/tmp/${WORK_PREFIX:-vecfs-bench}.XXXX")
 pids=()
 cleanup() {

@@ -199,6 +199,31 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
+/// Entries cloned per readdir call: about what one reply page (4 KiB)
+/// holds, so a call never copies the rest of a large listing.
+const READDIR_BATCH: usize = 256;
+const READDIRPLUS_BATCH: usize = 64;
+
+fn blank_dir_attr(ino: u64, kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -573,22 +598,25 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.vfs.readdir(fh.0, offset) {
-            Ok(items) => {
-                for (off, it) in items {
-                    if reply.add(
-                        INodeNo(it.ino),
-                        off,
-                        kind(it.kind),
-                        OsStr::from_bytes(&it.name),
-                    ) {
-                        break;
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.readdir(fh.0, offset, READDIR_BATCH).await {
+                Ok(items) => {
+                    for (off, it) in items {
+                        if reply.add(
+                            INodeNo(it.ino),
+                            off,
+                            kind(it.kind),
+                            OsStr::from_bytes(&it.name),
+                        ) {
+                            break;
+                        }
                     }
+                    reply.ok()
                 }
-                reply.ok()
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -599,55 +627,39 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.vfs.readdir(fh.0, offset) {
-            Ok(items) => {
-                for (off, it) in items {
-                    let full = match self.vfs.entry_for_item(&it) {
-                        Some(e) => reply.add(
-                            INodeNo(it.ino),
-                            off,
-                            OsStr::from_bytes(&it.name),
-                            &e.entry_ttl,
-                            &file_attr(e.ino, &e.attr),
-                            Generation(0),
-                        ),
-                        // ".." without attributes: a zero TTL keeps the kernel asking.
-                        None => {
-                            let blank = FileAttr {
-                                ino: INodeNo(it.ino),
-                                size: 0,
-                                blocks: 0,
-                                atime: SystemTime::UNIX_EPOCH,
-                                mtime: SystemTime::UNIX_EPOCH,
-                                ctime: SystemTime::UNIX_EPOCH,
-                                crtime: SystemTime::UNIX_EPOCH,
-                                kind: kind(it.kind),
-                                perm: 0o755,
-                                nlink: 2,
-                                uid: 0,
-                                gid: 0,
-                                rdev: 0,
-                                blksize: 4096,
-                                flags: 0,
-                            };
-                            reply.add(
+        let vfs = self.vfs.clone();
+        self.spawn(async move {
+            match vfs.readdir(fh.0, offset, READDIRPLUS_BATCH).await {
+                Ok(items) => {
+                    for (off, it) in items {
+                        let full = match vfs.entry_for_item(&it) {
+                            Some(e) => reply.add(
+                                INodeNo(it.ino),
+                                off,
+                                OsStr::from_bytes(&it.name),
+                                &e.entry_ttl,
+                                &file_attr(e.ino, &e.attr),
+                                Generation(0),
+                            ),
+                            // ".." without attributes: a zero TTL keeps the kernel asking.
+                            None => reply.add(
                                 INodeNo(0),
                                 off,
                                 OsStr::from_bytes(&it.name),
                                 &Duration::ZERO,
-                                &blank,
+                                &blank_dir_attr(it.ino, kind(it.kind)),
                                 Generation(0),
-                            )
+                            ),
+                        };
+                        if full {
+                            break;
                         }
-                    };
-                    if full {
-                        break;
                     }
+                    reply.ok()
                 }
-                reply.ok()
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn releasedir(

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod dir;
+
 use crate::data::writer::MAX_PENDING_SLICES;
 use crate::data::{DataStore, FileWriter, PendingBlocks};
 use crate::error::Error;
@@ -19,6 +21,7 @@ use crate::meta::{
 use crate::metacache::MetaCache;
 use crate::prefetch::readahead::{ReadAhead, Stream};
 use crate::session::Lease;
+use dir::Listing;
 
 /// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
 /// so the VFS makes them from blocking threads, never from async workers.
@@ -321,9 +324,13 @@ struct FileHandle {
 struct DirHandle {
     /// The directory (volume inode).
     ino: u64,
-    items: Vec<DirItem>,
-    /// `Recent` ticket taken before the listing's attributes were read.
+    /// readdirplus: entries carry attributes.
+    plus: bool,
+    /// `Recent` ticket taken at opendir: a directory changed since gives
+    /// its entries zero TTLs.
     ticket: u64,
+    /// Only this handle's readers wait on it, across a page's fetch.
+    listing: tokio::sync::Mutex<Listing>,
 }
 
 enum Handle {
@@ -1142,6 +1149,24 @@ impl Vfs {
     pub async fn opendir(&self, ino: u64, plus: bool) -> VResult<u64> {
         let real = self.real(ino);
         let ticket = self.recent.ticket();
+        let mut listing = self.dir_head(real, plus, ticket).await?;
+        // The first page now, so a small directory costs what it did.
+        self.fetch_dir_page(real, plus, &mut listing).await?;
+        let d = DirHandle {
+            ino: real,
+            plus,
+            ticket,
+            listing: tokio::sync::Mutex::new(listing),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.handles.lock() {
+            h.insert(fh, Handle::Dir(Arc::new(d)));
+        }
+        Ok(fh)
+    }
+
+    /// A listing holding "." and "..", checking that `real` is a directory.
+    async fn dir_head(&self, real: u64, plus: bool, ticket: u64) -> VResult<Listing> {
         let attr = self
             .meta
             .getattr(real)
@@ -1150,56 +1175,58 @@ impl Vfs {
         if attr.kind != FileKind::Dir {
             return Err(libc::ENOTDIR);
         }
-        let entries = self
-            .meta
-            .readdir(real)
-            .await
-            .map_err(|e| meta_errno("readdir", e))?;
-        let mut items = Vec::with_capacity(entries.len() + 2);
         let parent = if real == self.cfg.root {
             real
         } else {
             attr.parent
         };
-        items.push(DirItem {
-            ino: self.shown(real),
-            name: b".".to_vec(),
-            kind: FileKind::Dir,
-            attr: Some(attr),
-            volatile: false,
-        });
         let parent_attr = if plus {
             self.meta.getattr(parent).await.ok()
         } else {
             None
         };
-        items.push(DirItem {
-            ino: self.shown(parent),
-            name: b"..".to_vec(),
-            kind: FileKind::Dir,
-            attr: parent_attr,
-            volatile: false,
-        });
+        let head = vec![
+            DirItem {
+                ino: self.shown(real),
+                name: b".".to_vec(),
+                kind: FileKind::Dir,
+                attr: Some(attr),
+                volatile: false,
+            },
+            DirItem {
+                ino: self.shown(parent),
+                name: b"..".to_vec(),
+                kind: FileKind::Dir,
+                attr: parent_attr,
+                volatile: false,
+            },
+        ];
+        Ok(Listing::new(head, ticket))
+    }
+
+    /// Reads the listing's next page (with attributes for readdirplus).
+    async fn fetch_dir_page(&self, ino: u64, plus: bool, listing: &mut Listing) -> VResult<()> {
+        let (next, entries) = self
+            .meta
+            .readdir_page(ino, listing.cursor(), dir::PAGE)
+            .await
+            .map_err(|e| meta_errno("readdir", e))?;
+        let ticket = self.recent.ticket();
         let attrs = if plus {
             let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
-            let mut all = Vec::with_capacity(inos.len());
-            for chunk in inos.chunks(1000) {
-                all.extend(
-                    self.meta
-                        .getattrs(chunk)
-                        .await
-                        .map_err(|e| meta_errno("readdirplus", e))?,
-                );
-            }
-            all
+            self.meta
+                .getattrs(&inos)
+                .await
+                .map_err(|e| meta_errno("readdirplus", e))?
         } else {
             vec![None; entries.len()]
         };
+        let mut page = Vec::with_capacity(entries.len());
         for (e, a) in entries.into_iter().zip(attrs) {
             if plus && a.is_none() {
                 continue; // removed meanwhile
             }
-            items.push(DirItem {
+            page.push(DirItem {
                 ino: self.shown(e.ino),
                 name: e.name,
                 kind: e.kind,
@@ -1210,40 +1237,39 @@ impl Vfs {
                 volatile: false,
             });
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut h) = self.handles.lock() {
-            h.insert(
-                fh,
-                Handle::Dir(Arc::new(DirHandle {
-                    ino: real,
-                    items,
-                    ticket,
-                })),
-            );
-        }
-        Ok(fh)
+        listing.add_page(next, page, ticket);
+        Ok(())
     }
 
-    /// Entries from `offset` on (offset n resumes after the n-th entry).
-    /// Attributes read at opendir are settled now against what this node
-    /// changed since, so a listing never shows a file shorter than writes
-    /// this node already acknowledged.
-    pub fn readdir(&self, fh: u64, offset: u64) -> VResult<Vec<(u64, DirItem)>> {
+    /// Up to `max` entries from `offset` on (offset n resumes after the
+    /// n-th entry), reading further pages as needed. Attributes are
+    /// settled now against what this node changed since they were read,
+    /// so a listing never shows a file shorter than writes this node
+    /// already acknowledged.
+    pub async fn readdir(&self, fh: u64, offset: u64, max: usize) -> VResult<Vec<(u64, DirItem)>> {
         let d = match self.handles.lock().map_err(|_| libc::EIO)?.get(&fh) {
             Some(Handle::Dir(d)) => d.clone(),
             _ => return Err(libc::EBADF),
         };
+        let mut listing = d.listing.lock().await;
+        if !listing.skip_to(offset) {
+            // rewinddir or seekdir back: list again from the start.
+            *listing = self.dir_head(d.ino, d.plus, d.ticket).await?;
+            listing.skip_to(offset);
+        }
+        while listing.wants_more(offset, max) {
+            self.fetch_dir_page(d.ino, d.plus, &mut listing).await?;
+            listing.skip_to(offset);
+        }
         let volatile = self.recent.dir_changed(d.ino, d.ticket);
-        Ok(d.items
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, it)| {
+        Ok(listing
+            .page(max)
+            .map(|(off, it, ticket)| {
                 let mut it = it.clone();
                 it.volatile = volatile;
                 if let Some(a) = it.attr.filter(|a| a.kind == FileKind::File) {
                     let real = self.real(it.ino);
-                    let settled = self.settle(real, d.ticket, a);
+                    let settled = self.settle(real, ticket, a);
                     // Forgotten whether it changed: send it, but let the
                     // kernel ask again at once.
                     it.volatile |= settled.is_none();
@@ -1253,7 +1279,7 @@ impl Vfs {
                         ..a
                     });
                 }
-                (i as u64 + 1, it)
+                (off, it)
             })
             .collect())
     }

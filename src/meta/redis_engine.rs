@@ -760,25 +760,38 @@ impl Meta {
             .hgetall(self.ikey('d', ino))
             .await
             .map_err(redis_err)?;
-        let mut out = Vec::with_capacity(raw.len());
-        for (name, v) in raw {
-            if v.len() != 9 {
-                return Err(MetaError::Corrupt(format!(
-                    "directory entry of {} bytes",
-                    v.len()
-                )));
-            }
-            let kind = FileKind::from_u8(v[0])
-                .ok_or_else(|| MetaError::Corrupt(format!("entry type {}", v[0])))?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&v[1..9]);
-            out.push(DirEntry {
-                name,
-                ino: u64::from_le_bytes(b),
-                kind,
-            });
+        raw.into_iter()
+            .map(|(name, v)| decode_entry(name, &v))
+            .collect()
+    }
+
+    /// One page of a directory (HSCAN from `cursor`, about `count`
+    /// entries): the cursor to go on from, 0 once the scan is complete.
+    /// A small directory comes back whole in one page. A page may repeat
+    /// an entry an earlier page gave if the hash was resized in between.
+    pub async fn readdir_page(
+        &self,
+        ino: u64,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<DirEntry>)> {
+        let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+            .arg(self.ikey('d', ino))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        if flat.len() % 2 != 0 {
+            return Err(MetaError::Corrupt("HSCAN reply of odd length".into()));
         }
-        Ok(out)
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(name), Some(v)) = (it.next(), it.next()) {
+            out.push(decode_entry(name, &v)?);
+        }
+        Ok((next, out))
     }
 
     /// Attributes of many inodes in one round trip; missing ones are None.
@@ -1336,4 +1349,23 @@ impl Meta {
         let _: i64 = self.conn().del(keys).await.map_err(redis_err)?;
         Ok(())
     }
+}
+
+/// A directory field: type (1 byte) + inode (8 bytes, little endian).
+fn decode_entry(name: Vec<u8>, v: &[u8]) -> Result<DirEntry> {
+    if v.len() != 9 {
+        return Err(MetaError::Corrupt(format!(
+            "directory entry of {} bytes",
+            v.len()
+        )));
+    }
+    let kind = FileKind::from_u8(v[0])
+        .ok_or_else(|| MetaError::Corrupt(format!("entry type {}", v[0])))?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&v[1..9]);
+    Ok(DirEntry {
+        name,
+        ino: u64::from_le_bytes(b),
+        kind,
+    })
 }
