@@ -546,6 +546,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn block_keys_parse_back() {
+        let b = BlockStore::new(Arc::new(object_store::memory::InMemory::new()), "vol");
+        let k = b.block_key(1234567, 3, 65536);
+        assert_eq!(parse_block_key(&k), Some((1234567, 3, 65536)));
+        assert_eq!(parse_block_key("vol/chunks/notablock"), None);
+        assert_eq!(parse_block_key("vol/chunks/00/0/1_2_3_4"), None);
+    }
+
+    #[test]
     fn endpoint_is_split_into_host_bucket_and_prefix() {
         let (e, b, p) = split_endpoint("http://127.0.0.1:9000/bkt/a/b").unwrap();
         assert_eq!(

@@ -24,7 +24,7 @@ use super::scan::{self, KeyScan};
 use crate::codec;
 use crate::data::DataStore;
 use crate::error::Result;
-use crate::meta::{redis_err, Attr, FileKind, MetaError, CHUNK_SIZE, ROOT_INO};
+use crate::meta::{redis_err, Attr, FileKind, MetaError, ROOT_INO};
 use crate::object::parse_block_key;
 
 pub struct FsckOptions {
@@ -364,12 +364,6 @@ pub async fn run(
                     ));
                 }
                 continue;
-            }
-            if let Some(n) = nodes.get(&ino) {
-                if indx * CHUNK_SIZE >= n.length.max(1) && !list.is_empty() {
-                    // Beyond the end: truncate drops these; harmless.
-                    tracing::debug!(ino, indx, "chunk beyond the file's length");
-                }
             }
             for s in list {
                 if s.id == 0 {

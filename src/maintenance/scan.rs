@@ -308,3 +308,28 @@ pub async fn eval(
         .await
         .map_err(redis_err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse() {
+        assert_eq!(parse_chunk_key("c12_3"), Some((12, 3)));
+        assert_eq!(parse_chunk_key("c12"), None);
+        assert_eq!(parse_num_key("i42", 'i'), Some(42));
+        assert_eq!(parse_num_key("d42", 'i'), None);
+        assert_eq!(glob_escape("{a*b}"), "{a\\*b}");
+    }
+
+    #[test]
+    fn slice_sets_hold_object_slices_only() {
+        let mut s = SliceSet::default();
+        for id in [5, 0, 3, 5, crate::meta::INLINE_ID | 7] {
+            s.push(id);
+        }
+        s.seal();
+        assert_eq!(s.len(), 2);
+        assert!(s.contains(3) && s.contains(5) && !s.contains(0) && !s.contains(7));
+    }
+}
