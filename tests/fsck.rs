@@ -190,3 +190,27 @@ fn fsck_reports_missing_and_corrupt_objects() {
         "{out}"
     );
 }
+
+/// A live mount with an unlinked file still open (its inode has no entry
+/// and nlink 0, held by the session) and a directory tree: no problem, and
+/// --repair touches nothing.
+#[test]
+fn fsck_is_clean_on_a_live_volume_with_an_open_unlinked_file() {
+    let v = volume();
+    let m = v.mount();
+    std::fs::create_dir_all(m.p("x/y/z")).unwrap();
+    std::fs::write(m.p("x/y/z/f"), pattern(100_000, 1)).unwrap();
+    std::fs::write(m.p("held"), pattern(80_000, 2)).unwrap();
+    let f = std::fs::File::open(m.p("held")).unwrap();
+    std::fs::remove_file(m.p("held")).unwrap();
+    let (ok, out) = fsck(&v, &["--repair"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(": 0 problems, 0 repaired"), "{out}");
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut &f, &mut buf).unwrap();
+    assert_eq!(buf, pattern(80_000, 2));
+    drop(f);
+    m.unmount();
+    let (ok, out) = fsck(&v, &[]);
+    assert!(ok, "{out}");
+}
