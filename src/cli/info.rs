@@ -201,8 +201,9 @@ async fn file_info(
             }
             nslices += 1;
             let mut objects = Vec::new();
-            for key in data.object_keys(s) {
-                let size = data.blocks.head_size(&key).await?;
+            let keys = data.object_keys(s);
+            let sizes = stored_sizes(data, &keys).await?;
+            for (key, size) in keys.into_iter().zip(sizes) {
                 nobjects += 1;
                 stored += size.unwrap_or(0);
                 objects.push(serde_json::json!({"key": key, "size": size}));
@@ -245,11 +246,15 @@ async fn dir_totals(meta: &Meta, data: &Arc<DataStore>, top: u64) -> anyhow::Res
                     };
                     t.bytes += a.length;
                     for indx in 0..a.length.div_ceil(CHUNK_SIZE) {
-                        for s in meta.read_chunk(e.ino, indx).await? {
-                            for key in data.object_keys(&s) {
-                                t.objects += 1;
-                                t.stored_bytes += data.blocks.head_size(&key).await?.unwrap_or(0);
-                            }
+                        let keys: Vec<String> = meta
+                            .read_chunk(e.ino, indx)
+                            .await?
+                            .iter()
+                            .flat_map(|s| data.object_keys(s))
+                            .collect();
+                        t.objects += keys.len() as u64;
+                        for size in stored_sizes(data, &keys).await? {
+                            t.stored_bytes += size.unwrap_or(0);
                         }
                     }
                 }
@@ -265,6 +270,16 @@ async fn dir_totals(meta: &Meta, data: &Arc<DataStore>, top: u64) -> anyhow::Res
     }
     pb.finish_and_clear();
     Ok(t)
+}
+
+/// Stored sizes of objects (None: missing), asked a few at a time.
+async fn stored_sizes(data: &DataStore, keys: &[String]) -> anyhow::Result<Vec<Option<u64>>> {
+    use futures::StreamExt;
+    let sizes: Vec<_> = futures::stream::iter(keys.iter().map(|k| data.blocks.head_size(k)))
+        .buffered(16)
+        .collect()
+        .await;
+    Ok(sizes.into_iter().collect::<Result<_, _>>()?)
 }
 
 fn print_human(j: &serde_json::Value) {
