@@ -5,15 +5,16 @@
 //! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
 //! (memory + disk, single-flight) -> `object` (object_store backends) with
-//! `codec` (block envelope). `session` runs per-mount background work, `deleter` frees unreferenced objects; `metrics` counts traffic;
+//! `codec` (block envelope). `session` keeps the mount's session alive, `maintenance` does
+//! background upkeep (deferred deletion, compaction, dead-session cleanup, gc); `metrics` counts traffic;
 //! `error` is the data path's one error type (errno + transient or not).
 
 pub mod cache;
 pub mod codec;
 pub mod data;
-pub mod deleter;
 pub mod error;
 pub mod fuse;
+pub mod maintenance;
 pub mod meta;
 pub mod metacache;
 pub mod metrics;

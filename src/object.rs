@@ -339,6 +339,20 @@ fn build_azure(bucket: &str, creds: &Credentials) -> Result<Arc<dyn ObjectStore>
     Ok(Arc::new(b.build().map_err(ObjectError::from)?))
 }
 
+/// Slice id, block index and raw length of a block key made by
+/// [`BlockStore::block_key`] (None for anything else).
+pub fn parse_block_key(key: &str) -> Option<(u64, u32, u32)> {
+    let name = key.rsplit('/').next()?;
+    let mut it = name.split('_');
+    let id = it.next()?.parse().ok()?;
+    let index = it.next()?.parse().ok()?;
+    let len = it.next()?.parse().ok()?;
+    if it.next().is_some() {
+        return None;
+    }
+    Some((id, index, len))
+}
+
 /// The block store: names blocks, checks lengths, counts traffic.
 pub struct BlockStore {
     store: Arc<dyn ObjectStore>,
@@ -366,6 +380,28 @@ impl BlockStore {
             index,
             len
         )
+    }
+
+    /// Every object under this volume's block prefix, as the store lists
+    /// them (streamed: a large volume is never held in memory).
+    pub fn list_blocks(
+        &self,
+    ) -> futures::stream::BoxStream<'static, Result<object_store::ObjectMeta, ObjectError>> {
+        use futures::StreamExt;
+        let prefix = ObjPath::from(format!("{}/chunks", self.volume));
+        self.store
+            .list(Some(&prefix))
+            .map(|r| r.map_err(ObjectError::from))
+            .boxed()
+    }
+
+    /// The stored size of an object (None: it does not exist).
+    pub async fn head_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        match self.store.head(&ObjPath::from(key)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
@@ -508,6 +544,15 @@ impl BlockStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_keys_parse_back() {
+        let b = BlockStore::new(Arc::new(object_store::memory::InMemory::new()), "vol");
+        let k = b.block_key(1234567, 3, 65536);
+        assert_eq!(parse_block_key(&k), Some((1234567, 3, 65536)));
+        assert_eq!(parse_block_key("vol/chunks/notablock"), None);
+        assert_eq!(parse_block_key("vol/chunks/00/0/1_2_3_4"), None);
+    }
 
     #[test]
     fn endpoint_is_split_into_host_bucket_and_prefix() {

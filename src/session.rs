@@ -1,7 +1,7 @@
 //! Mount sessions: registration in Redis, the heartbeat that keeps a session
-//! alive and fences the node when it cannot, cleanup of expired sessions,
-//! and the listener for other nodes' change events. Deletion is in
-//! `deleter`.
+//! alive and fences the node when it cannot, and the listener for other
+//! nodes' change events. Cleaning up after dead sessions, deferred deletion
+//! and compaction are in `maintenance`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -175,31 +175,6 @@ fn warn_once(failing: &mut bool, e: &MetaError) {
         tracing::warn!(error = %e, "session heartbeat failed; retrying");
     }
     *failing = true;
-}
-
-/// On read-write mounts, cleans up after sessions whose expiry passed (by
-/// Redis' clock): their locks go and their unlinked-but-open files are
-/// deleted. The Redis script lets exactly one node clean each dead session.
-pub fn spawn_session_cleaner(meta: Arc<Meta>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let dead = match meta.expired_sessions().await {
-                Ok(dead) => dead,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list expired sessions");
-                    continue;
-                }
-            };
-            for sid in dead.into_iter().filter(|s| *s != meta.sid()) {
-                match meta.clean_session(sid, false).await {
-                    Ok(true) => tracing::info!(sid, "cleaned up after an expired session"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(sid, error = %e, "cannot clean expired session"),
-                }
-            }
-        }
-    })
 }
 
 /// Follows the volume's change channel and drops kernel caches for what

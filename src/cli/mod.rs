@@ -3,7 +3,11 @@
 
 mod bench;
 mod format;
+mod fsck;
+mod gc;
+mod info;
 mod mount;
+mod progress;
 mod status;
 mod umount;
 mod warmup;
@@ -42,6 +46,12 @@ enum Command {
     Warmup(warmup::WarmupArgs),
     /// Measure throughput and latency on a directory (vecfs or any other).
     Bench(bench::BenchArgs),
+    /// Find (and with --delete remove) objects no metadata references.
+    Gc(gc::GcArgs),
+    /// Check that entries, inodes, counters and objects agree (--repair fixes).
+    Fsck(fsck::FsckArgs),
+    /// Show the inode, chunks, slices and objects behind files of a mount.
+    Info(info::InfoArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,6 +72,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Warmup(a) => warmup::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Gc(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(gc::run(a))
+        }
+        Command::Info(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(info::run(a))
+        }
+        Command::Fsck(a) => {
+            init_logging(cli.verbose, None)?;
+            if !runtime()?.block_on(fsck::run(a))? {
+                // Problems remain: the report is printed, exit 1.
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

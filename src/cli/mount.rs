@@ -425,7 +425,10 @@ async fn prepare(
         vfs.lease.clone(),
     ));
     if !a.read_only {
-        bg.push(session::spawn_session_cleaner(meta.clone(), every));
+        bg.push(vecfs::maintenance::sessions::spawn_session_cleaner(
+            meta.clone(),
+            every,
+        ));
     }
     if !a.read_only {
         let grace = if trash > 0 {
@@ -433,7 +436,7 @@ async fn prepare(
         } else {
             Duration::from_secs(a.delete_delay)
         };
-        bg.push(vecfs::deleter::Deleter::new(data, grace).spawn());
+        bg.push(vecfs::maintenance::deleter::Deleter::new(data, grace).spawn());
     }
     Ok((vfs, bg, warm))
 }

@@ -959,7 +959,7 @@ pub(super) async fn store_block(
 }
 
 /// Stores a block made elsewhere (compaction), holding `held` until done.
-pub(super) fn spawn_store_block(
+pub(crate) fn spawn_store_block(
     ds: &Arc<DataStore>,
     id: u64,
     index: u32,

@@ -311,7 +311,7 @@ pub const DEFAULT_META_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Turns a Redis failure into a message that says what to do, without secrets.
-fn redis_err(e: redis::RedisError) -> MetaError {
+pub(crate) fn redis_err(e: redis::RedisError) -> MetaError {
     let code = e.code().unwrap_or("");
     let denied = code == "WRONGPASS"
         || code == "NOAUTH"
@@ -477,6 +477,18 @@ impl Meta {
                 transient: false,
             }),
         }
+    }
+
+    /// The volume's key prefix, its hash tag (`{name}`): the maintenance
+    /// scans (gc, fsck, info) match keys under it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection (deadlines and retries as every other call) for the
+    /// maintenance scans' SCAN, pipelined reads and repair scripts.
+    pub fn maintenance_conn(&self) -> TimedConn {
+        self.conn()
     }
 
     pub fn sid(&self) -> u64 {
