@@ -2,7 +2,11 @@
 //! umount, status. Each subcommand lives in its own file.
 
 mod bench;
+mod config;
+mod destroy;
+mod dump;
 mod format;
+mod load;
 mod mount;
 mod status;
 mod umount;
@@ -42,6 +46,14 @@ enum Command {
     Warmup(warmup::WarmupArgs),
     /// Measure throughput and latency on a directory (vecfs or any other).
     Bench(bench::BenchArgs),
+    /// Write a volume's whole metadata as JSON lines (a backup).
+    Dump(dump::DumpArgs),
+    /// Load a dump into an empty Redis database.
+    Load(load::LoadArgs),
+    /// Show or change a volume's mutable settings.
+    Config(config::ConfigArgs),
+    /// Remove a volume's objects and metadata for good.
+    Destroy(destroy::DestroyArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,6 +74,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Warmup(a) => warmup::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Dump(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(dump::run(a))
+        }
+        Command::Load(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(load::run(a))
+        }
+        Command::Config(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(config::run(a))
+        }
+        Command::Destroy(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(destroy::run(a))
+        }
     }
 }
 
