@@ -90,7 +90,7 @@ pub async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         ),
     ] {
         if given {
-            bail!("{flag} cannot be changed: {why}; dump, load and copy the data into a new volume instead");
+            bail!("{flag} cannot be changed: {why}; format a new volume and copy the files into it instead");
         }
     }
     let codec = match &a.compress {

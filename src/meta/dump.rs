@@ -277,7 +277,6 @@ pub async fn dump(
         conn: meta.raw_conn(),
         p: meta.prefix().to_string(),
         end: EndRec::default(),
-        inlines_seen: HashSet::new(),
     };
     put(
         out,
@@ -390,8 +389,6 @@ struct Dumper {
     conn: TimedConn,
     p: String,
     end: EndRec,
-    /// Inline slices written (hard links and compaction can share one).
-    inlines_seen: HashSet<u64>,
 }
 
 impl Dumper {
@@ -430,11 +427,14 @@ impl Dumper {
         Ok(out)
     }
 
-    /// Writes the bytes of these inline slices (those not written yet).
+    /// Writes the bytes of these inline slices, once per page (a slice
+    /// shared across pages is written again: loading it twice is harmless,
+    /// and remembering every id would grow with the volume).
     async fn inlines(&mut self, out: &mut dyn Write, ids: Vec<u64>) -> Result<(), DumpError> {
+        let mut once = HashSet::new();
         let ids: Vec<u64> = ids
             .into_iter()
-            .filter(|id| is_inline(*id) && self.inlines_seen.insert(*id))
+            .filter(|id| is_inline(*id) && once.insert(*id))
             .collect();
         if ids.is_empty() {
             return Ok(());
