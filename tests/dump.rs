@@ -508,3 +508,31 @@ fn destroy_needs_the_uuid_and_no_mount_then_leaves_nothing() {
     let o = vecfs(&["status", &v.url], &[]);
     assert!(!o.status.success(), "the volume is still there");
 }
+
+#[test]
+fn a_file_unlinked_while_open_is_dumped_as_a_pending_deletion() {
+    let v = Volume::with_args(Storage::File, &["--inline-size", "0"]);
+    let m = v.mount();
+    let mut f = fs::File::create(m.p("held")).unwrap();
+    f.write_all(&pattern(300_000, 4)).unwrap();
+    f.sync_all().unwrap();
+    fs::remove_file(m.p("held")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("d.json");
+    let o = vecfs(&["dump", &v.url, file.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = fs::read_to_string(&file).unwrap();
+    let del: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"delfile\":"))
+        .collect();
+    assert_eq!(del.len(), 1, "{text}");
+    assert!(del[0].contains("\"length\":300000"), "{}", del[0]);
+    assert!(
+        del[0].contains("\"slices\":[{"),
+        "its slices are missing: {}",
+        del[0]
+    );
+    drop(f);
+    m.unmount();
+}
