@@ -376,6 +376,10 @@ pub struct Vfs {
     kick: tokio::sync::Notify,
     /// Read-ahead windows and random-read fills, per inode.
     readahead: Arc<ReadAhead>,
+    /// Space and inode limits, from the volume record: `vecfs config`
+    /// changes them under running mounts ([`Vfs::spawn_limits_refresher`]).
+    capacity: AtomicU64,
+    max_inodes: AtomicU64,
 }
 
 /// How often the flusher looks for buffered writes to commit, and when:
@@ -411,6 +415,8 @@ impl Vfs {
         Vfs {
             meta,
             data,
+            capacity: AtomicU64::new(format.capacity),
+            max_inodes: AtomicU64::new(format.inodes),
             format,
             cfg,
             open: Mutex::new(HashMap::new()),
@@ -503,7 +509,33 @@ impl Vfs {
     }
 
     fn limits(&self) -> (u64, u64) {
-        (self.format.capacity, self.format.inodes)
+        (
+            self.capacity.load(Ordering::Relaxed),
+            self.max_inodes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads the volume record every `every` and applies its space and
+    /// inode limits, so `vecfs config --capacity` reaches running mounts.
+    pub fn spawn_limits_refresher(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let vfs = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(vfs) = vfs.upgrade() else { return };
+                match vfs.meta.load_format().await {
+                    Ok(Some(f)) => {
+                        vfs.capacity.store(f.capacity, Ordering::Relaxed);
+                        vfs.max_inodes.store(f.inodes, Ordering::Relaxed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot reload the volume record"),
+                }
+            }
+        })
     }
 
     /// Overlays what this node knows better than Redis: the length of
@@ -981,7 +1013,7 @@ impl Vfs {
             self.flush_inode(real).await?;
             let a = self
                 .meta
-                .truncate(real, size, self.format.capacity)
+                .truncate(real, size, self.limits().0)
                 .await
                 .map_err(|e| meta_errno("truncate", e))?;
             if let Some(h) = self.open_state(real) {
@@ -1050,13 +1082,14 @@ impl Vfs {
             .await
             .map_err(|e| meta_errno("statfs", e))?;
         let bsize = 4096u64;
-        let total = if self.format.capacity > 0 {
-            self.format.capacity
+        let (capacity, max_inodes) = self.limits();
+        let total = if capacity > 0 {
+            capacity
         } else {
             (1u64 << 50).max(used * 2)
         };
-        let total_files = if self.format.inodes > 0 {
-            self.format.inodes
+        let total_files = if max_inodes > 0 {
+            max_inodes
         } else {
             (10u64 << 20).max(inodes * 2)
         };
@@ -1929,7 +1962,7 @@ impl Vfs {
         self.flush_inode(h.ino).await?;
         let attr = self
             .meta
-            .fallocate(h.ino, mode, offset, length, self.format.capacity)
+            .fallocate(h.ino, mode, offset, length, self.limits().0)
             .await
             .map_err(|e| meta_errno("fallocate", e))?;
         if let Some(of) = self.open_state(h.ino) {

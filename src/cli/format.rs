@@ -61,6 +61,17 @@ pub struct FormatArgs {
     force: bool,
 }
 
+/// `--inline-size` (shared with `vecfs config`): at most 64K and the block size.
+pub fn parse_inline_size(raw: &str, block_size: u64) -> anyhow::Result<u32> {
+    let n = parse_size(raw, 1).map_err(|e| anyhow::anyhow!("--inline-size: {e}"))?;
+    if n > 64 << 10 || n > block_size {
+        bail!(
+            "--inline-size {raw} is too large: Redis keeps these bytes in memory; use at most 64K (0 turns it off)"
+        );
+    }
+    Ok(n as u32)
+}
+
 fn default_bucket(name: &str) -> String {
     let base = if nix_is_root() {
         "/var/lib/vecfs".to_string()
@@ -90,15 +101,7 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
             a.block_size
         );
     }
-    let inline_size =
-        parse_size(&a.inline_size, 1).map_err(|e| anyhow::anyhow!("--inline-size: {e}"))?;
-    if inline_size > 64 << 10 || inline_size > block_size {
-        bail!(
-            "--inline-size {} is too large: Redis keeps these bytes in memory; use at most 64K (0 turns it off)",
-            a.inline_size
-        );
-    }
-    let inline_size = inline_size as u32;
+    let inline_size = parse_inline_size(&a.inline_size, block_size)?;
     let root_mode = parse_mode(a.root_mode.as_deref().unwrap_or("755"))
         .map_err(|e| anyhow::anyhow!("--root-mode: {e}"))?;
     let bucket = match (&a.bucket, storage) {

@@ -2,10 +2,14 @@
 //! umount, status. Each subcommand lives in its own file.
 
 mod bench;
+mod config;
+mod destroy;
+mod dump;
 mod format;
 mod fsck;
 mod gc;
 mod info;
+mod load;
 mod mount;
 mod progress;
 mod status;
@@ -52,6 +56,14 @@ enum Command {
     Fsck(fsck::FsckArgs),
     /// Show the inode, chunks, slices and objects behind files of a mount.
     Info(info::InfoArgs),
+    /// Write a volume's whole metadata as JSON lines (a backup).
+    Dump(dump::DumpArgs),
+    /// Load a dump into an empty Redis database.
+    Load(load::LoadArgs),
+    /// Show or change a volume's mutable settings.
+    Config(config::ConfigArgs),
+    /// Remove a volume's objects and metadata for good.
+    Destroy(destroy::DestroyArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -87,6 +99,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Dump(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(dump::run(a))
+        }
+        Command::Load(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(load::run(a))
+        }
+        Command::Config(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(config::run(a))
+        }
+        Command::Destroy(a) => {
+            init_logging(cli.verbose, None)?;
+            runtime()?.block_on(destroy::run(a))
         }
     }
 }

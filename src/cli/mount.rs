@@ -430,6 +430,7 @@ async fn prepare(
             every,
         ));
     }
+    bg.push(vfs.spawn_limits_refresher(every.min(Duration::from_secs(5))));
     if !a.read_only {
         let grace = if trash > 0 {
             Duration::from_secs(trash as u64 * 86400)

@@ -2,6 +2,7 @@
 //! record) and the Redis engine that stores them. Every change is one atomic
 //! step (a Lua script), so concurrent nodes never interleave half-done updates.
 
+pub mod dump;
 mod redis_engine;
 pub mod url;
 
@@ -134,6 +135,25 @@ impl Attr {
             rdev: u32_at(60),
             parent: u64_at(64),
         })
+    }
+
+    /// The packed form `decode` reads (and prelude.lua's AFMT).
+    pub fn encode(&self) -> [u8; ATTR_LEN] {
+        let mut b = [0u8; ATTR_LEN];
+        b[0] = self.flags;
+        b[1] = self.kind as u8;
+        b[2..4].copy_from_slice(&self.mode.to_le_bytes());
+        b[4..8].copy_from_slice(&self.uid.to_le_bytes());
+        b[8..12].copy_from_slice(&self.gid.to_le_bytes());
+        for (o, (s, ns)) in [(12, self.atime), (24, self.mtime), (36, self.ctime)] {
+            b[o..o + 8].copy_from_slice(&s.to_le_bytes());
+            b[o + 8..o + 12].copy_from_slice(&ns.to_le_bytes());
+        }
+        b[48..52].copy_from_slice(&self.nlink.to_le_bytes());
+        b[52..60].copy_from_slice(&self.length.to_le_bytes());
+        b[60..64].copy_from_slice(&self.rdev.to_le_bytes());
+        b[64..72].copy_from_slice(&self.parent.to_le_bytes());
+        b
     }
 
     pub fn full_mode(&self) -> u32 {
@@ -424,6 +444,25 @@ mod tests {
         assert_eq!((p[0].id, p[0].pos, p[0].len), (1, 0, 10));
         assert_eq!((p[1].id, p[1].pos, p[1].len), (2, 10, 20));
         assert_eq!((p[2].id, p[2].pos, p[2].off, p[2].len), (1, 30, 30, 70));
+    }
+
+    #[test]
+    fn attr_round_trips() {
+        let a = Attr {
+            flags: 3,
+            kind: FileKind::Symlink,
+            mode: 0o4755,
+            uid: 1000,
+            gid: 7,
+            atime: (-5, 999_999_999),
+            mtime: (1_700_000_000, 1),
+            ctime: (i64::MAX, 2),
+            nlink: 9,
+            length: u64::MAX,
+            rdev: 77,
+            parent: 42,
+        };
+        assert_eq!(Attr::decode(&a.encode()).unwrap(), a);
     }
 
     #[test]

@@ -479,14 +479,14 @@ impl Meta {
         }
     }
 
-    /// The volume's key prefix, its hash tag (`{name}`): the maintenance
-    /// scans (gc, fsck, info) match keys under it.
+    /// The volume's key prefix, its hash tag (`{name}`): the tools that
+    /// walk every key of the volume (gc, fsck, info, dump, load, destroy).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// A connection (deadlines and retries as every other call) for the
-    /// maintenance scans' SCAN, pipelined reads and repair scripts.
+    /// tools' SCAN, pipelines and repair scripts.
     pub fn maintenance_conn(&self) -> TimedConn {
         self.conn()
     }
@@ -584,6 +584,49 @@ impl Meta {
             .await
             .map_err(redis_err)?;
         Ok(())
+    }
+
+    /// Changes the volume record atomically: `change` gets the stored record
+    /// and returns the new one, written only if nobody changed the record
+    /// meanwhile (compare-and-set on the stored JSON; a lost race reads it
+    /// again). Returns (old, new).
+    pub async fn update_format<F>(&self, change: F) -> Result<(Format, Format)>
+    where
+        F: Fn(&Format) -> Format,
+    {
+        let cas = Script::new(
+            "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+             redis.call('SET', KEYS[1], ARGV[2]) return 1",
+        );
+        for _ in 0..20 {
+            let raw: Option<String> = self
+                .conn()
+                .get(self.key("setting"))
+                .await
+                .map_err(redis_err)?;
+            let Some(raw) = raw else {
+                return Err(MetaError::Corrupt("the volume is not formatted".into()));
+            };
+            let old: Format = serde_json::from_str(&raw)
+                .map_err(|e| MetaError::Corrupt(format!("volume record: {e}")))?;
+            let new = change(&old);
+            let json =
+                serde_json::to_string(&new).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            let done: i64 = cas
+                .key(self.key("setting"))
+                .arg(&raw)
+                .arg(&json)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(redis_err)?;
+            if done == 1 {
+                return Ok((old, new));
+            }
+        }
+        Err(MetaError::Redis {
+            msg: "the volume record kept changing while it was updated: try again".into(),
+            transient: true,
+        })
     }
 
     // ---- ids -----------------------------------------------------------
