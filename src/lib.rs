@@ -5,7 +5,8 @@
 //! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
 //! (memory + disk, single-flight) -> `object` (object_store backends) with
-//! `codec` (block envelope). `session` runs per-mount background work, `deleter` frees unreferenced objects; `metrics` counts traffic;
+//! `codec` (block envelope). `session` runs per-mount background work, `deleter` frees unreferenced objects; `metrics` counts traffic and
+//! times requests (Prometheus endpoint and the `.stats` file, `statsfile`);
 //! `error` is the data path's one error type (errno + transient or not).
 
 pub mod cache;
@@ -14,11 +15,13 @@ pub mod data;
 pub mod deleter;
 pub mod error;
 pub mod fuse;
+pub mod logfile;
 pub mod meta;
 pub mod metacache;
 pub mod metrics;
 pub mod object;
 pub mod prefetch;
 pub mod session;
+pub mod statsfile;
 pub mod util;
 pub mod vfs;

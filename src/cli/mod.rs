@@ -4,6 +4,7 @@
 mod bench;
 mod format;
 mod mount;
+mod stats;
 mod status;
 mod umount;
 mod warmup;
@@ -28,6 +29,8 @@ pub struct Cli {
     cmd: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create (or update) a volume: records it in Redis after checking the object store.
@@ -42,6 +45,8 @@ enum Command {
     Warmup(warmup::WarmupArgs),
     /// Measure throughput and latency on a directory (vecfs or any other).
     Bench(bench::BenchArgs),
+    /// Live view of a mount: operations, latency, object store, cache, buffers.
+    Stats(stats::StatsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Warmup(a) => warmup::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Stats(a) => stats::run(a),
     }
 }
 
