@@ -122,9 +122,10 @@ impl Line {
     }
 }
 
-const HEADER: &str = "\
- ------fuse------ ---app MB/s--- ------meta------ ---------object store--------- -cache- --MiB used-- -warm-
-    ops/s      ms    read  write     ops/s      ms   req/s  in MB/s out MB/s err/s   hit %    buf  ahead files/s";
+const HEADER: &str = concat!(
+    " ------fuse------ ---app MB/s--- ------meta------ ---------object store--------- -cache- --MiB used-- -warm-\n",
+    "    ops/s      ms    read  write     ops/s      ms   req/s  in MB/s out MB/s err/s   hit %    buf  ahead files/s"
+);
 
 fn opt(v: Option<f64>, width: usize, prec: usize) -> String {
     match v {
