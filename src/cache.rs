@@ -323,6 +323,11 @@ impl DiskCache {
         self.capacity
     }
 
+    /// Entries indexed (for the metrics).
+    pub fn entries(&self) -> usize {
+        self.index.lock().map(|i| i.len()).unwrap_or(0)
+    }
+
     /// Whether an entry of `len` bytes would be taken now.
     pub fn has_room(&self, len: u64) -> bool {
         self.used() + len <= self.capacity && self.free_share() >= self.free_ratio
@@ -548,6 +553,11 @@ impl BlockCache {
         tokio::task::spawn_blocking(move || d.store(&key, &raw))
             .await
             .unwrap_or(false)
+    }
+
+    /// (bytes, entries) of the memory cache, as moka last counted them.
+    pub fn mem_usage(&self) -> (u64, u64) {
+        (self.mem.weighted_size(), self.mem.entry_count())
     }
 
     pub fn mem_capacity(&self) -> u64 {

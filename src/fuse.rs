@@ -143,14 +143,14 @@ impl FuseFs {
     /// finishes unobserved. Only for requests that change nothing the
     /// caller could rely on (reads, stats, waits for a commit that goes on
     /// in the background anyway), so a killed process goes at once.
-    fn spawn_interruptible<T, W, R>(&self, req: &Request, work: W, reply: R)
+    fn spawn_interruptible<T, W, R>(&self, op: &'static str, req: &Request, work: W, reply: R)
     where
         T: Send + 'static,
         W: Future<Output = Result<T, i32>> + Send + 'static,
         R: FnOnce(Result<T, i32>) + Send + 'static,
     {
         let mut intr = self.interrupts.register(req.unique().0);
-        self.spawn(async move {
+        self.spawn(op, async move {
             let mut task = tokio::spawn(work);
             let r = tokio::select! {
                 r = &mut task => r.unwrap_or(Err(libc::EIO)),
@@ -163,15 +163,28 @@ impl FuseFs {
         });
     }
 
-    fn spawn<F>(&self, f: F)
+    /// Runs `f` (which replies) as a task; its time from now to the end
+    /// of `f` is the latency of FUSE operation `op`.
+    fn spawn<F>(&self, op: &'static str, f: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let sem = self.inflight.clone();
+        let start = Instant::now();
         self.rt.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            f.await
+            f.await;
+            crate::metrics::observe_fuse(op, start.elapsed());
         });
+    }
+}
+
+/// Observes the latency of a request answered on the session thread.
+struct OpTimer(&'static str, Instant);
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        crate::metrics::observe_fuse(self.0, self.1.elapsed());
     }
 }
 
@@ -183,7 +196,9 @@ fn ctx(req: &Request) -> Ctx {
     }
 }
 
+/// Every error reply passes here: counted.
 fn errno(e: i32) -> Errno {
+    crate::metrics::FUSE_ERRORS.add(1);
     Errno::from_i32(e)
 }
 
@@ -313,6 +328,7 @@ impl Filesystem for FuseFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
         self.spawn_interruptible(
+            "lookup",
             req,
             async move { vfs.lookup(&c, parent.0, &name).await },
             |r| reply_entry(reply, r),
@@ -321,10 +337,15 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let vfs = self.vfs.clone();
-        self.spawn_interruptible(req, async move { vfs.getattr(ino.0).await }, |r| match r {
-            Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.spawn_interruptible(
+            "getattr",
+            req,
+            async move { vfs.getattr(ino.0).await },
+            |r| match r {
+                Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn setattr(
@@ -354,7 +375,7 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(time_set),
             ctime: ctime.map(crate::meta::from_system),
         };
-        self.spawn(async move {
+        self.spawn("setattr", async move {
             match vfs.setattr(&c, ino.0, &set, size).await {
                 Ok(e) => reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr)),
                 Err(e) => reply.error(errno(e)),
@@ -364,10 +385,15 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let vfs = self.vfs.clone();
-        self.spawn_interruptible(req, async move { vfs.readlink(ino.0).await }, |r| match r {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.spawn_interruptible(
+            "readlink",
+            req,
+            async move { vfs.readlink(ino.0).await },
+            |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn mknod(
@@ -381,7 +407,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
-        self.spawn(async move {
+        self.spawn("mknod", async move {
             reply_entry(
                 reply,
                 vfs.mknod(&c, parent.0, &name, mode, umask, rdev, b"").await,
@@ -399,19 +425,23 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
-        self.spawn(
-            async move { reply_entry(reply, vfs.mkdir(&c, parent.0, &name, mode, umask).await) },
-        );
+        self.spawn("mkdir", async move {
+            reply_entry(reply, vfs.mkdir(&c, parent.0, &name, mode, umask).await)
+        });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
-        self.spawn(async move { reply_empty(reply, vfs.unlink(&c, parent.0, &name).await) });
+        self.spawn("unlink", async move {
+            reply_empty(reply, vfs.unlink(&c, parent.0, &name).await)
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
-        self.spawn(async move { reply_empty(reply, vfs.rmdir(&c, parent.0, &name).await) });
+        self.spawn("rmdir", async move {
+            reply_empty(reply, vfs.rmdir(&c, parent.0, &name).await)
+        });
     }
 
     fn symlink(
@@ -424,9 +454,9 @@ impl Filesystem for FuseFs {
     ) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(link_name));
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(
-            async move { reply_entry(reply, vfs.symlink(&c, parent.0, &name, &target).await) },
-        );
+        self.spawn("symlink", async move {
+            reply_entry(reply, vfs.symlink(&c, parent.0, &name, &target).await)
+        });
     }
 
     fn rename(
@@ -442,7 +472,7 @@ impl Filesystem for FuseFs {
         let (vfs, c) = (self.vfs.clone(), ctx(req));
         let (name, newname) = (bytes(name), bytes(newname));
         let flags = flags.bits();
-        self.spawn(async move {
+        self.spawn("rename", async move {
             reply_empty(
                 reply,
                 vfs.rename(&c, parent.0, &name, newparent.0, &newname, flags)
@@ -460,21 +490,24 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(newname));
-        self.spawn(
-            async move { reply_entry(reply, vfs.link(&c, ino.0, newparent.0, &name).await) },
-        );
+        self.spawn("link", async move {
+            reply_entry(reply, vfs.link(&c, ino.0, newparent.0, &name).await)
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (vfs, c) = (self.vfs.clone(), ctx(req));
-        self.spawn(async move {
+        self.spawn("open", async move {
             match vfs.open(&c, ino.0, flags.0).await {
                 Ok(o) => {
-                    let f = if o.keep_cache {
+                    let mut f = if o.keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
+                    if o.direct_io {
+                        f |= FopenFlags::FOPEN_DIRECT_IO;
+                    }
                     reply.opened(FileHandle(o.fh), f)
                 }
                 Err(e) => reply.error(errno(e)),
@@ -495,6 +528,7 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         self.spawn_interruptible(
+            "read",
             req,
             async move { vfs.read(fh.0, offset, size).await },
             |r| match r {
@@ -521,7 +555,7 @@ impl Filesystem for FuseFs {
         let vfs = self.vfs.clone();
         let data = data.to_vec();
         let mut intr = self.interrupts.register(req.unique().0);
-        self.spawn(async move {
+        self.spawn("write", async move {
             let interrupted = async move {
                 intr.fired().await;
                 crate::metrics::INTERRUPTS.add(1);
@@ -545,6 +579,7 @@ impl Filesystem for FuseFs {
         // close waits for it.
         let vfs = self.vfs.clone();
         self.spawn_interruptible(
+            "flush",
             req,
             async move { vfs.flush(fh.0, Some(lock_owner.0)).await },
             |r| reply_empty(reply, r),
@@ -563,7 +598,9 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         let flock_owner = lock_owner.map(|o| o.0);
-        self.spawn(async move { reply_empty(reply, vfs.release(fh.0, flock_owner).await) });
+        self.spawn("release", async move {
+            reply_empty(reply, vfs.release(fh.0, flock_owner).await)
+        });
     }
 
     fn fsync(
@@ -575,14 +612,14 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn_interruptible(req, async move { vfs.fsync(fh.0).await }, |r| {
+        self.spawn_interruptible("fsync", req, async move { vfs.fsync(fh.0).await }, |r| {
             reply_empty(reply, r)
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
+        self.spawn("opendir", async move {
             match vfs.opendir(ino.0, true).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -599,7 +636,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
+        self.spawn("readdir", async move {
             match vfs.readdir(fh.0, offset, READDIR_BATCH).await {
                 Ok(items) => {
                     for (off, it) in items {
@@ -628,7 +665,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(async move {
+        self.spawn("readdirplus", async move {
             match vfs.readdir(fh.0, offset, READDIRPLUS_BATCH).await {
                 Ok(items) => {
                     for (off, it) in items {
@@ -670,6 +707,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = OpTimer("releasedir", Instant::now());
         self.vfs.releasedir(fh.0);
         reply.ok();
     }
@@ -688,12 +726,17 @@ impl Filesystem for FuseFs {
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let vfs = self.vfs.clone();
-        self.spawn_interruptible(req, async move { vfs.statfs().await }, |r| match r {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, 255, s.bsize,
-            ),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.spawn_interruptible(
+            "statfs",
+            req,
+            async move { vfs.statfs().await },
+            |r| match r {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, 255, s.bsize,
+                ),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn setxattr(
@@ -707,14 +750,15 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let (vfs, name, value) = (self.vfs.clone(), bytes(name), value.to_vec());
-        self.spawn(
-            async move { reply_empty(reply, vfs.setxattr(ino.0, &name, &value, flags).await) },
-        );
+        self.spawn("setxattr", async move {
+            reply_empty(reply, vfs.setxattr(ino.0, &name, &value, flags).await)
+        });
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (vfs, name) = (self.vfs.clone(), bytes(name));
         self.spawn_interruptible(
+            "getxattr",
             req,
             async move { vfs.getxattr(ino.0, &name).await },
             move |r| reply_xattr(reply, size, r),
@@ -723,22 +767,30 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let vfs = self.vfs.clone();
-        self.spawn_interruptible(req, async move { vfs.listxattr(ino.0).await }, move |r| {
-            reply_xattr(reply, size, r)
-        });
+        self.spawn_interruptible(
+            "listxattr",
+            req,
+            async move { vfs.listxattr(ino.0).await },
+            move |r| reply_xattr(reply, size, r),
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (vfs, name) = (self.vfs.clone(), bytes(name));
-        self.spawn(async move { reply_empty(reply, vfs.removexattr(ino.0, &name).await) });
+        self.spawn("removexattr", async move {
+            reply_empty(reply, vfs.removexattr(ino.0, &name).await)
+        });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (vfs, c) = (self.vfs.clone(), ctx(req));
         let mask = mask.bits();
-        self.spawn_interruptible(req, async move { vfs.access(&c, ino.0, mask).await }, |r| {
-            reply_empty(reply, r)
-        });
+        self.spawn_interruptible(
+            "access",
+            req,
+            async move { vfs.access(&c, ino.0, mask).await },
+            |r| reply_empty(reply, r),
+        );
     }
 
     fn create(
@@ -752,7 +804,7 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
-        self.spawn(async move {
+        self.spawn("create", async move {
             match vfs.create(&c, parent.0, &name, mode, umask, flags).await {
                 Ok((e, o)) => reply.created(
                     &e.entry_ttl,
@@ -780,6 +832,7 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         self.spawn_interruptible(
+            "getlk",
             req,
             async move { vfs.getlk(fh.0, lock_owner.0, start, end, typ).await },
             |r| match r {
@@ -806,7 +859,7 @@ impl Filesystem for FuseFs {
         // granted it), so an interrupted F_SETLKW leaves no lock behind.
         let vfs = self.vfs.clone();
         let mut intr = self.interrupts.register(req.unique().0);
-        self.spawn(async move {
+        self.spawn("setlk", async move {
             let interrupted = Box::pin(async move {
                 intr.fired().await;
                 crate::metrics::INTERRUPTS.add(1);
@@ -834,8 +887,93 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let vfs = self.vfs.clone();
-        self.spawn(
-            async move { reply_empty(reply, vfs.fallocate(fh.0, offset, length, mode).await) },
+        self.spawn("fallocate", async move {
+            reply_empty(reply, vfs.fallocate(fh.0, offset, length, mode).await)
+        });
+    }
+
+    // Operations vecfs does not implement answer at debug level: fuser's
+    // defaults log a warning each, and every Python open() asks for TCGETS
+    // (isatty), 25,000 lines for one session.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // ENOTTY, what a regular file answers: isatty() is then false
+        // with no error for the caller to report.
+        tracing::debug!(ino = ino.0, cmd, "ioctl: not supported (ENOTTY)");
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and treats files as always ready.
+        tracing::debug!(ino = ino.0, "poll: not supported (ENOSYS)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn bmap(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _blocksize: u32,
+        _idx: u64,
+        reply: fuser::ReplyBmap,
+    ) {
+        tracing::debug!(ino = ino.0, "bmap: not supported (ENOSYS)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // ENOSYS: the kernel seeks by itself from now on (SEEK_DATA/HOLE
+        // then see the whole file as data).
+        tracing::debug!(ino = ino.0, whence, "lseek: not supported (ENOSYS)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // ENOSYS: the kernel falls back to reads and writes.
+        tracing::debug!(
+            ino_in = ino_in.0,
+            ino_out = ino_out.0,
+            "copy_file_range: not supported (ENOSYS)"
         );
+        reply.error(Errno::ENOSYS);
     }
 }

@@ -6,7 +6,8 @@
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
 //! (memory + disk, single-flight) -> `object` (object_store backends) with
 //! `codec` (block envelope). `session` keeps the mount's session alive, `maintenance` does
-//! background upkeep (deferred deletion, compaction, dead-session cleanup, gc); `metrics` counts traffic;
+//! background upkeep (deferred deletion, compaction, dead-session cleanup, gc); `metrics` counts traffic and
+//! times requests (Prometheus endpoint and the `.stats` file, `statsfile`);
 //! `error` is the data path's one error type (errno + transient or not).
 
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod data;
 pub mod error;
 pub mod fuse;
+pub mod logfile;
 pub mod maintenance;
 pub mod meta;
 pub mod metacache;
@@ -21,5 +23,6 @@ pub mod metrics;
 pub mod object;
 pub mod prefetch;
 pub mod session;
+pub mod statsfile;
 pub mod util;
 pub mod vfs;

@@ -353,6 +353,160 @@ pub fn parse_block_key(key: &str) -> Option<(u64, u32, u32)> {
     Some((id, index, len))
 }
 
+/// Times every request the store sends (latency histogram per method,
+/// failures counted), whoever sends it: the one place object-store
+/// requests are measured. A GET is timed until its body is read.
+#[derive(Debug)]
+struct Timed(Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Observes one request when dropped: at the end of a call, or of the
+/// stream (body, listing, batch delete) it answered with.
+struct Watch {
+    method: &'static str,
+    start: std::time::Instant,
+    ok: bool,
+}
+
+impl Watch {
+    fn start(method: &'static str) -> Watch {
+        Watch {
+            method,
+            start: std::time::Instant::now(),
+            ok: true,
+        }
+    }
+
+    fn result<T>(mut self, r: object_store::Result<T>) -> object_store::Result<T> {
+        // A missing object is an answer, not a failure of the store.
+        self.ok = matches!(&r, Ok(_) | Err(object_store::Error::NotFound { .. }));
+        r
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        metrics::observe_object(self.method, self.start.elapsed(), self.ok);
+    }
+}
+
+/// Passes `s` through, observing `w` when it ends (or is dropped).
+fn watched<T: Send + 'static>(
+    s: futures::stream::BoxStream<'_, object_store::Result<T>>,
+    mut w: Watch,
+) -> futures::stream::BoxStream<'_, object_store::Result<T>> {
+    use futures::StreamExt;
+    s.map(move |item| {
+        // The whole Watch moves into the closure (not just its field), so
+        // it is dropped, and observes, with the stream.
+        let w = &mut w;
+        if matches!(&item, Err(e) if !matches!(e, object_store::Error::NotFound { .. })) {
+            w.ok = false;
+        }
+        item
+    })
+    .boxed()
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Timed {
+    async fn put_opts(
+        &self,
+        location: &ObjPath,
+        payload: PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let w = Watch::start("put");
+        w.result(self.0.put_opts(location, payload, opts).await)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjPath,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        let w = Watch::start("put_multipart");
+        w.result(self.0.put_multipart_opts(location, opts).await)
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjPath,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let method = if options.head {
+            "head"
+        } else if options.range.is_some() {
+            "range"
+        } else {
+            "get"
+        };
+        let w = Watch::start(method);
+        let mut r = match self.0.get_opts(location, options).await {
+            Ok(r) => r,
+            Err(e) => return w.result(Err(e)),
+        };
+        if let object_store::GetResultPayload::Stream(s) = r.payload {
+            r.payload = object_store::GetResultPayload::Stream(watched(s, w));
+        }
+        Ok(r)
+    }
+
+    async fn delete(&self, location: &ObjPath) -> object_store::Result<()> {
+        let w = Watch::start("delete");
+        w.result(self.0.delete(location).await)
+    }
+
+    fn delete_stream<'a>(
+        &'a self,
+        locations: futures::stream::BoxStream<'a, object_store::Result<ObjPath>>,
+    ) -> futures::stream::BoxStream<'a, object_store::Result<ObjPath>> {
+        // The store's own batching (one request per 1,000 keys on S3) is kept.
+        watched(self.0.delete_stream(locations), Watch::start("delete_many"))
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjPath>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        watched(self.0.list(prefix), Watch::start("list"))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&ObjPath>,
+        offset: &ObjPath,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        watched(
+            self.0.list_with_offset(prefix, offset),
+            Watch::start("list"),
+        )
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjPath>,
+    ) -> object_store::Result<object_store::ListResult> {
+        let w = Watch::start("list");
+        w.result(self.0.list_with_delimiter(prefix).await)
+    }
+
+    async fn copy(&self, from: &ObjPath, to: &ObjPath) -> object_store::Result<()> {
+        let w = Watch::start("copy");
+        w.result(self.0.copy(from, to).await)
+    }
+
+    async fn copy_if_not_exists(&self, from: &ObjPath, to: &ObjPath) -> object_store::Result<()> {
+        let w = Watch::start("copy");
+        w.result(self.0.copy_if_not_exists(from, to).await)
+    }
+}
+
 /// The block store: names blocks, checks lengths, counts traffic.
 pub struct BlockStore {
     store: Arc<dyn ObjectStore>,
@@ -362,7 +516,7 @@ pub struct BlockStore {
 impl BlockStore {
     pub fn new(store: Arc<dyn ObjectStore>, volume: &str) -> Self {
         BlockStore {
-            store,
+            store: Arc::new(Timed(store)),
             volume: volume.to_string(),
         }
     }

@@ -11,7 +11,8 @@ use crate::meta::{now, Event, Meta, MetaError, SessionInfo};
 use crate::prefetch::warm::Warmer;
 use crate::vfs::Vfs;
 
-pub fn session_info(mountpoint: &str, read_only: bool) -> SessionInfo {
+/// `metrics`: the address the mount's Prometheus endpoint is bound to.
+pub fn session_info(mountpoint: &str, read_only: bool, metrics: Option<String>) -> SessionInfo {
     SessionInfo {
         sid: 0,
         host: hostname::get()
@@ -23,6 +24,7 @@ pub fn session_info(mountpoint: &str, read_only: bool) -> SessionInfo {
         start: now().0,
         read_only,
         expire: 0,
+        metrics,
     }
 }
 
@@ -143,6 +145,9 @@ pub fn spawn_heartbeat(
                     }
                     failing = false;
                     lease.renewed(sent);
+                    if let Ok(n) = meta.session_count().await {
+                        crate::metrics::SESSIONS.set(n as i64);
+                    }
                 }
                 Err(MetaError::Errno(libc::ENOENT)) => {
                     lease.fence("this node's session expired and another node cleaned it up");

@@ -22,6 +22,7 @@ use crate::metacache::MetaCache;
 use crate::prefetch::readahead::{ReadAhead, Stream};
 use crate::session::Lease;
 use dir::Listing;
+use crate::statsfile::{is_stats_fh, is_stats_name, StatsFile, STATS_INO};
 
 /// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
 /// so the VFS makes them from blocking threads, never from async workers.
@@ -40,6 +41,13 @@ fn meta_errno(op: &str, e: MetaError) -> i32 {
     match &e {
         MetaError::Errno(n) => *n,
         other => {
+            crate::metrics::count_error(match other {
+                MetaError::Redis {
+                    transient: true, ..
+                } => crate::error::Kind::Transient,
+                MetaError::Redis { .. } => crate::error::Kind::Denied,
+                _ => crate::error::Kind::Corrupt,
+            });
             tracing::error!(op, error = %other, "metadata failure");
             libc::EIO
         }
@@ -50,6 +58,7 @@ fn data_errno(op: &str, e: Error) -> i32 {
     match e.kind {
         crate::error::Kind::Fs(n) => n,
         _ => {
+            crate::metrics::count_error(e.kind);
             tracing::error!(op, error = %e, "data failure");
             e.errno()
         }
@@ -341,6 +350,8 @@ enum Handle {
 pub struct OpenReply {
     pub fh: u64,
     pub keep_cache: bool,
+    /// Bypass the page cache (`.stats`: every read is fresh).
+    pub direct_io: bool,
 }
 
 pub struct Statfs {
@@ -380,6 +391,8 @@ pub struct Vfs {
     /// changes them under running mounts ([`Vfs::spawn_limits_refresher`]).
     capacity: AtomicU64,
     max_inodes: AtomicU64,
+    /// The hidden `.stats` file at the mount root.
+    stats: StatsFile,
 }
 
 /// How often the flusher looks for buffered writes to commit, and when:
@@ -431,6 +444,7 @@ impl Vfs {
             recent: Recent::new(),
             kick: tokio::sync::Notify::new(),
             readahead,
+            stats: StatsFile::default(),
         }
     }
 
@@ -599,6 +613,17 @@ impl Vfs {
         }
     }
 
+    /// The `.stats` file's entry: attributes never cached by the kernel,
+    /// so its length follows the text.
+    fn stats_entry(&self) -> Entry {
+        Entry {
+            ino: STATS_INO,
+            attr: self.stats.attr(),
+            attr_ttl: Duration::ZERO,
+            entry_ttl: self.cfg.entry_ttl,
+        }
+    }
+
     fn open_state(&self, ino: u64) -> Option<Handles> {
         let open = self.open.lock().ok()?;
         open.get(&ino).map(OpenFile::handles)
@@ -708,6 +733,9 @@ impl Vfs {
     // ---- names -----------------------------------------------------------
 
     pub async fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<Entry> {
+        if is_stats_name(parent, name) {
+            return Ok(self.stats_entry());
+        }
         if name.len() > MAX_NAME_LEN {
             return Err(libc::ENAMETOOLONG);
         }
@@ -765,6 +793,9 @@ impl Vfs {
     }
 
     pub async fn getattr(&self, ino: u64) -> VResult<Entry> {
+        if ino == STATS_INO {
+            return Ok(self.stats_entry());
+        }
         let real = self.real(ino);
         let attr = match self.mcache.attr(real) {
             Some(a) => a,
@@ -792,6 +823,9 @@ impl Vfs {
         rdev: u32,
         target: &[u8],
     ) -> VResult<Entry> {
+        if is_stats_name(parent, name) {
+            return Err(libc::EEXIST);
+        }
         self.writable()?;
         check_name(name)?;
         let kind = FileKind::from_mode(mode).ok_or(libc::EINVAL)?;
@@ -857,6 +891,9 @@ impl Vfs {
     }
 
     pub async fn readlink(&self, ino: u64) -> VResult<Vec<u8>> {
+        if ino == STATS_INO {
+            return Err(libc::EINVAL);
+        }
         self.meta
             .readlink(self.real(ino))
             .await
@@ -864,6 +901,9 @@ impl Vfs {
     }
 
     pub async fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<()> {
+        if is_stats_name(parent, name) {
+            return Err(libc::EPERM);
+        }
         self.writable()?;
         check_name(name)?;
         let sid = self.sid();
@@ -900,6 +940,9 @@ impl Vfs {
     }
 
     pub async fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<()> {
+        if is_stats_name(parent, name) {
+            return Err(libc::ENOTDIR);
+        }
         self.writable()?;
         if name == b"." {
             return Err(libc::EINVAL);
@@ -929,6 +972,9 @@ impl Vfs {
         newname: &[u8],
         flags: u32,
     ) -> VResult<()> {
+        if is_stats_name(parent, name) || is_stats_name(newparent, newname) {
+            return Err(libc::EPERM);
+        }
         self.writable()?;
         check_name(name)?;
         check_name(newname)?;
@@ -974,6 +1020,12 @@ impl Vfs {
         newparent: u64,
         newname: &[u8],
     ) -> VResult<Entry> {
+        if ino == STATS_INO {
+            return Err(libc::EPERM);
+        }
+        if is_stats_name(newparent, newname) {
+            return Err(libc::EEXIST);
+        }
         self.writable()?;
         check_name(newname)?;
         let real = self.real(ino);
@@ -998,6 +1050,9 @@ impl Vfs {
         set: &SetAttr,
         size: Option<u64>,
     ) -> VResult<Entry> {
+        if ino == STATS_INO {
+            return Err(libc::EPERM);
+        }
         self.writable()?;
         let real = self.real(ino);
         let mut attr = None;
@@ -1048,6 +1103,13 @@ impl Vfs {
     }
 
     pub async fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> VResult<()> {
+        if ino == STATS_INO {
+            return if mask & (libc::W_OK | libc::X_OK) != 0 {
+                Err(libc::EACCES)
+            } else {
+                Ok(())
+            };
+        }
         let attr = self
             .meta
             .getattr(self.real(ino))
@@ -1119,6 +1181,9 @@ impl Vfs {
     }
 
     pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> VResult<()> {
+        if ino == STATS_INO {
+            return Err(libc::EPERM);
+        }
         self.writable()?;
         Self::check_xattr_name(name)?;
         if value.len() > 65536 {
@@ -1139,6 +1204,9 @@ impl Vfs {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> VResult<Vec<u8>> {
+        if ino == STATS_INO {
+            return Err(libc::ENODATA);
+        }
         Self::check_xattr_name(name)?;
         let real = self.real(ino);
         let caps = name == b"security.capability";
@@ -1155,6 +1223,9 @@ impl Vfs {
 
     /// Names, each followed by a NUL, as listxattr(2) returns them.
     pub async fn listxattr(&self, ino: u64) -> VResult<Vec<u8>> {
+        if ino == STATS_INO {
+            return Ok(Vec::new());
+        }
         let names = self
             .meta
             .listxattr(self.real(ino))
@@ -1169,6 +1240,9 @@ impl Vfs {
     }
 
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> VResult<()> {
+        if ino == STATS_INO {
+            return Err(libc::EPERM);
+        }
         self.writable()?;
         Self::check_xattr_name(name)?;
         self.mcache.drop_attr(self.real(ino));
@@ -1180,6 +1254,9 @@ impl Vfs {
     // ---- directories -----------------------------------------------------
 
     pub async fn opendir(&self, ino: u64, plus: bool) -> VResult<u64> {
+        if ino == STATS_INO {
+            return Err(libc::ENOTDIR);
+        }
         let real = self.real(ino);
         let ticket = self.recent.ticket();
         let mut listing = self.dir_head(real, plus, ticket).await?;
@@ -1402,6 +1479,13 @@ impl Vfs {
     }
 
     pub async fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> VResult<OpenReply> {
+        if ino == STATS_INO {
+            return self.stats.open(flags).map(|fh| OpenReply {
+                fh,
+                keep_cache: false,
+                direct_io: true,
+            });
+        }
         let real = self.real(ino);
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
@@ -1444,7 +1528,11 @@ impl Vfs {
         }
         self.add_open(real, attr.length);
         let fh = self.new_file_handle(real, writable);
-        Ok(OpenReply { fh, keep_cache })
+        Ok(OpenReply {
+            fh,
+            keep_cache,
+            direct_io: false,
+        })
     }
 
     /// `real` is no longer what the name the kernel opened names: forget
@@ -1488,6 +1576,7 @@ impl Vfs {
             OpenReply {
                 fh,
                 keep_cache: false,
+                direct_io: false,
             },
         ))
     }
@@ -1553,6 +1642,9 @@ impl Vfs {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<u8>> {
+        if is_stats_fh(fh) {
+            return self.stats.read(fh, offset, size);
+        }
         let h = self.file_handle(fh)?;
         let ino = h.ino;
         let of = self.open_state(ino).ok_or(libc::EBADF)?;
@@ -1648,6 +1740,9 @@ impl Vfs {
         data: &[u8],
         interrupted: impl std::future::Future<Output = ()>,
     ) -> VResult<u32> {
+        if is_stats_fh(fh) {
+            return Err(libc::EBADF);
+        }
         self.writable()?;
         let h = self.file_handle(fh)?;
         if !h.writable {
@@ -1805,6 +1900,9 @@ impl Vfs {
     /// locks. Closing a handle that cannot write does not wait for other
     /// handles' uploads.
     pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> VResult<()> {
+        if is_stats_fh(fh) {
+            return Ok(());
+        }
         let h = self.file_handle(fh)?;
         let r = if h.writable {
             self.persist_inode(h.ino).await
@@ -1818,6 +1916,9 @@ impl Vfs {
     }
 
     pub async fn fsync(&self, fh: u64) -> VResult<()> {
+        if is_stats_fh(fh) {
+            return Ok(());
+        }
         let h = self.file_handle(fh)?;
         self.persist_inode(h.ino).await
     }
@@ -1928,6 +2029,10 @@ impl Vfs {
     }
 
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> VResult<()> {
+        if is_stats_fh(fh) {
+            self.stats.release(fh);
+            return Ok(());
+        }
         let h = match self.handles.lock().map_err(|_| libc::EIO)?.remove(&fh) {
             Some(Handle::File(f)) => f,
             _ => return Err(libc::EBADF),

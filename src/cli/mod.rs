@@ -12,6 +12,7 @@ mod info;
 mod load;
 mod mount;
 mod progress;
+mod stats;
 mod status;
 mod umount;
 mod warmup;
@@ -36,6 +37,8 @@ pub struct Cli {
     cmd: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create (or update) a volume: records it in Redis after checking the object store.
@@ -64,6 +67,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// Remove a volume's objects and metadata for good.
     Destroy(destroy::DestroyArgs),
+    /// Live view of a mount: operations, latency, object store, cache, buffers.
+    Stats(stats::StatsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -116,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cli.verbose, None)?;
             runtime()?.block_on(destroy::run(a))
         }
+        Command::Stats(a) => stats::run(a),
     }
 }
 

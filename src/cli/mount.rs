@@ -111,12 +111,18 @@ pub struct MountArgs {
     /// (retrying) before it fails with EIO.
     #[arg(long, default_value_t = 20.0)]
     meta_timeout: f64,
-    /// Serve Prometheus metrics on this address ("none" to switch off).
-    #[arg(long, default_value = "127.0.0.1:9567")]
-    metrics: String,
+    /// Serve Prometheus metrics on this address; port 0 picks a free port
+    /// ("none" to switch off). Default 127.0.0.1:9567, or a free port when
+    /// another mount holds it. `vecfs status` shows each mount's address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Log file (default for -d: /var/log/vecfs.log as root, else ~/.vecfs/vecfs.log).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Rotate the log file at this size in MiB (K, M, G accepted), keeping
+    /// 3 older files (vecfs.log.1 to .3); 0: never rotate.
+    #[arg(long, default_value = "64")]
+    log_max_size: String,
     /// Volume name, when the database holds more than one.
     #[arg(long)]
     name: Option<String>,
@@ -145,6 +151,30 @@ fn default_log() -> PathBuf {
         let _ = std::fs::create_dir_all(&dir);
         dir.join("vecfs.log")
     }
+}
+
+/// Log files kept besides the live one when rotating.
+const LOG_KEEP: usize = 3;
+
+/// Logging to `path`, rotated by size (`--log-max-size`); the same levels
+/// as `init_logging`.
+fn init_file_logging(verbose: u8, path: &Path, max: &str) -> anyhow::Result<()> {
+    let max = parse_size(max, 1 << 20).map_err(|e| anyhow::anyhow!("--log-max-size: {e}"))?;
+    let default = match verbose {
+        0 => "vecfs=info,warn",
+        1 => "vecfs=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let file = vecfs::logfile::RotatingFile::open(path, max, LOG_KEEP)
+        .with_context(|| format!("cannot open log file {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
@@ -180,7 +210,10 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
         return spawn_daemon(&a, &mp, verbose);
     }
     let log = a.log.clone();
-    crate::cli::init_logging(verbose, log.as_deref())?;
+    match &log {
+        Some(p) => init_file_logging(verbose, p, &a.log_max_size)?,
+        None => crate::cli::init_logging(verbose, None)?,
+    }
     limit_malloc_arenas();
     let rt = crate::cli::runtime()?;
     let prepared = rt.block_on(prepare(&a, &mp));
@@ -402,20 +435,34 @@ async fn prepare(
             leftovers,
         ));
     }
-    if a.metrics != "none" {
-        // A busy port (another mount on this host) costs the metrics, not the mount.
-        match tokio::net::TcpListener::bind(&a.metrics).await {
-            Ok(l) => {
-                tracing::info!(addr = %a.metrics, "serving metrics");
-                bg.push(tokio::spawn(vecfs::metrics::serve(l)));
+    vecfs::metrics::set_node(vecfs::metrics::Node {
+        data: data.clone(),
+        buffer_bytes: mib(&a.buffer_size, "buffer-size")?,
+    });
+    let metrics_addr = match a.metrics.as_deref() {
+        Some("none") => None,
+        asked => {
+            let addr = asked.unwrap_or(vecfs::metrics::DEFAULT_ADDR);
+            // The default port taken (another mount on this host): a free
+            // one. A busy address asked for costs the metrics, not the mount.
+            match vecfs::metrics::bind(addr, asked.is_none()).await {
+                Ok(l) => {
+                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::info!(addr = %bound, "serving metrics on http://{bound}/metrics");
+                    bg.push(tokio::spawn(vecfs::metrics::serve(l)));
+                    Some(bound)
+                }
+                Err(e) => {
+                    tracing::warn!(addr, error = %e, "metrics not served");
+                    None
+                }
             }
-            Err(e) => tracing::warn!(addr = %a.metrics, error = %e, "metrics not served"),
         }
-    }
+    };
     // Read-only mounts register too (status lists them, their locks can be
     // cleaned), but run no deletion and clean no other sessions.
     let every = Duration::from_secs(a.heartbeat.max(1));
-    let info = session::session_info(&mp.to_string_lossy(), a.read_only);
+    let info = session::session_info(&mp.to_string_lossy(), a.read_only, metrics_addr);
     let ttl = vfs.lease.ttl().as_secs() as i64;
     let sid = meta.register_session(info.clone(), ttl).await?;
     bg.push(session::spawn_heartbeat(
@@ -609,7 +656,8 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("heartbeat", Some(a.heartbeat.to_string()));
     opt("meta-timeout", Some(a.meta_timeout.to_string()));
     opt("meta-cache", Some(a.meta_cache.to_string()));
-    opt("metrics", Some(a.metrics.clone()));
+    opt("metrics", a.metrics.clone());
+    opt("log-max-size", Some(a.log_max_size.clone()));
     opt("warm-on-commit", a.warm_on_commit.clone());
     opt("warm-concurrency", Some(a.warm_concurrency.to_string()));
     opt("warm-page-cache", Some(a.warm_page_cache.clone()));

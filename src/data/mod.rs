@@ -606,6 +606,12 @@ impl DataStore {
 
     /// Largest file a background fill takes on: a quarter of the disk
     /// cache (0 without one: filling memory would push out what readers use).
+    /// (bytes charged, budget) of read-ahead, node-wide (for the metrics).
+    pub fn readahead_usage(&self) -> (u64, u64) {
+        let free = self.ahead_budget.available_permits().min(self.ahead_bytes);
+        ((self.ahead_bytes - free) as u64, self.ahead_bytes as u64)
+    }
+
     pub fn fill_limit(&self) -> u64 {
         self.cache.disk().map(|d| d.capacity() / 4).unwrap_or(0)
     }

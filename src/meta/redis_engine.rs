@@ -115,6 +115,41 @@ fn marked(body: &str) -> Lua {
 
 impl Scripts {
     fn new() -> Self {
+        let s = Self::build();
+        let names = [
+            ("lookup", &s.lookup.script),
+            ("mknod", &s.mknod.script),
+            ("unlink", &s.unlink.script),
+            ("rmdir", &s.rmdir.script),
+            ("rename", &s.rename.script),
+            ("link", &s.link.script),
+            ("setattr", &s.setattr.script),
+            ("truncate", &s.truncate.script),
+            ("write", &s.write),
+            ("compact", &s.compact.script),
+            ("fallocate", &s.fallocate.script),
+            ("setxattr", &s.setxattr.script),
+            ("release", &s.release.script),
+            ("claim_due", &s.claim_due.script),
+            ("release_due", &s.release_due.script),
+            ("abandon", &s.abandon.script),
+            ("format", &s.format.script),
+            ("setlk", &s.setlk.script),
+            ("getlk", &s.getlk.script),
+            ("clean_session", &s.clean_session.script),
+            ("renew_session", &s.renew_session.script),
+            ("expired_sessions", &s.expired_sessions.script),
+        ];
+        let _ = SCRIPT_NAMES.set(
+            names
+                .iter()
+                .map(|(n, sc)| (sc.get_hash().to_string(), *n))
+                .collect(),
+        );
+        s
+    }
+
+    fn build() -> Self {
         Scripts {
             lookup: plain(include_str!("lua/lookup.lua")),
             mknod: marked(include_str!("lua/mknod.lua")),
@@ -159,6 +194,9 @@ pub struct SessionInfo {
     pub read_only: bool,
     #[serde(default)]
     pub expire: i64,
+    /// Address the mount serves Prometheus metrics on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// What a commit did: the file's attributes after it, per chunk touched how
@@ -275,11 +313,75 @@ impl TimedConn {
     }
 }
 
+/// Script names by SHA1, for the latency metrics (EVALSHA names only the hash).
+static SCRIPT_NAMES: std::sync::OnceLock<std::collections::HashMap<String, &'static str>> =
+    std::sync::OnceLock::new();
+
+/// Command names seen, as static strings for metric labels (a handful:
+/// the commands this module sends).
+static COMMAND_NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// What a request is, for the latency metrics: the script's name for a
+/// script, else the command (e.g. "GET", "HMGET").
+fn command_kind(cmd: &redis::Cmd) -> &'static str {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        redis::Arg::Cursor => None,
+    });
+    let Some(name) = args.next() else {
+        return "other";
+    };
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let sha = args.next().and_then(|h| std::str::from_utf8(h).ok());
+        return sha
+            .and_then(|h| SCRIPT_NAMES.get()?.get(h).copied())
+            .unwrap_or("script");
+    }
+    let Ok(name) = std::str::from_utf8(name) else {
+        return "other";
+    };
+    let upper = name.to_ascii_uppercase();
+    let Ok(mut seen) = COMMAND_NAMES.lock() else {
+        return "other";
+    };
+    if let Some(n) = seen.iter().find(|n| **n == upper) {
+        return n;
+    }
+    if seen.len() >= 64 || upper.len() > 24 {
+        return "other";
+    }
+    // Leaked once per command name, at most 64 of them.
+    let n: &'static str = Box::leak(upper.into_boxed_str());
+    seen.push(n);
+    n
+}
+
+/// A pipeline is named after its script if it runs one (a script load
+/// and its first run), else "pipeline".
+fn pipeline_kind(p: &redis::Pipeline) -> &'static str {
+    p.cmd_iter()
+        .map(command_kind)
+        .find(|k| {
+            SCRIPT_NAMES
+                .get()
+                .is_some_and(|m| m.values().any(|v| v == k))
+        })
+        .unwrap_or("pipeline")
+}
+
 impl redis::aio::ConnectionLike for TimedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        Box::pin(self.with_retries(busy_answer, move |mut c| async move {
-            c.send_packed_command(cmd).await
-        }))
+        let kind = command_kind(cmd);
+        Box::pin(async move {
+            let t = std::time::Instant::now();
+            let r = self
+                .with_retries(busy_answer, move |mut c| async move {
+                    c.send_packed_command(cmd).await
+                })
+                .await;
+            crate::metrics::observe_meta(kind, t.elapsed());
+            r
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -288,10 +390,18 @@ impl redis::aio::ConnectionLike for TimedConn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        Box::pin(self.with_retries(
-            |v: &Vec<Value>| v.iter().any(busy_answer),
-            move |mut c| async move { c.send_packed_commands(cmd, offset, count).await },
-        ))
+        let kind = pipeline_kind(cmd);
+        Box::pin(async move {
+            let t = std::time::Instant::now();
+            let r = self
+                .with_retries(
+                    |v: &Vec<Value>| v.iter().any(busy_answer),
+                    move |mut c| async move { c.send_packed_commands(cmd, offset, count).await },
+                )
+                .await;
+            crate::metrics::observe_meta(kind, t.elapsed());
+            r
+        })
     }
 
     fn get_db(&self) -> i64 {
@@ -1232,6 +1342,14 @@ impl Meta {
         let mut ps = self.client.get_async_pubsub().await.map_err(redis_err)?;
         ps.subscribe(self.key("events")).await.map_err(redis_err)?;
         Ok(ps)
+    }
+
+    /// Sessions registered (live, or expired and not cleaned yet): one ZCARD.
+    pub async fn session_count(&self) -> Result<u64> {
+        self.conn()
+            .zcard(self.key("sessions"))
+            .await
+            .map_err(redis_err)
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>> {
