@@ -15,15 +15,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId, TimeOrNow,
+    WriteFlags,
 };
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 
 use crate::meta::{to_system, Attr, FileKind, SetAttr, TimeSet};
 use crate::vfs::{Ctx, Entry, Vfs};
+
+/// `vecfs rmr`: an ioctl on the parent directory, `_IOWR('V', 0x72, [u8;
+/// 256])`. In: the name of the directory to remove, NUL-padded. Out: the
+/// files and directories removed (two u64, little endian), then zeros.
+pub const RMR_IOCTL: u32 = (3 << 30) | ((RMR_ARG_LEN as u32) << 16) | ((b'V' as u32) << 8) | 0x72;
+pub const RMR_ARG_LEN: usize = 256;
 
 /// Kernel cache invalidation through FUSE notify messages.
 pub struct KernelNotifier(pub fuser::Notifier);
@@ -552,6 +559,42 @@ impl Filesystem for FuseFs {
         let vfs = self.vfs.clone();
         self.spawn_interruptible(req, async move { vfs.fsync(fh.0).await }, |r| {
             reply_empty(reply, r)
+        });
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if cmd != RMR_IOCTL {
+            // Terminal probes (TCGETS from every Python open) and the like.
+            tracing::debug!(cmd, "ioctl not supported");
+            reply.error(Errno::ENOTTY);
+            return;
+        }
+        let end = in_data
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(in_data.len());
+        let name = in_data[..end].to_vec();
+        let (vfs, c) = (self.vfs.clone(), ctx(req));
+        self.spawn(async move {
+            match vfs.rmr(&c, ino.0, &name).await {
+                Ok((files, dirs)) => {
+                    let mut out = [0u8; RMR_ARG_LEN];
+                    out[..8].copy_from_slice(&files.to_le_bytes());
+                    out[8..16].copy_from_slice(&dirs.to_le_bytes());
+                    reply.ioctl(0, &out)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
         });
     }
 

@@ -5,7 +5,7 @@
 //! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
 //! (memory + disk, single-flight) -> `object` (object_store backends) with
-//! `codec` (block envelope). `session` runs per-mount background work, `deleter` frees unreferenced objects; `metrics` counts traffic;
+//! `codec` (block envelope). `session` runs per-mount background work, `deleter` frees unreferenced objects; `trash` keeps deleted files for a while; `metrics` counts traffic;
 //! `error` is the data path's one error type (errno + transient or not).
 
 pub mod cache;
@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod object;
 pub mod prefetch;
 pub mod session;
+pub mod trash;
 pub mod util;
 pub mod vfs;

@@ -14,7 +14,7 @@ use crate::data::{DataStore, FileWriter, PendingBlocks};
 use crate::error::Error;
 use crate::meta::{
     Attr, Event, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN,
-    ROOT_INO,
+    ROOT_INO, TRASH_INO, TRASH_NAME,
 };
 use crate::metacache::MetaCache;
 use crate::prefetch::readahead::{ReadAhead, Stream};
@@ -444,6 +444,16 @@ impl Vfs {
         }
     }
 
+    /// `.trash` at the volume root names the trash (hidden from readdir,
+    /// found by lookup): no file may take or lose that name.
+    fn reserved(&self, real_parent: u64, name: &[u8]) -> VResult<()> {
+        if real_parent == ROOT_INO && name == TRASH_NAME {
+            Err(libc::EPERM)
+        } else {
+            Ok(())
+        }
+    }
+
     fn writable(&self) -> VResult<()> {
         if self.cfg.read_only {
             Err(libc::EROFS)
@@ -673,6 +683,11 @@ impl Vfs {
             return Err(libc::ENAMETOOLONG);
         }
         let parent = self.real(parent);
+        if parent == ROOT_INO && name == TRASH_NAME {
+            // Made by the first deletion into it.
+            let attr = self.fresh_attr(TRASH_INO, "lookup").await?;
+            return Ok(self.entry(TRASH_INO, attr));
+        }
         let (ino, attr) = match self.mcache.lookup(parent, name) {
             Some(hit) => hit,
             None => {
@@ -757,6 +772,7 @@ impl Vfs {
         check_name(name)?;
         let kind = FileKind::from_mode(mode).ok_or(libc::EINVAL)?;
         let parent = self.real(parent);
+        self.reserved(parent, name)?;
         let (ino, attr) = self
             .meta
             .mknod(
@@ -827,6 +843,7 @@ impl Vfs {
     pub async fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<()> {
         self.writable()?;
         check_name(name)?;
+        self.reserved(self.real(parent), name)?;
         let sid = self.sid();
         // An open file is pinned while the script runs: a release racing
         // the unlink then cannot drop the entry before it is marked
@@ -869,6 +886,7 @@ impl Vfs {
             return Err(libc::ENOTEMPTY);
         }
         check_name(name)?;
+        self.reserved(self.real(parent), name)?;
         let r = self
             .meta
             .rmdir(self.real(parent), name)
@@ -878,6 +896,106 @@ impl Vfs {
         self.mcache.drop_name(self.real(parent), name);
         self.mcache.drop_attr(self.real(parent));
         r
+    }
+
+    /// Non-root callers need write and search permission on a directory
+    /// whose entries they remove (the sticky bit aside, as rm -rf needs).
+    async fn may_empty(&self, ctx: &Ctx, real_dir: u64) -> VResult<()> {
+        if ctx.uid == 0 {
+            return Ok(());
+        }
+        self.access(ctx, self.shown(real_dir), libc::W_OK | libc::X_OK)
+            .await
+    }
+
+    /// `vecfs rmr`: removes directory `name` of `parent` with everything
+    /// below it on the server side, up to 500 entries per atomic step,
+    /// deepest directories first. Files take the trash when the volume
+    /// keeps one. Other nodes learn of each removal from its change event;
+    /// this node's kernel forgets the tree with the top directory's entry.
+    /// Returns (files, directories) removed.
+    pub async fn rmr(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<(u64, u64)> {
+        const BATCH: usize = 500;
+        self.writable()?;
+        check_name(name)?;
+        let parent = self.real(parent);
+        self.reserved(parent, name)?;
+        let (top, attr) = self
+            .meta
+            .lookup(parent, name)
+            .await
+            .map_err(|e| meta_errno("rmr", e))?;
+        if attr.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        self.may_empty(ctx, parent).await?;
+        // Every directory of the tree with its entries, parents first.
+        let mut tree: Vec<(u64, Vec<(Vec<u8>, u64)>)> = Vec::new();
+        let mut next = vec![top];
+        while let Some(d) = next.pop() {
+            let entries = self
+                .meta
+                .readdir(d)
+                .await
+                .map_err(|e| meta_errno("rmr", e))?;
+            next.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.kind == FileKind::Dir)
+                    .map(|e| e.ino),
+            );
+            tree.push((d, entries.into_iter().map(|e| (e.name, e.ino)).collect()));
+        }
+        let (mut files, mut dirs) = (0u64, 0u64);
+        let mut result = Ok(());
+        for (d, entries) in tree.iter().rev() {
+            if let Err(e) = self.may_empty(ctx, *d).await {
+                result = Err(e);
+                break;
+            }
+            for batch in entries.chunks(BATCH) {
+                match self.meta.remove_entries(*d, false, 0, batch).await {
+                    Ok((f, n, _)) => {
+                        files += f;
+                        dirs += n;
+                    }
+                    Err(e) => {
+                        result = Err(meta_errno("rmr", e));
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        let mut left = 1;
+        if result.is_ok() {
+            match self
+                .meta
+                .remove_entries(parent, false, 0, &[(name.to_vec(), top)])
+                .await
+            {
+                Ok((_, n, skipped)) => {
+                    dirs += n;
+                    left = skipped;
+                }
+                Err(e) => result = Err(meta_errno("rmr", e)),
+            }
+        }
+        // Whatever went, this node's caches must not show it any longer.
+        self.mcache.clear();
+        self.recent.dir_change(parent);
+        if let Some(inv) = self.invalidator.get().cloned() {
+            let (p, n) = (self.shown(parent), name.to_vec());
+            let _ = tokio::task::spawn_blocking(move || inv.inval_entry(p, &n)).await;
+        }
+        result?;
+        if left > 0 {
+            // Something was created inside meanwhile.
+            return Err(libc::ENOTEMPTY);
+        }
+        Ok((files, dirs))
     }
 
     /// flags: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2).
@@ -896,6 +1014,8 @@ impl Vfs {
         if flags & !3 != 0 || flags == 3 {
             return Err(libc::EINVAL);
         }
+        self.reserved(self.real(parent), name)?;
+        self.reserved(self.real(newparent), newname)?;
         let sid = self.sid();
         // As in unlink: a replaced file open here stays pinned meanwhile.
         let pinned = Mutex::new(Vec::new());
@@ -937,6 +1057,7 @@ impl Vfs {
     ) -> VResult<Entry> {
         self.writable()?;
         check_name(newname)?;
+        self.reserved(self.real(newparent), newname)?;
         let real = self.real(ino);
         let attr = self
             .meta
@@ -1369,6 +1490,9 @@ impl Vfs {
             FileKind::File => {}
             _ => return Err(libc::ENXIO),
         }
+        if (writable || flags & libc::O_TRUNC != 0) && self.in_trash(&attr).await? {
+            return Err(libc::EPERM);
+        }
         let keep_cache = !writable && self.keep_cache(real, &attr);
         // Close-to-open: if the kernel may hold older attributes or pages
         // than Redis has now, drop them before the application reads.
@@ -1398,6 +1522,22 @@ impl Vfs {
         );
         self.mcache.drop_inode(real);
         libc::ESTALE
+    }
+
+    /// A file whose (only) name is in the trash: read-only there.
+    async fn in_trash(&self, attr: &Attr) -> VResult<bool> {
+        if attr.parent == 0 || attr.parent == ROOT_INO {
+            return Ok(false);
+        }
+        let pa = match self.mcache.attr(attr.parent) {
+            Some(a) => a,
+            None => match self.fresh_attr(attr.parent, "open").await {
+                Ok(a) => a,
+                Err(libc::ENOENT) => return Ok(false),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(pa.parent == TRASH_INO)
     }
 
     pub async fn create(

@@ -4,6 +4,7 @@
 mod bench;
 mod format;
 mod mount;
+mod rmr;
 mod status;
 mod umount;
 mod warmup;
@@ -42,6 +43,8 @@ enum Command {
     Warmup(warmup::WarmupArgs),
     /// Measure throughput and latency on a directory (vecfs or any other).
     Bench(bench::BenchArgs),
+    /// Remove directory trees of a mount on the server side, in bulk.
+    Rmr(rmr::RmrArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Warmup(a) => warmup::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Rmr(a) => rmr::run(a),
     }
 }
 

@@ -5,6 +5,7 @@
 local ino, newlen, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
+if trashed(ino, a) then return {EPERM} end
 if a.typ == T_DIR then return {EISDIR} end
 if a.typ ~= T_FILE then return {EINVAL} end
 local old = a.length
