@@ -30,6 +30,9 @@ pub trait Invalidator: Send + Sync {
 /// Lock ranges end at "to end of file", which Lua numbers cannot hold exactly.
 const LOCK_EOF: u64 = 1 << 53;
 
+/// A directory entry as the bulk removal names it: (name, inode).
+type NamedIno = (Vec<u8>, u64);
+
 /// Failures reach the kernel as an errno; unexpected ones are logged here.
 pub type VResult<T> = std::result::Result<T, i32>;
 
@@ -930,7 +933,7 @@ impl Vfs {
         }
         self.may_empty(ctx, parent).await?;
         // Every directory of the tree with its entries, parents first.
-        let mut tree: Vec<(u64, Vec<(Vec<u8>, u64)>)> = Vec::new();
+        let mut tree: Vec<(u64, Vec<NamedIno>)> = Vec::new();
         let mut next = vec![top];
         while let Some(d) = next.pop() {
             let entries = self
