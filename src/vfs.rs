@@ -1096,11 +1096,14 @@ impl Vfs {
                 None => None,
             };
             self.flush_inode(real).await?;
-            let a = self
+            let (a, dropped) = self
                 .meta
                 .truncate(real, size, self.format.capacity)
                 .await
                 .map_err(|e| meta_errno("truncate", e))?;
+            // Their objects wait the trash days; their blocks must not wait
+            // in this node's cache.
+            self.data.forget_cached(&dropped).await;
             if let Some(h) = self.open_state(real) {
                 h.length.store(size, Ordering::Release);
                 h.wrote.store(true, Ordering::Release);

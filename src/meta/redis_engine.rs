@@ -859,11 +859,24 @@ impl Meta {
         Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
     }
 
-    pub async fn truncate(&self, ino: u64, length: u64, capacity: u64) -> Result<Attr> {
+    /// Sets the length; returns the attributes and the slices it dropped
+    /// (whole chunks past the new end, journaled for deletion).
+    pub async fn truncate(
+        &self,
+        ino: u64,
+        length: u64,
+        capacity: u64,
+    ) -> Result<(Attr, Vec<Slice>)> {
         let r = self
             .run(&self.scripts.truncate, args![&ino, &length, &capacity])
             .await?;
-        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+        let attr = Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)?;
+        let dropped = r
+            .iter()
+            .skip(2)
+            .map(|v| Slice::decode(bytes(v)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((attr, dropped))
     }
 
     pub async fn fallocate(
