@@ -366,6 +366,10 @@ pub struct Vfs {
     next_fh: AtomicU64,
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
     seen: Mutex<HashMap<u64, Version>>,
+    /// Inodes the kernel reached through `.trash` (hour directories and the
+    /// files in them): an open of a trashed file through any other name is
+    /// an open through a stale dentry of a file since deleted or replaced.
+    via_trash: Mutex<std::collections::HashSet<u64>>,
     mcache: MetaCache,
     recent: Recent,
     /// Wakes the flusher early (a writer piles up slices).
@@ -417,6 +421,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
+            via_trash: Mutex::new(std::collections::HashSet::new()),
             mcache,
             recent: Recent::new(),
             kick: tokio::sync::Notify::new(),
@@ -715,8 +720,25 @@ impl Vfs {
                 }
             }
         };
+        if parent == TRASH_INO || self.reached_via_trash(parent) {
+            self.note_via_trash(&[ino]);
+        }
         let attr = self.fix_attr(ino, attr);
         Ok(self.entry(ino, attr))
+    }
+
+    fn reached_via_trash(&self, ino: u64) -> bool {
+        self.via_trash.lock().is_ok_and(|s| s.contains(&ino))
+    }
+
+    fn note_via_trash(&self, inos: &[u64]) {
+        if let Ok(mut s) = self.via_trash.lock() {
+            if s.len() > 100_000 {
+                // Forgetting costs one ESTALE and a fresh lookup at most.
+                s.clear();
+            }
+            s.extend(inos);
+        }
     }
 
     /// An inode's attributes from Redis (or from a change this node made
@@ -1282,6 +1304,10 @@ impl Vfs {
             .readdir(real)
             .await
             .map_err(|e| meta_errno("readdir", e))?;
+        if real == TRASH_INO || attr.parent == TRASH_INO {
+            let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+            self.note_via_trash(&inos);
+        }
         let mut items = Vec::with_capacity(entries.len() + 2);
         let parent = if real == self.cfg.root {
             real
@@ -1496,8 +1522,15 @@ impl Vfs {
             FileKind::File => {}
             _ => return Err(libc::ENXIO),
         }
-        if (writable || flags & libc::O_TRUNC != 0) && self.in_trash(&attr).await? {
-            return Err(libc::EPERM);
+        if self.format.trash_days > 0 && self.in_trash(&attr).await? {
+            // Deleted or replaced since the kernel cached the name it used
+            // (a name under .trash was looked up here, and noted).
+            if !self.reached_via_trash(real) {
+                return Err(self.stale_name(real));
+            }
+            if writable || flags & libc::O_TRUNC != 0 {
+                return Err(libc::EPERM);
+            }
         }
         let keep_cache = !writable && self.keep_cache(real, &attr);
         // Close-to-open: if the kernel may hold older attributes or pages
