@@ -161,6 +161,13 @@ fn without_trash_days_nothing_waits_and_objects_go() {
     wait_for("objects freed", Duration::from_secs(30), || {
         objects(&v) == 0
     });
+    // The name stays reserved, so turning trash days on later finds it free.
+    assert_eq!(
+        std::fs::create_dir(m.p(".trash"))
+            .map_err(|e| e.raw_os_error())
+            .err(),
+        Some(Some(libc::EPERM))
+    );
 }
 
 #[test]
