@@ -1522,7 +1522,9 @@ impl Vfs {
             FileKind::File => {}
             _ => return Err(libc::ENXIO),
         }
-        if self.format.trash_days > 0 && self.in_trash(&attr).await? {
+        // A move into the trash sets ctime only: a file whose ctime is its
+        // mtime (written, never chmod'ed or moved) needs no parent lookup.
+        if self.format.trash_days > 0 && attr.ctime != attr.mtime && self.in_trash(&attr).await? {
             // Deleted or replaced since the kernel cached the name it used
             // (a name under .trash was looked up here, and noted).
             if !self.reached_via_trash(real) {
