@@ -15,15 +15,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId, TimeOrNow,
+    WriteFlags,
 };
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 
 use crate::meta::{to_system, Attr, FileKind, SetAttr, TimeSet};
 use crate::vfs::{Ctx, Entry, Vfs};
+
+/// `vecfs rmr`: an ioctl on the parent directory, `_IOWR('V', 0x72, [u8;
+/// 256])`. In: the name of the directory to remove, NUL-padded. Out: the
+/// files and directories removed (two u64, little endian), then zeros.
+pub const RMR_IOCTL: u32 = (3 << 30) | ((RMR_ARG_LEN as u32) << 16) | ((b'V' as u32) << 8) | 0x72;
+pub const RMR_ARG_LEN: usize = 256;
 
 /// Kernel cache invalidation through FUSE notify messages.
 pub struct KernelNotifier(pub fuser::Notifier);
@@ -617,6 +624,44 @@ impl Filesystem for FuseFs {
         });
     }
 
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if cmd != RMR_IOCTL {
+            // Terminal probes (TCGETS from every Python open) and the like:
+            // ENOTTY, what a regular file answers, so isatty() is false
+            // with no error for the caller to report.
+            tracing::debug!(ino = ino.0, cmd, "ioctl: not supported (ENOTTY)");
+            reply.error(Errno::ENOTTY);
+            return;
+        }
+        let end = in_data
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(in_data.len());
+        let name = in_data[..end].to_vec();
+        let (vfs, c) = (self.vfs.clone(), ctx(req));
+        self.spawn("rmr", async move {
+            match vfs.rmr(&c, ino.0, &name).await {
+                Ok((files, dirs)) => {
+                    let mut out = [0u8; RMR_ARG_LEN];
+                    out[..8].copy_from_slice(&files.to_le_bytes());
+                    out[8..16].copy_from_slice(&dirs.to_le_bytes());
+                    reply.ioctl(0, &out)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let vfs = self.vfs.clone();
         self.spawn("opendir", async move {
@@ -895,23 +940,6 @@ impl Filesystem for FuseFs {
     // Operations vecfs does not implement answer at debug level: fuser's
     // defaults log a warning each, and every Python open() asks for TCGETS
     // (isatty), 25,000 lines for one session.
-
-    fn ioctl(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        // ENOTTY, what a regular file answers: isatty() is then false
-        // with no error for the caller to report.
-        tracing::debug!(ino = ino.0, cmd, "ioctl: not supported (ENOTTY)");
-        reply.error(Errno::ENOTTY);
-    }
 
     fn poll(
         &self,

@@ -6,7 +6,8 @@
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
 //! (memory + disk, single-flight) -> `object` (object_store backends) with
 //! `codec` (block envelope). `session` keeps the mount's session alive, `maintenance` does
-//! background upkeep (deferred deletion, compaction, dead-session cleanup, gc); `metrics` counts traffic and
+//! background upkeep (deferred deletion, compaction, dead-session cleanup, gc); `trash` keeps
+//! deleted files for a while; `metrics` counts traffic and
 //! times requests (Prometheus endpoint and the `.stats` file, `statsfile`);
 //! `error` is the data path's one error type (errno + transient or not).
 
@@ -24,5 +25,6 @@ pub mod object;
 pub mod prefetch;
 pub mod session;
 pub mod statsfile;
+pub mod trash;
 pub mod util;
 pub mod vfs;

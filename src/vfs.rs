@@ -16,13 +16,13 @@ use crate::data::{DataStore, FileWriter, PendingBlocks};
 use crate::error::Error;
 use crate::meta::{
     Attr, Event, FileKind, Format, Meta, MetaError, Piece, SetAttr, CHUNK_SIZE, MAX_NAME_LEN,
-    ROOT_INO,
+    ROOT_INO, TRASH_INO, TRASH_NAME,
 };
 use crate::metacache::MetaCache;
 use crate::prefetch::readahead::{ReadAhead, Stream};
 use crate::session::Lease;
-use dir::Listing;
 use crate::statsfile::{is_stats_fh, is_stats_name, StatsFile, STATS_INO};
+use dir::Listing;
 
 /// Drops kernel caches (FUSE notify). Calls may block briefly in the kernel,
 /// so the VFS makes them from blocking threads, never from async workers.
@@ -33,6 +33,9 @@ pub trait Invalidator: Send + Sync {
 
 /// Lock ranges end at "to end of file", which Lua numbers cannot hold exactly.
 const LOCK_EOF: u64 = 1 << 53;
+
+/// A directory entry as the bulk removal names it: (name, inode).
+type NamedIno = (Vec<u8>, u64);
 
 /// Failures reach the kernel as an errno; unexpected ones are logged here.
 pub type VResult<T> = std::result::Result<T, i32>;
@@ -381,6 +384,10 @@ pub struct Vfs {
     next_fh: AtomicU64,
     /// mtime and length each file had when last opened here, for FOPEN_KEEP_CACHE.
     seen: Mutex<HashMap<u64, Version>>,
+    /// Inodes the kernel reached through `.trash` (hour directories and the
+    /// files in them): an open of a trashed file through any other name is
+    /// an open through a stale dentry of a file since deleted or replaced.
+    via_trash: Mutex<std::collections::HashSet<u64>>,
     mcache: MetaCache,
     recent: Recent,
     /// Wakes the flusher early (a writer piles up slices).
@@ -440,6 +447,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
+            via_trash: Mutex::new(std::collections::HashSet::new()),
             mcache,
             recent: Recent::new(),
             kick: tokio::sync::Notify::new(),
@@ -468,6 +476,16 @@ impl Vfs {
             ROOT_INO
         } else {
             ino
+        }
+    }
+
+    /// `.trash` at the volume root names the trash (hidden from readdir,
+    /// found by lookup): no file may take or lose that name.
+    fn reserved(&self, real_parent: u64, name: &[u8]) -> VResult<()> {
+        if real_parent == ROOT_INO && name == TRASH_NAME {
+            Err(libc::EPERM)
+        } else {
+            Ok(())
         }
     }
 
@@ -740,6 +758,11 @@ impl Vfs {
             return Err(libc::ENAMETOOLONG);
         }
         let parent = self.real(parent);
+        if parent == ROOT_INO && name == TRASH_NAME {
+            // Made by the first deletion into it.
+            let attr = self.fresh_attr(TRASH_INO, "lookup").await?;
+            return Ok(self.entry(TRASH_INO, attr));
+        }
         let (ino, attr) = match self.mcache.lookup(parent, name) {
             Some(hit) => hit,
             None => {
@@ -764,8 +787,25 @@ impl Vfs {
                 }
             }
         };
+        if parent == TRASH_INO || self.reached_via_trash(parent) {
+            self.note_via_trash(&[ino]);
+        }
         let attr = self.fix_attr(ino, attr);
         Ok(self.entry(ino, attr))
+    }
+
+    fn reached_via_trash(&self, ino: u64) -> bool {
+        self.via_trash.lock().is_ok_and(|s| s.contains(&ino))
+    }
+
+    fn note_via_trash(&self, inos: &[u64]) {
+        if let Ok(mut s) = self.via_trash.lock() {
+            if s.len() > 100_000 {
+                // Forgetting costs one ESTALE and a fresh lookup at most.
+                s.clear();
+            }
+            s.extend(inos);
+        }
     }
 
     /// An inode's attributes from Redis (or from a change this node made
@@ -830,6 +870,7 @@ impl Vfs {
         check_name(name)?;
         let kind = FileKind::from_mode(mode).ok_or(libc::EINVAL)?;
         let parent = self.real(parent);
+        self.reserved(parent, name)?;
         let (ino, attr) = self
             .meta
             .mknod(
@@ -906,6 +947,7 @@ impl Vfs {
         }
         self.writable()?;
         check_name(name)?;
+        self.reserved(self.real(parent), name)?;
         let sid = self.sid();
         // An open file is pinned while the script runs: a release racing
         // the unlink then cannot drop the entry before it is marked
@@ -951,6 +993,7 @@ impl Vfs {
             return Err(libc::ENOTEMPTY);
         }
         check_name(name)?;
+        self.reserved(self.real(parent), name)?;
         let r = self
             .meta
             .rmdir(self.real(parent), name)
@@ -960,6 +1003,106 @@ impl Vfs {
         self.mcache.drop_name(self.real(parent), name);
         self.mcache.drop_attr(self.real(parent));
         r
+    }
+
+    /// Non-root callers need write and search permission on a directory
+    /// whose entries they remove (the sticky bit aside, as rm -rf needs).
+    async fn may_empty(&self, ctx: &Ctx, real_dir: u64) -> VResult<()> {
+        if ctx.uid == 0 {
+            return Ok(());
+        }
+        self.access(ctx, self.shown(real_dir), libc::W_OK | libc::X_OK)
+            .await
+    }
+
+    /// `vecfs rmr`: removes directory `name` of `parent` with everything
+    /// below it on the server side, up to 500 entries per atomic step,
+    /// deepest directories first. Files take the trash when the volume
+    /// keeps one. Other nodes learn of each removal from its change event;
+    /// this node's kernel forgets the tree with the top directory's entry.
+    /// Returns (files, directories) removed.
+    pub async fn rmr(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> VResult<(u64, u64)> {
+        const BATCH: usize = 500;
+        self.writable()?;
+        check_name(name)?;
+        let parent = self.real(parent);
+        self.reserved(parent, name)?;
+        let (top, attr) = self
+            .meta
+            .lookup(parent, name)
+            .await
+            .map_err(|e| meta_errno("rmr", e))?;
+        if attr.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        self.may_empty(ctx, parent).await?;
+        // Every directory of the tree with its entries, parents first.
+        let mut tree: Vec<(u64, Vec<NamedIno>)> = Vec::new();
+        let mut next = vec![top];
+        while let Some(d) = next.pop() {
+            let entries = self
+                .meta
+                .readdir(d)
+                .await
+                .map_err(|e| meta_errno("rmr", e))?;
+            next.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.kind == FileKind::Dir)
+                    .map(|e| e.ino),
+            );
+            tree.push((d, entries.into_iter().map(|e| (e.name, e.ino)).collect()));
+        }
+        let (mut files, mut dirs) = (0u64, 0u64);
+        let mut result = Ok(());
+        for (d, entries) in tree.iter().rev() {
+            if let Err(e) = self.may_empty(ctx, *d).await {
+                result = Err(e);
+                break;
+            }
+            for batch in entries.chunks(BATCH) {
+                match self.meta.remove_entries(*d, false, 0, batch).await {
+                    Ok((f, n, _)) => {
+                        files += f;
+                        dirs += n;
+                    }
+                    Err(e) => {
+                        result = Err(meta_errno("rmr", e));
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        let mut left = 1;
+        if result.is_ok() {
+            match self
+                .meta
+                .remove_entries(parent, false, 0, &[(name.to_vec(), top)])
+                .await
+            {
+                Ok((_, n, skipped)) => {
+                    dirs += n;
+                    left = skipped;
+                }
+                Err(e) => result = Err(meta_errno("rmr", e)),
+            }
+        }
+        // Whatever went, this node's caches must not show it any longer.
+        self.mcache.clear();
+        self.recent.dir_change(parent);
+        if let Some(inv) = self.invalidator.get().cloned() {
+            let (p, n) = (self.shown(parent), name.to_vec());
+            let _ = tokio::task::spawn_blocking(move || inv.inval_entry(p, &n)).await;
+        }
+        result?;
+        if left > 0 {
+            // Something was created inside meanwhile.
+            return Err(libc::ENOTEMPTY);
+        }
+        Ok((files, dirs))
     }
 
     /// flags: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2).
@@ -981,6 +1124,8 @@ impl Vfs {
         if flags & !3 != 0 || flags == 3 {
             return Err(libc::EINVAL);
         }
+        self.reserved(self.real(parent), name)?;
+        self.reserved(self.real(newparent), newname)?;
         let sid = self.sid();
         // As in unlink: a replaced file open here stays pinned meanwhile.
         let pinned = Mutex::new(Vec::new());
@@ -1028,6 +1173,7 @@ impl Vfs {
         }
         self.writable()?;
         check_name(newname)?;
+        self.reserved(self.real(newparent), newname)?;
         let real = self.real(ino);
         let attr = self
             .meta
@@ -1066,11 +1212,14 @@ impl Vfs {
                 None => None,
             };
             self.flush_inode(real).await?;
-            let a = self
+            let (a, dropped) = self
                 .meta
                 .truncate(real, size, self.limits().0)
                 .await
                 .map_err(|e| meta_errno("truncate", e))?;
+            // Their objects wait the trash days; their blocks must not wait
+            // in this node's cache.
+            self.data.forget_cached(&dropped).await;
             if let Some(h) = self.open_state(real) {
                 h.length.store(size, Ordering::Release);
                 h.wrote.store(true, Ordering::Release);
@@ -1321,6 +1470,12 @@ impl Vfs {
             .readdir_page(ino, listing.cursor(), dir::PAGE)
             .await
             .map_err(|e| meta_errno("readdir", e))?;
+        // An hour directory of the trash is only reached by a lookup in
+        // `.trash`, which noted it: its files may then be opened.
+        if ino == TRASH_INO || self.reached_via_trash(ino) {
+            let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+            self.note_via_trash(&inos);
+        }
         let ticket = self.recent.ticket();
         let attrs = if plus {
             let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
@@ -1512,6 +1667,18 @@ impl Vfs {
             FileKind::File => {}
             _ => return Err(libc::ENXIO),
         }
+        // A move into the trash sets ctime only: a file whose ctime is its
+        // mtime (written, never chmod'ed or moved) needs no parent lookup.
+        if self.format.trash_days > 0 && attr.ctime != attr.mtime && self.in_trash(&attr).await? {
+            // Deleted or replaced since the kernel cached the name it used
+            // (a name under .trash was looked up here, and noted).
+            if !self.reached_via_trash(real) {
+                return Err(self.stale_name(real));
+            }
+            if writable || flags & libc::O_TRUNC != 0 {
+                return Err(libc::EPERM);
+            }
+        }
         let keep_cache = !writable && self.keep_cache(real, &attr);
         // Close-to-open: if the kernel may hold older attributes or pages
         // than Redis has now, drop them before the application reads.
@@ -1545,6 +1712,22 @@ impl Vfs {
         );
         self.mcache.drop_inode(real);
         libc::ESTALE
+    }
+
+    /// A file whose (only) name is in the trash: read-only there.
+    async fn in_trash(&self, attr: &Attr) -> VResult<bool> {
+        if attr.parent == 0 || attr.parent == ROOT_INO {
+            return Ok(false);
+        }
+        let pa = match self.mcache.attr(attr.parent) {
+            Some(a) => a,
+            None => match self.fresh_attr(attr.parent, "open").await {
+                Ok(a) => a,
+                Err(libc::ENOENT) => return Ok(false),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(pa.parent == TRASH_INO)
     }
 
     pub async fn create(

@@ -399,7 +399,8 @@ fn sustained(v: &Volume) -> Vec<String> {
 #[test]
 fn unlink_right_after_close_frees_everything() {
     const FILES: usize = 2_000;
-    let v = Volume::new(Storage::File);
+    // Without trash days (the trash would keep the files, by design).
+    let v = Volume::with_args(Storage::File, &["--trash-days", "0"]);
     let m = v.mount();
     let (inodes0, space0) = (counter(&v, "totalInodes"), counter(&v, "usedSpace"));
     let root = m.path.clone();

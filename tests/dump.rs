@@ -203,7 +203,7 @@ fn build_tree(root: &Path) {
             .set_modified(UNIX_EPOCH + Duration::new(1_500_000_000, 456_789)),
     )
     .unwrap();
-    // Deleted: its objects wait in the deletion queue (trash days 1).
+    // Deleted: its objects wait in the deletion queue (trash days 0).
     fs::write(root.join("gone"), pattern(2_000_000, 3)).unwrap();
     fs::remove_file(root.join("gone")).unwrap();
 }
@@ -254,6 +254,8 @@ fn secret_volume() -> Volume {
             &bucket,
             "--block-size",
             "1M",
+            "--trash-days",
+            "0",
         ],
         &v.env_refs(),
     );
@@ -511,7 +513,7 @@ fn destroy_needs_the_uuid_and_no_mount_then_leaves_nothing() {
 
 #[test]
 fn a_file_unlinked_while_open_is_dumped_as_a_pending_deletion() {
-    let v = Volume::with_args(Storage::File, &["--inline-size", "0"]);
+    let v = Volume::with_args(Storage::File, &["--inline-size", "0", "--trash-days", "0"]);
     let m = v.mount();
     let mut f = fs::File::create(m.p("held")).unwrap();
     f.write_all(&pattern(300_000, 4)).unwrap();
@@ -535,4 +537,64 @@ fn a_file_unlinked_while_open_is_dumped_as_a_pending_deletion() {
     );
     drop(f);
     m.unmount();
+}
+
+/// `.trash` hangs off the root without an entry: fsck must not call it an
+/// orphan (nor `--repair` move it to lost+found), and a dump must carry it
+/// and what waits in it, without the loaded inode counter jumping to its
+/// reserved number.
+#[test]
+fn the_trash_survives_fsck_dump_and_load() {
+    let v = Volume::with_args(Storage::File, &["--trash-days", "1"]);
+    let m = v.mount();
+    fs::write(m.p("kept"), pattern(300_000, 5)).unwrap();
+    fs::write(m.p("deleted"), pattern(200_000, 6)).unwrap();
+    fs::remove_file(m.p("deleted")).unwrap();
+    m.unmount();
+    let o = vecfs(&["fsck", &v.url], &[]);
+    assert!(
+        o.status.success(),
+        "fsck of a volume with a trash: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("d.json");
+    let o = vecfs(&["dump", &v.url, file.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "dump: {}", stderr(&o));
+    let r2 = Redis::start();
+    let url2 = r2.url(0);
+    let o = vecfs(&["load", &url2, file.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "load: {}", stderr(&o));
+    let v2 = loaded(&v, r2, url2.clone());
+    let o = vecfs(&["fsck", &url2], &[]);
+    assert!(
+        o.status.success(),
+        "fsck after load: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+
+    let mb = v2.mount();
+    let hours: Vec<PathBuf> = fs::read_dir(mb.p(".trash"))
+        .expect("no .trash after load")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    let files: Vec<PathBuf> = fs::read_dir(&hours[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].to_string_lossy().ends_with("-deleted"),
+        "{files:?}"
+    );
+    assert_eq!(fs::read(&files[0]).unwrap(), pattern(200_000, 6));
+    assert_eq!(fs::read(mb.p("kept")).unwrap(), pattern(300_000, 5));
+    fs::write(mb.p("new"), b"n").unwrap();
+    let ino = fs::metadata(mb.p("new")).unwrap().ino();
+    assert!(ino < 1 << 40, "the inode counter jumped to {ino}");
+    mb.unmount();
 }

@@ -282,7 +282,8 @@ fn fcntl_and_flock_locks_hold_across_nodes() {
 
 #[test]
 fn a_killed_node_loses_its_locks_and_open_unlinked_files() {
-    let v = Volume::new(Storage::File);
+    // Without trash days: an unlinked file then lives only while open.
+    let v = Volume::with_args(Storage::File, &["--trash-days", "0"]);
     let a = v.mount_with(&["--heartbeat", "1"]);
     let b = v.mount_with(&["--heartbeat", "1"]);
     fs::write(a.p("lock"), b"").unwrap();
@@ -328,7 +329,8 @@ fn a_killed_node_loses_its_locks_and_open_unlinked_files() {
 
 #[test]
 fn unlinked_open_file_is_deleted_at_last_close() {
-    let v = Volume::new(Storage::File);
+    // Without trash days (with them, the file waits in .trash: tests/trash.rs).
+    let v = Volume::with_args(Storage::File, &["--trash-days", "0"]);
     let a = v.mount();
     fs::write(a.p("tmp"), b"data").unwrap();
     let ino = fs::metadata(a.p("tmp")).unwrap().ino();

@@ -482,7 +482,11 @@ fn all_operations_on_azure() {
 
 #[test]
 fn statfs_honours_capacity_and_inode_limits() {
-    let v = Volume::with_args(Storage::File, &["--capacity", "1", "--inodes", "20"]);
+    // Without trash days: a file in the trash keeps its inode and space.
+    let v = Volume::with_args(
+        Storage::File,
+        &["--capacity", "1", "--inodes", "20", "--trash-days", "0"],
+    );
     let m = v.mount();
     let c = cpath(&m.path);
     // SAFETY: zeroed out-parameter, valid path.

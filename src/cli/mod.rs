@@ -12,6 +12,7 @@ mod info;
 mod load;
 mod mount;
 mod progress;
+mod rmr;
 mod stats;
 mod status;
 mod umount;
@@ -69,6 +70,8 @@ enum Command {
     Destroy(destroy::DestroyArgs),
     /// Live view of a mount: operations, latency, object store, cache, buffers.
     Stats(stats::StatsArgs),
+    /// Remove directory trees of a mount on the server side, in bulk.
+    Rmr(rmr::RmrArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -122,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(destroy::run(a))
         }
         Command::Stats(a) => stats::run(a),
+        Command::Rmr(a) => rmr::run(a),
     }
 }
 

@@ -79,9 +79,14 @@ pub struct MountArgs {
     /// Directory entry cache timeout in seconds.
     #[arg(long, default_value_t = 1.0)]
     dir_entry_cache: f64,
-    /// Seconds a deleted file's objects are kept when the volume has no trash days.
+    /// Seconds a deleted file's objects are kept after it left the trash
+    /// (or, without trash days, after its deletion).
     #[arg(long, default_value_t = 60)]
     delete_delay: u64,
+    /// Seconds files stay in the trash, overriding the volume's trash days
+    /// (tests); 0 is ignored.
+    #[arg(long, hide = true, default_value_t = 0)]
+    trash_expiry: u64,
     /// Do not subscribe to other nodes' change events (rely on the TTLs alone).
     #[arg(long)]
     no_events: bool,
@@ -479,12 +484,22 @@ async fn prepare(
     }
     bg.push(vfs.spawn_limits_refresher(every.min(Duration::from_secs(5))));
     if !a.read_only {
-        let grace = if trash > 0 {
-            Duration::from_secs(trash as u64 * 86400)
+        let fixed = (a.trash_expiry > 0).then(|| Duration::from_secs(a.trash_expiry));
+        let delay = Duration::from_secs(a.delete_delay);
+        let mut deleter = if trash > 0 {
+            // Deleted files wait in the trash; overwritten, truncated and
+            // compacted slices wait as long in the deleter's queue.
+            let keep = fixed.unwrap_or(Duration::from_secs(trash as u64 * 86400));
+            vecfs::maintenance::deleter::Deleter::new(data, keep)
         } else {
-            Duration::from_secs(a.delete_delay)
+            vecfs::maintenance::deleter::Deleter::new(data, delay)
         };
-        bg.push(vecfs::maintenance::deleter::Deleter::new(data, grace).spawn());
+        if trash > 0 {
+            deleter.files_grace = Some(delay);
+        }
+        bg.push(deleter.spawn());
+        // Runs even with trash days 0: entries left from before go.
+        bg.push(vecfs::trash::Purger::new(meta.clone(), fixed).spawn());
     }
     Ok((vfs, bg, warm))
 }

@@ -39,6 +39,9 @@ impl Pass {
 pub struct Deleter {
     data: Arc<DataStore>,
     grace: i64,
+    /// Grace of deleted files, when it differs: with a trash they waited
+    /// there already, while overwritten slices wait the trash's time here.
+    pub files_grace: Option<Duration>,
     /// How long a claim keeps other nodes off an entry: far longer than a
     /// pass takes, short enough that a node dying mid-pass delays little.
     pub lease: Duration,
@@ -71,6 +74,7 @@ impl Deleter {
         Deleter {
             data,
             grace: grace.as_secs() as i64,
+            files_grace: None,
             lease: Duration::from_secs(600),
             retry_after: Duration::from_secs(5),
             batch: 500,
@@ -92,13 +96,25 @@ impl Deleter {
         })
     }
 
+    fn queue_grace(&self, q: Queue) -> i64 {
+        match (q, self.files_grace) {
+            (Queue::Files, Some(g)) => g.as_secs() as i64,
+            _ => self.grace,
+        }
+    }
+
     /// Claims and deletes one batch of each queue.
     pub async fn pass(&self) -> Result<Pass> {
         let mut p = Pass::default();
         let meta = &self.data.meta;
         let lease = self.lease.as_secs().max(1) as i64;
         let files = meta
-            .claim_due("delfiles", self.grace, lease, self.batch)
+            .claim_due(
+                "delfiles",
+                self.queue_grace(Queue::Files),
+                lease,
+                self.batch,
+            )
             .await?;
         if !files.is_empty() {
             self.delete_files(files, &mut p).await;
@@ -251,7 +267,7 @@ impl Deleter {
         if let Err(e) = self
             .data
             .meta
-            .release_due(q.zset(), self.grace, delay, &members)
+            .release_due(q.zset(), self.queue_grace(q), delay, &members)
             .await
         {
             // The lease runs out instead.

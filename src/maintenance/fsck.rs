@@ -24,7 +24,7 @@ use super::scan::{self, KeyScan};
 use crate::codec;
 use crate::data::DataStore;
 use crate::error::Result;
-use crate::meta::{redis_err, Attr, FileKind, MetaError, ROOT_INO};
+use crate::meta::{redis_err, Attr, FileKind, MetaError, ROOT_INO, TRASH_INO};
 use crate::object::parse_block_key;
 
 pub struct FsckOptions {
@@ -262,7 +262,9 @@ pub async fn run(
         }
         let n = nodes[&ino];
         let refs = links.get(&ino).copied().unwrap_or(0);
-        if ino != ROOT_INO && refs == 0 && opts.only.is_none() {
+        // `.trash` hangs off the root without an entry (found by name).
+        let entryless = ino == ROOT_INO || ino == TRASH_INO;
+        if !entryless && refs == 0 && opts.only.is_none() {
             if n.nlink == 0 && sustained.contains(&ino) {
                 continue; // unlinked, still open somewhere
             }

@@ -42,7 +42,7 @@ use thiserror::Error;
 
 use super::{
     is_inline, Attr, FileKind, Format, Meta, MetaError, Slice, TimedConn, CHUNK_SIZE, INLINE_ID,
-    ROOT_INO,
+    ROOT_INO, TRASH_INO,
 };
 
 pub const DUMP_VERSION: u32 = 1;
@@ -287,19 +287,24 @@ pub async fn dump(
             volume: fmt.clone(),
         }),
     )?;
-    let root: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(format!("{}i{ROOT_INO}", d.p))
+    // The root, then `.trash` (hung off the root without an entry) when
+    // the volume has made one.
+    let (root, trash): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
+        .get(format!("{}i{ROOT_INO}", d.p))
+        .get(format!("{}i{TRASH_INO}", d.p))
         .query_async(&mut d.conn)
         .await
         .map_err(redis_err)?;
     let root = root.ok_or_else(|| MetaError::Corrupt("the root inode is missing".into()))?;
-    d.inodes(out, vec![(ROOT_INO, Attr::decode(&root)?)])
-        .await?;
+    let mut tops = vec![(ROOT_INO, Attr::decode(&root)?)];
+    if let Some(t) = trash {
+        tops.push((TRASH_INO, Attr::decode(&t)?));
+    }
     // Directories and hard-linked files already written: a directory page
     // may come back twice when the directory changes during the dump.
-    let mut seen: HashSet<u64> = HashSet::new();
-    seen.insert(ROOT_INO);
-    let mut stack = vec![ROOT_INO];
+    let mut seen: HashSet<u64> = tops.iter().map(|(ino, _)| *ino).collect();
+    let mut stack: Vec<u64> = tops.iter().map(|(ino, _)| *ino).collect();
+    d.inodes(out, tops).await?;
     while let Some(dir) = stack.pop() {
         let mut cursor: u64 = 0;
         loop {
@@ -838,7 +843,10 @@ pub async fn load(
                 }
                 queued += push_chunks(&mut pipe, &p, r.ino, &r.chunks);
                 max_slice = max_slice.max(top_slice(&r.chunks));
-                max_ino = max_ino.max(r.ino);
+                if r.ino < TRASH_INO {
+                    // Reserved inodes sit above the counter's range.
+                    max_ino = max_ino.max(r.ino);
+                }
                 used += space(r.length);
                 seen.inodes += 1;
             }

@@ -17,6 +17,13 @@ use crate::codec::{Codec, Compression};
 use crate::object::StorageKind;
 
 pub const ROOT_INO: u64 = 1;
+/// The trash directory (`.trash` at the volume root): a reserved inode just
+/// below 2^52, so the Lua scripts (doubles) see it exactly and the inode
+/// counter never reaches it. Other reserved inodes take the numbers below
+/// it (`TRASH_INO - 1`, ...). Must match TRASH in prelude.lua.
+pub const TRASH_INO: u64 = (1 << 52) - 2;
+/// Its name at the root.
+pub const TRASH_NAME: &[u8] = b".trash";
 pub const CHUNK_SIZE: u64 = 64 << 20;
 pub const MAX_NAME_LEN: usize = 255;
 

@@ -18,6 +18,10 @@
 //! | `{v}w<token>`       | string | a commit applied (idempotent retries; 1 h)   |
 //! | `{v}uploads<sid>`   | zset   | slice ids the session is uploading, not yet  |
 //! |                     |        | committed -> bytes uploaded (crash orphans)  |
+//! | `{v}trashpurger`    | string | session id holding the trash-purge lease     |
+//!
+//! The trash is an ordinary directory tree under the reserved inode
+//! `TRASH_INO` (`.trash` at the root, looked up by name only).
 //!
 //! Counters: `nextinode`, `nextslice`, `nextsession`, `usedSpace`, `totalInodes`.
 //! Per file this costs one 72-byte string plus a 9-byte directory field.
@@ -78,6 +82,8 @@ struct Scripts {
     clean_session: Lua,
     renew_session: Lua,
     expired_sessions: Lua,
+    remove_batch: Lua,
+    lease: Lua,
 }
 
 fn script(body: &str) -> Script {
@@ -173,6 +179,9 @@ impl Scripts {
             clean_session: marked(include_str!("lua/clean_session.lua")),
             renew_session: plain(include_str!("lua/renew_session.lua")),
             expired_sessions: plain(include_str!("lua/expired_sessions.lua")),
+            // Repeating a batch only finds its entries gone: plain.
+            remove_batch: plain(include_str!("lua/remove_batch.lua")),
+            lease: plain(include_str!("lua/lease.lua")),
         }
     }
 }
@@ -1028,11 +1037,24 @@ impl Meta {
         Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
     }
 
-    pub async fn truncate(&self, ino: u64, length: u64, capacity: u64) -> Result<Attr> {
+    /// Sets the length; returns the attributes and the slices it dropped
+    /// (whole chunks past the new end, journaled for deletion).
+    pub async fn truncate(
+        &self,
+        ino: u64,
+        length: u64,
+        capacity: u64,
+    ) -> Result<(Attr, Vec<Slice>)> {
         let r = self
             .run(&self.scripts.truncate, args![&ino, &length, &capacity])
             .await?;
-        Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)
+        let attr = Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)?;
+        let dropped = r
+            .iter()
+            .skip(2)
+            .map(|v| Slice::decode(bytes(v)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((attr, dropped))
     }
 
     pub async fn fallocate(
@@ -1521,6 +1543,39 @@ impl Meta {
         let keys: Vec<String> = ids.iter().map(|id| self.ikey('b', *id)).collect();
         let _: i64 = self.conn().del(keys).await.map_err(redis_err)?;
         Ok(())
+    }
+
+    // ---- bulk removal and the trash -------------------------------------
+
+    /// Removes entries `(name, expected ino)` of directory `parent` in one
+    /// atomic step (remove_batch.lua): files lose a link, empty directories
+    /// go. `purge`: the trash purge (files whose ctime is after `cutoff`
+    /// stay; nothing goes to the trash again). Returns (files, dirs,
+    /// skipped).
+    pub async fn remove_entries(
+        &self,
+        parent: u64,
+        purge: bool,
+        cutoff: i64,
+        entries: &[(Vec<u8>, u64)],
+    ) -> Result<(u64, u64, u64)> {
+        let mut a = args![&parent, &(purge as u8), &cutoff];
+        for (name, ino) in entries {
+            a.push(name.clone());
+            a.push(ino.to_string().into_bytes());
+        }
+        let r = self.run(&self.scripts.remove_batch, a).await?;
+        let n = |i: usize| r.get(i).map(int).transpose().map(|v| v.unwrap_or(0) as u64);
+        Ok((n(1)?, n(2)?, n(3)?))
+    }
+
+    /// Takes or renews the lease `name` for this session for `ttl` seconds;
+    /// false while another session holds it.
+    pub async fn take_lease(&self, name: &str, ttl: i64) -> Result<bool> {
+        let r = self
+            .run(&self.scripts.lease, args![&name, &ttl.max(1)])
+            .await?;
+        Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1)
     }
 }
 

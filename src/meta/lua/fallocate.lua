@@ -3,6 +3,7 @@
 local ino, mode, off, len, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
+if trashed(ino, a) then return {EPERM} end
 if a.typ == T_DIR then return {EISDIR} end
 if a.typ ~= T_FILE then return {ENODEV} end
 if bit.band(mode, bit.bnot(1 + 2 + 16)) ~= 0 then return {EOPNOTSUPP} end

@@ -6,6 +6,7 @@ if a.typ == T_DIR then return {EPERM} end
 local pa = get_attr(np)
 if not pa then return {ENOENT} end
 if pa.typ ~= T_DIR then return {ENOTDIR} end
+if is_trash_dir(np, pa) then return {EPERM} end
 if redis.call("HEXISTS", key("d", np), nn) == 1 then return {EEXIST} end
 redis.call("HSET", key("d", np), nn, entry(a.typ, ino))
 a.nlink = a.nlink + 1

@@ -8,6 +8,7 @@ local pa = get_attr(parent)
 if not pa then return {ENOENT} end
 if pa.typ ~= T_DIR then return {ENOTDIR} end
 if pa.nlink == 0 then return {ENOENT} end
+if is_trash_dir(parent, pa) then return {EPERM} end
 if redis.call("HEXISTS", key("d", parent), name) == 1 then return {EEXIST} end
 if max_inodes > 0 and tonumber(redis.call("GET", P .. "totalInodes") or "0") >= max_inodes then
   return {ENOSPC}

@@ -129,3 +129,88 @@ local function prune_chunk(ck)
   end
   return #keep
 end
+-- The trash (src/trash.rs): with trash days set, a regular file losing its
+-- last name moves, in the same script, to .trash/<YYYY-MM-DD-HH>/ as
+-- "<parent>-<ino>-<name>" instead of being freed. TRASH is a reserved inode
+-- (meta::TRASH_INO), just below 2^52: exact in Lua's doubles, far above the
+-- inode counter.
+local TRASH = 4503599627370494
+local function trash_days()
+  local s = redis.call("GET", P .. "setting")
+  if not s then return 0 end
+  local ok, f = pcall(cjson.decode, s)
+  if not ok or type(f) ~= "table" then return 0 end
+  return tonumber(f.trash_days) or 0
+end
+-- Directory `ino` (attributes `a`) is the trash or one of its hour dirs.
+local function is_trash_dir(ino, a)
+  return ino == TRASH or (a ~= nil and a.parent == TRASH)
+end
+-- Inode `ino` (attributes `a`) lives in the trash: read-only.
+local function trashed(ino, a)
+  if ino == TRASH or a.parent == TRASH then return true end
+  if a.typ ~= T_FILE or a.parent == 0 then return false end
+  local pa = get_attr(a.parent)
+  return pa ~= nil and pa.parent == TRASH
+end
+-- "YYYY-MM-DD-HH" (UTC) of epoch second t (days-from-civil inverted).
+local function hour_name(t)
+  local days = math.floor(t / 86400)
+  local hour = math.floor((t - days * 86400) / 3600)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp + 3
+  if mp >= 10 then m = mp - 9 end
+  if m <= 2 then y = y + 1 end
+  return string.format("%04d-%02d-%02d-%02d", y, m, d, hour)
+end
+-- A directory of the trash (mode 0555, root's): counted like any directory.
+local function new_trash_dir(ino, parent)
+  put_attr(ino, {flags = 0, typ = T_DIR, mode = 365, uid = 0, gid = 0, atime = NOW, atimens = NOWNS,
+    mtime = NOW, mtimens = NOWNS, ctime = NOW, ctimens = NOWNS, nlink = 2, length = 4096, rdev = 0,
+    parent = parent})
+  redis.call("INCR", P .. "totalInodes")
+  used_delta(4096)
+end
+-- The hour directory of now, made (with the trash itself) on first use.
+-- Its inode comes from the same counter as every other inode.
+local function trash_hour_dir()
+  if redis.call("EXISTS", key("i", TRASH)) == 0 then new_trash_dir(TRASH, 1) end
+  local name = hour_name(NOW)
+  local e = redis.call("HGET", key("d", TRASH), name)
+  if e then
+    local _, ino = parse_entry(e)
+    return ino
+  end
+  local ino = redis.call("INCR", P .. "nextinode")
+  new_trash_dir(ino, TRASH)
+  redis.call("HSET", key("d", TRASH), name, entry(T_DIR, ino))
+  local ta = get_attr(TRASH)
+  ta.nlink = ta.nlink + 1
+  touch_m(ta)
+  put_attr(TRASH, ta)
+  return ino
+end
+-- File `ino` (attributes `a`, nlink already down to 0) just lost its last
+-- name `name` in directory `parent` (attributes `pa`). Moves it into the
+-- trash when the volume keeps one and it is not in the trash already; its
+-- space and inode stay counted until the purge. false: the caller frees it.
+local function to_trash(parent, pa, name, ino, a)
+  if a.typ ~= T_FILE or is_trash_dir(parent, pa) or trash_days() <= 0 then return false end
+  local hour = trash_hour_dir()
+  local tname = string.format("%d-%d-", parent, ino) .. name
+  if #tname > 255 then tname = string.sub(tname, 1, 255) end
+  a.nlink = 1
+  a.parent = hour
+  touch_c(a)
+  put_attr(ino, a)
+  redis.call("HSET", key("d", hour), tname, entry(T_FILE, ino))
+  notify_entry(hour, tname)
+  return true
+end

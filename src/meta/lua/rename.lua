@@ -10,6 +10,10 @@ if not dpa then return {ENOENT} end
 if dpa.typ ~= T_DIR then return {ENOTDIR} end
 local spa = dpa
 if sp ~= dp then spa = get_attr(sp) end
+-- Only the file system writes into the trash; files leave it by rename
+-- (restore), the hour directories never do.
+if is_trash_dir(dp, dpa) or sp == TRASH then return {EPERM} end
+if bit.band(flags, 2) ~= 0 and is_trash_dir(sp, spa) then return {EPERM} end
 local de = redis.call("HGET", key("d", dp), dn)
 local dtyp, dino = nil, 0
 if de then dtyp, dino = parse_entry(de) end
@@ -64,7 +68,7 @@ if de then
     touch_c(da)
     if da.nlink <= 0 then
       da.nlink = 0
-      drop_inode(dino, da, keep_open, sid)
+      if not to_trash(dp, dpa, dn, dino, da) then drop_inode(dino, da, keep_open, sid) end
     else
       put_attr(dino, da)
     end

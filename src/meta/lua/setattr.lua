@@ -3,6 +3,7 @@
 local ino, mask = tonumber(ARGV[5]), tonumber(ARGV[6])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
+if trashed(ino, a) then return {EPERM} end
 local function has(b) return bit.band(mask, b) ~= 0 end
 if has(1) then a.mode = bit.band(tonumber(ARGV[7]), 4095) end
 if has(2) then a.uid = tonumber(ARGV[8]) end

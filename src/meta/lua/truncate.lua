@@ -1,13 +1,17 @@
--- args: ino, new length, capacity -> {0, attr}
+-- args: ino, new length, capacity -> {0, attr, records dropped...} (the
+-- caller drops the dropped slices' blocks from its cache: they wait the
+-- trash days for the deleter but are never read again)
 -- Shrinking drops whole chunks past the end (their slices journaled for
 -- deletion) and covers the cut part of the last chunk with a hole slice, so
 -- a later extension reads zeros.
 local ino, newlen, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local a = get_attr(ino)
 if not a then return {ENOENT} end
+if trashed(ino, a) then return {EPERM} end
 if a.typ == T_DIR then return {EISDIR} end
 if a.typ ~= T_FILE then return {EINVAL} end
 local old = a.length
+local dropped = {}
 if newlen > old and not check_space(space(newlen) - space(old), cap) then return {ENOSPC} end
 if newlen < old then
   local first = math.floor(newlen / CHUNK)
@@ -19,7 +23,10 @@ if newlen < old then
       local sl = redis.call("LRANGE", ck, 0, -1)
       for _, s in ipairs(sl) do
         local _, id = struct.unpack("<I4I8", s)
-        if id ~= 0 then redis.call("ZADD", P .. "delslices", NOW, s) end
+        if id ~= 0 then
+          redis.call("ZADD", P .. "delslices", NOW, s)
+          dropped[#dropped + 1] = s
+        end
       end
       redis.call("DEL", ck)
     else
@@ -35,4 +42,6 @@ a.length = newlen
 touch_m(a)
 used_delta(space(newlen) - space(old))
 notify_inode(ino)
-return {0, put_attr(ino, a)}
+local r = {0, put_attr(ino, a)}
+for _, s in ipairs(dropped) do r[#r + 1] = s end
+return r

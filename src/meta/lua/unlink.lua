@@ -1,4 +1,5 @@
--- args: parent, name, expected ino, keep_open, sid -> {0, nlink}
+-- args: parent, name, expected ino, keep_open, sid -> {0, nlink} (a file
+-- moved into the trash answers nlink 1: it lives on there)
 local parent, name, want = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local keep_open, sid = tonumber(ARGV[8]), ARGV[9]
 local e = redis.call("HGET", key("d", parent), name)
@@ -18,6 +19,7 @@ a.nlink = a.nlink - 1
 touch_c(a)
 if a.nlink <= 0 then
   a.nlink = 0
+  if to_trash(parent, pa, name, ino, a) then return {0, 1} end
   drop_inode(ino, a, keep_open, sid)
 else
   put_attr(ino, a)
