@@ -4,7 +4,7 @@
 //!
 //! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
-//! (memory + disk, single-flight) -> `object` (object_store backends) with
+//! (memory + disk, single-flight; block buffers from `pool`) -> `object` (object_store backends) with
 //! `codec` (block envelope). `session` runs per-mount background work, `deleter` frees unreferenced objects; `metrics` counts traffic;
 //! `error` is the data path's one error type (errno + transient or not).
 
@@ -18,6 +18,7 @@ pub mod meta;
 pub mod metacache;
 pub mod metrics;
 pub mod object;
+pub mod pool;
 pub mod prefetch;
 pub mod session;
 pub mod util;

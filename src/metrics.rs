@@ -51,6 +51,22 @@ pub static DISK_CACHE_HITS: Counter = Counter::new(
     "vecfs_disk_cache_hit_total",
     "block or frame reads served from the disk cache",
 );
+pub static DISK_CACHE_WRITES: Counter = Counter::new(
+    "vecfs_disk_cache_write_total",
+    "blocks written to the disk cache in the background",
+);
+pub static DISK_CACHE_WRITE_DROPS: Counter = Counter::new(
+    "vecfs_disk_cache_write_dropped_total",
+    "blocks not written to the disk cache: its write queue was full or the write failed",
+);
+pub static POOL_MAPPED: Counter = Counter::new(
+    "vecfs_block_buffer_mapped_total",
+    "block buffers mapped fresh (the pool had none to reuse)",
+);
+pub static POOL_REUSED: Counter = Counter::new(
+    "vecfs_block_buffer_reused_total",
+    "block buffers taken from the pool again",
+);
 pub static FILL_BLOCKS: Counter = Counter::new(
     "vecfs_fill_block_total",
     "blocks of files read at random fetched into the disk cache in the background",
@@ -124,7 +140,7 @@ pub static PAGE_CACHE_PUSH_FAILURES: Counter = Counter::new(
     "page-cache pushes that could not read the warmed file through the mount",
 );
 
-static ALL: [&Counter; 26] = [
+static ALL: [&Counter; 30] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -133,6 +149,10 @@ static ALL: [&Counter; 26] = [
     &OBJECT_DELETES,
     &MEM_CACHE_HITS,
     &DISK_CACHE_HITS,
+    &DISK_CACHE_WRITES,
+    &DISK_CACHE_WRITE_DROPS,
+    &POOL_MAPPED,
+    &POOL_REUSED,
     &FILL_BLOCKS,
     &READ_BYTES,
     &WRITE_BYTES,

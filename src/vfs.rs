@@ -4,6 +4,7 @@
 //! The FUSE adapter only decodes requests and calls in here, so everything
 //! below can be driven by tests without a kernel mount.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1493,7 +1494,10 @@ impl Vfs {
         Ok((Arc::new(crate::meta::build_pieces(&all)), pending))
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<u8>> {
+    /// Bytes [offset, offset+size) of an open file (fewer at its end), as
+    /// slices of the cached blocks that hold them, in order: the reply is
+    /// sent from them without joining them first.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<Bytes>> {
         let h = self.file_handle(fh)?;
         let ino = h.ino;
         let of = self.open_state(ino).ok_or(libc::EBADF)?;
@@ -1502,7 +1506,7 @@ impl Vfs {
             return Ok(Vec::new());
         }
         let end = (offset + size as u64).min(len);
-        let mut out = vec![0u8; (end - offset) as usize];
+        let mut out = Vec::new();
         let started = std::time::Instant::now();
         // Sequential or random: see prefetch::readahead.
         let sequential = match h.stream.lock() {
@@ -1517,11 +1521,10 @@ impl Vfs {
             let n = ((indx + 1) * CHUNK_SIZE).min(end) - pos;
             let to = coff + n as u32;
             let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
-            let at = (pos - offset) as usize;
-            let dst = &mut out[at..at + n as usize];
+            let kept = out.len();
             match self
                 .data
-                .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
+                .read_chunk_parts(&pieces, coff, n as u32, !sequential, &pending, &mut out)
                 .await
             {
                 Ok(m) => missed |= m,
@@ -1531,17 +1534,17 @@ impl Vfs {
                     tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
                     self.forget_pieces(ino);
                     let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
-                    dst.fill(0);
+                    out.truncate(kept);
                     missed |= self
                         .data
-                        .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
+                        .read_chunk_parts(&pieces, coff, n as u32, !sequential, &pending, &mut out)
                         .await
                         .map_err(|e| data_errno("read", e))?;
                 }
             }
             pos += n;
         }
-        crate::metrics::READ_BYTES.add(out.len() as u64);
+        crate::metrics::READ_BYTES.add(end - offset);
         if sequential {
             // Keep the next window in flight: grown while the reader waits
             // on the store, shrunk when the memory cache is nearly full (so
