@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::pool::BufPool;
 use crate::{codec, metrics};
 
 /// Modes of the disk cache's directories and files.
@@ -205,16 +206,22 @@ impl DiskCache {
         self.unindex(&p).then_some(p)
     }
 
-    fn load(&self, key: &str) -> Option<Bytes> {
+    /// The block `key` from its entry, read into a pooled buffer; a raw
+    /// entry is checked in place and handed on without a copy.
+    fn load(&self, key: &str, pool: &BufPool) -> Option<Bytes> {
+        use std::io::Read;
         let p = self.path(key);
-        let data = Bytes::from(std::fs::read(&p).ok()?);
-        let len = data.len() as u64;
+        let mut f = std::fs::File::open(&p).ok()?;
+        let len = f.metadata().ok()?.len() as usize;
+        let mut buf = pool.take(len);
+        f.read_exact(buf.as_mut()).ok()?;
+        let data = buf.freeze();
         if !self.bound_to(key, &p, &data) {
             return None;
         }
-        match codec::decode_shared(data.slice(ENTRY_HEAD..)) {
+        match decode_block(pool, data.slice(ENTRY_HEAD..), raw_len_of(key)) {
             Ok(raw) => {
-                self.touch(&p, len);
+                self.touch(&p, len as u64);
                 Some(raw)
             }
             Err(e) => {
@@ -277,7 +284,18 @@ impl DiskCache {
     /// entry header that binds it to `key`. The file is 0600 from birth.
     fn store(&self, key: &str, raw: &[u8]) -> bool {
         let head = codec::raw_head(raw);
-        let len = (ENTRY_HEAD + head.len() + raw.len()) as u64;
+        self.store_parts(key, &[&head, raw])
+    }
+
+    /// Keeps a stored block exactly as it came from the store (already
+    /// checked): for a block stored raw that is the very entry `store`
+    /// would write, without computing its frame CRCs again.
+    fn store_verbatim(&self, key: &str, stored: &[u8]) -> bool {
+        self.store_parts(key, &[stored])
+    }
+
+    fn store_parts(&self, key: &str, parts: &[&[u8]]) -> bool {
+        let len = (ENTRY_HEAD + parts.iter().map(|p| p.len()).sum::<usize>()) as u64;
         // Never overshoot: eviction runs in the background, this just refuses.
         if self.used() + len > self.capacity || self.free_share() < self.free_ratio {
             return false;
@@ -289,7 +307,9 @@ impl DiskCache {
         if private_dir_all(parent).is_err() {
             return false;
         }
-        // Temp file + rename: a crash never leaves a half-written entry under the real name.
+        // Temp file + rename: a crash never leaves a half-written entry
+        // under the real name. No fsync: an entry a crash cut short fails
+        // its CRCs and is dropped on first use, like any damaged entry.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -299,8 +319,10 @@ impl DiskCache {
             .and_then(|mut f| {
                 use std::io::Write;
                 f.write_all(&entry_head(key))?;
-                f.write_all(&head)?;
-                f.write_all(raw)
+                for part in parts {
+                    f.write_all(part)?;
+                }
+                Ok(())
             });
         if written.is_ok() && std::fs::rename(&tmp, &p).is_ok() {
             let old = self.touch(&p, len).unwrap_or(0);
@@ -363,16 +385,191 @@ impl DiskCache {
     }
 }
 
-/// Writes a block to the disk cache off the async workers. At most `writes`
-/// permits' worth wait for the disk; past that the block is not cached
-/// rather than piling up in memory.
-fn store_later(writes: &Arc<tokio::sync::Semaphore>, d: Arc<DiskCache>, key: String, raw: Bytes) {
-    if let Ok(permit) = writes.clone().try_acquire_owned() {
-        tokio::task::spawn_blocking(move || {
-            d.store(&key, &raw);
-            drop(permit);
-        });
+/// What a queued disk-cache write keeps: a decoded block (its raw framed
+/// form is written), or a stored block already checked, written as it came.
+enum Entry {
+    Raw(Bytes),
+    Verbatim(Bytes),
+}
+
+impl Entry {
+    fn len(&self) -> u64 {
+        match self {
+            Entry::Raw(b) | Entry::Verbatim(b) => b.len() as u64,
+        }
     }
+}
+
+/// Which bound a queued write counts against.
+#[derive(Clone, Copy)]
+enum Class {
+    /// Blocks a read fetched (they are in the memory cache too, mostly).
+    Read = 0,
+    /// Blocks this node wrote (outside the write budget once uploaded).
+    Written = 1,
+}
+
+struct Job {
+    key: String,
+    entry: Entry,
+    class: Class,
+}
+
+/// Bytes queued per class, and jobs not finished yet.
+#[derive(Default)]
+struct Queued {
+    bytes: [u64; 2],
+    jobs: usize,
+}
+
+/// Disk-cache writes off the read path: one thread writes queued blocks in
+/// order. The queue is bounded in bytes per class: a block that does not
+/// fit is not cached on disk (counted in vecfs_disk_cache_write_dropped_total)
+/// rather than slowing the read that fetched it or piling up in memory.
+/// Losing a write costs a later fetch, never wrong bytes: an entry is
+/// only ever complete or absent under its name.
+struct DiskWriter {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    queued: Arc<(std::sync::Mutex<Queued>, std::sync::Condvar)>,
+    limits: [u64; 2],
+}
+
+impl DiskWriter {
+    fn start(d: Arc<DiskCache>, limits: [u64; 2]) -> DiskWriter {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let queued = Arc::new((
+            std::sync::Mutex::new(Queued::default()),
+            std::sync::Condvar::new(),
+        ));
+        let q = queued.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vecfs-disk-cache".into())
+            .spawn(move || {
+                for job in rx {
+                    let ok = match &job.entry {
+                        Entry::Raw(raw) => d.store(&job.key, raw),
+                        Entry::Verbatim(stored) => d.store_verbatim(&job.key, stored),
+                    };
+                    if ok {
+                        metrics::DISK_CACHE_WRITES.add(1);
+                    } else {
+                        metrics::DISK_CACHE_WRITE_DROPS.add(1);
+                    }
+                    let len = job.entry.len();
+                    drop(job.entry);
+                    let (m, cv) = &*q;
+                    if let Ok(mut s) = m.lock() {
+                        let c = job.class as usize;
+                        s.bytes[c] = s.bytes[c].saturating_sub(len);
+                        s.jobs = s.jobs.saturating_sub(1);
+                    }
+                    cv.notify_all();
+                }
+            });
+        let tx = match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the disk cache writer; blocks are cached in memory only");
+                None
+            }
+        };
+        DiskWriter {
+            tx: std::sync::Mutex::new(tx),
+            queued,
+            limits,
+        }
+    }
+
+    /// Queues a write unless its class's queue is full. Never waits.
+    fn push(&self, key: String, entry: Entry, class: Class) -> bool {
+        let len = entry.len();
+        let c = class as usize;
+        {
+            let Ok(mut s) = self.queued.0.lock() else {
+                return false;
+            };
+            // One block always fits, however large.
+            if s.bytes[c] > 0 && s.bytes[c] + len > self.limits[c] {
+                metrics::DISK_CACHE_WRITE_DROPS.add(1);
+                return false;
+            }
+            s.bytes[c] += len;
+            s.jobs += 1;
+        }
+        let sent = self
+            .tx
+            .lock()
+            .ok()
+            .and_then(|t| {
+                t.as_ref()
+                    .map(|t| t.send(Job { key, entry, class }).is_ok())
+            })
+            .unwrap_or(false);
+        if !sent {
+            if let Ok(mut s) = self.queued.0.lock() {
+                s.bytes[c] = s.bytes[c].saturating_sub(len);
+                s.jobs = s.jobs.saturating_sub(1);
+            }
+            metrics::DISK_CACHE_WRITE_DROPS.add(1);
+        }
+        sent
+    }
+
+    /// Waits (blocking) until every queued write is done or `limit` passed;
+    /// true when the queue is empty.
+    fn drain(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let (m, cv) = &*self.queued;
+        let Ok(mut s) = m.lock() else {
+            return false;
+        };
+        while s.jobs > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = match cv.wait_timeout(s, left) {
+                Ok((s, _)) => s,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+}
+
+/// Decodes a stored block into shared raw bytes, every CRC checked: a raw
+/// block is checked in place (its bytes stay where they came, a GET body
+/// or a disk entry: no copy), a compressed one is decoded into a pooled
+/// buffer. `expect`: the raw length the block's key names, checked before
+/// anything is allocated for it.
+pub fn decode_block(pool: &BufPool, stored: Bytes, expect: Option<usize>) -> Result<Bytes> {
+    if let Some(raw) = codec::raw_in_place(&stored) {
+        let raw = raw?;
+        if expect.is_some_and(|n| n != raw.len()) {
+            return Err(Error::corrupt(format!(
+                "block of {} bytes where its key names {expect:?}",
+                raw.len()
+            )));
+        }
+        return Ok(raw);
+    }
+    let n = codec::decoded_len(&stored)?;
+    if expect.is_some_and(|e| e != n) {
+        return Err(Error::corrupt(format!(
+            "block header names {n} bytes where its key names {expect:?}"
+        )));
+    }
+    let mut buf = pool.take(n);
+    codec::decode_into(&stored, buf.as_mut())?;
+    Ok(buf.freeze())
+}
+
+/// The raw length a block key ends in (`..._{id}_{index}_{len}`).
+pub(crate) fn raw_len_of(key: &str) -> Option<usize> {
+    if !key.contains("/chunks/") {
+        return None;
+    }
+    key.rsplit('_').next().and_then(|l| l.parse().ok())
 }
 
 /// How many 64 KiB pieces (`key@N`, see DataStore::read_piece) a block may
@@ -401,14 +598,24 @@ pub enum Fetched {
 pub struct BlockCache {
     mem: moka::future::Cache<String, Bytes>,
     disk: Option<Arc<DiskCache>>,
-    /// Disk writes waiting, of blocks written here (their memory is outside
-    /// the write budget once uploaded, so few) and of blocks read (shared
-    /// with the memory cache, so many: a cold read must fill the disk cache).
-    written_to_disk: Arc<tokio::sync::Semaphore>,
-    read_to_disk: Arc<tokio::sync::Semaphore>,
+    /// Background disk-cache writes (None without a disk cache).
+    writer: Option<DiskWriter>,
+    /// Buffers for blocks coming in (GET bodies, decoded blocks, disk
+    /// entries), back in the pool once the memory cache lets go of them.
+    pool: BufPool,
     /// Misses since moka last caught up with its evictions.
     misses: AtomicU64,
 }
+
+/// Bytes of disk-cache writes that may wait, per class: blocks read (shared
+/// with the memory cache while they stay there: a cold read must fill the
+/// disk cache, so room for a burst, half the memory cache when that is
+/// more) and blocks written here (their memory is outside the write budget
+/// once uploaded, so less). The writer thread keeps up with about
+/// 150-400 MiB/s on the 2-core test machine (the kernel's copy into the
+/// page cache is most of it); a faster cold read loses some disk writes.
+const READ_QUEUE: u64 = 96 << 20;
+const WRITTEN_QUEUE: u64 = 64 << 20;
 
 impl BlockCache {
     pub fn new(mem_bytes: u64, disk: Option<DiskCache>) -> BlockCache {
@@ -416,13 +623,26 @@ impl BlockCache {
             .weigher(|_k: &String, v: &Bytes| v.len().min(u32::MAX as usize) as u32)
             .max_capacity(mem_bytes)
             .build();
+        let disk = disk.map(Arc::new);
         BlockCache {
             mem,
-            disk: disk.map(Arc::new),
-            written_to_disk: Arc::new(tokio::sync::Semaphore::new(16)),
-            read_to_disk: Arc::new(tokio::sync::Semaphore::new(128)),
+            writer: disk
+                .clone()
+                .map(|d| DiskWriter::start(d, [READ_QUEUE.max(mem_bytes / 2), WRITTEN_QUEUE])),
+            disk,
+            pool: BufPool::for_blocks(4 << 20),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// Sizes the block buffers for the volume's block size.
+    pub fn with_block_size(mut self, block_size: usize) -> BlockCache {
+        self.pool = BufPool::for_blocks(block_size);
+        self
+    }
+
+    pub fn pool(&self) -> &BufPool {
+        &self.pool
     }
 
     /// Returns the decoded block, fetching it (once, however many ask) with
@@ -437,28 +657,43 @@ impl BlockCache {
             return Ok(hit);
         }
         let disk = self.disk.clone();
-        let writes = self.read_to_disk.clone();
+        let pool = self.pool.clone();
         let k = key.to_string();
         let got = self
             .mem
             .try_get_with(key.to_string(), async move {
                 if let Some(d) = disk.clone() {
-                    let k2 = k.clone();
-                    if let Ok(Some(raw)) = tokio::task::spawn_blocking(move || d.load(&k2)).await {
+                    let (k2, p2) = (k.clone(), pool.clone());
+                    if let Ok(Some(raw)) =
+                        tokio::task::spawn_blocking(move || d.load(&k2, &p2)).await
+                    {
                         metrics::DISK_CACHE_HITS.add(1);
                         return Ok(raw);
                     }
                 }
-                let raw = match fetch().await? {
-                    Fetched::Raw(raw) => raw,
-                    Fetched::Stored(encoded) => {
-                        tokio::task::spawn_blocking(move || codec::decode_shared(encoded))
-                            .await?
-                            .map_err(|e| Error::from(e).context(format!("block {k}")))?
+                let (raw, entry) = match fetch().await? {
+                    Fetched::Raw(raw) => (raw.clone(), Entry::Raw(raw)),
+                    Fetched::Stored(stored) => {
+                        let k2 = k.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let raw = decode_block(&pool, stored.clone(), raw_len_of(&k2))
+                                .map_err(|e| e.context(format!("block {k2}")))?;
+                            // A block stored raw is its own disk entry:
+                            // written as it came, no CRCs computed again.
+                            let entry = if codec::is_plain_raw(&stored) {
+                                Entry::Verbatim(stored)
+                            } else {
+                                Entry::Raw(raw.clone())
+                            };
+                            Ok::<_, Error>((raw, entry))
+                        })
+                        .await??
                     }
                 };
-                if let Some(d) = disk {
-                    store_later(&writes, d, k, raw.clone());
+                if disk.is_some() {
+                    if let Some(w) = &self.writer {
+                        w.push(k, entry, Class::Read);
+                    }
                 }
                 Ok::<Bytes, Error>(raw)
             })
@@ -472,14 +707,29 @@ impl BlockCache {
         got
     }
 
+    /// Waits (off the async workers) until the background disk-cache
+    /// writes queued so far are done, at most `limit`: an unmount keeps
+    /// what a read just fetched. True when none is left.
+    pub async fn drain_disk_writes(self: &Arc<Self>, limit: std::time::Duration) -> bool {
+        if self.writer.is_none() {
+            return true;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.writer.as_ref().is_none_or(|w| w.drain(limit)))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Remembers a block just written, so the writer's own reads stay
     /// local: on disk when there is a disk cache (a writer streaming a
     /// segment out would otherwise fill the memory cache with blocks it
     /// never reads, and push the daemon's RSS past its budgets), else in
     /// memory.
     pub async fn insert_written(&self, key: &str, raw: Bytes) {
-        match self.disk.clone() {
-            Some(d) => store_later(&self.written_to_disk, d, key.to_string(), raw),
+        match &self.writer {
+            Some(w) => {
+                w.push(key.to_string(), Entry::Raw(raw), Class::Written);
+            }
             None => {
                 self.mem.insert(key.to_string(), raw).await;
                 // moka evicts lazily; a fast writer would run the cache far
@@ -543,16 +793,20 @@ impl BlockCache {
     }
 
     /// Keeps a block on disk only, waiting for the write (background fills:
-    /// they must not push what readers use out of memory). False when the
-    /// disk cache is missing, full or failed.
-    pub async fn store_disk(&self, key: &str, raw: Bytes) -> bool {
+    /// they must not push what readers use out of memory): raw bytes in
+    /// their raw framed form, or a stored block the caller has checked, as
+    /// it is. False when the disk cache is missing, full or failed.
+    pub async fn store_disk(&self, key: &str, block: Fetched) -> bool {
         let Some(d) = self.disk.clone() else {
             return false;
         };
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || d.store(&key, &raw))
-            .await
-            .unwrap_or(false)
+        tokio::task::spawn_blocking(move || match block {
+            Fetched::Raw(raw) => d.store(&key, &raw),
+            Fetched::Stored(stored) => d.store_verbatim(&key, &stored),
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// (bytes, entries) of the memory cache, as moka last counted them.
@@ -595,6 +849,10 @@ impl BlockCache {
 mod tests {
     use super::*;
 
+    fn pool() -> BufPool {
+        BufPool::for_blocks(1 << 20)
+    }
+
     fn block(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -626,7 +884,7 @@ mod tests {
         let (b1, b2) = (block(200_000, 1), block(200_000, 2));
         d.store(K1, &b1);
         d.store(K2, &b2);
-        assert_eq!(d.load(K1).as_deref(), Some(&b1[..]));
+        assert_eq!(d.load(K1, &pool()).as_deref(), Some(&b1[..]));
         assert_eq!(
             d.load_range(K2, b2.len(), 70_000, 1000).as_deref(),
             Some(&b2[70_000..71_000])
@@ -635,7 +893,10 @@ mod tests {
 
         // A valid entry of K2 under K1's name: whole and ranged loads refuse it.
         std::fs::copy(d.path(K2), d.path(K1)).unwrap();
-        assert!(d.load(K1).is_none(), "another block's entry was served");
+        assert!(
+            d.load(K1, &pool()).is_none(),
+            "another block's entry was served"
+        );
         assert!(!d.path(K1).exists(), "and it is dropped");
         assert!(d.used() < used, "and no longer counted");
         d.store(K1, &b1);
@@ -645,10 +906,49 @@ mod tests {
 
         // An entry of the earlier format (no key header) is dropped too.
         std::fs::write(d.path(K1), codec::encode_raw(&b1)).unwrap();
-        assert!(d.load(K1).is_none());
+        assert!(d.load(K1, &pool()).is_none());
         assert!(!d.path(K1).exists());
         // K2 itself is untouched by all this.
-        assert_eq!(d.load(K2).as_deref(), Some(&b2[..]));
+        assert_eq!(d.load(K2, &pool()).as_deref(), Some(&b2[..]));
+    }
+
+    #[test]
+    fn a_block_stored_raw_is_its_own_entry_and_compressed_ones_load_from_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DiskCache::open(&dir.path().join("c"), 1 << 30, 0.0).unwrap();
+        let b1 = block(200_000, 1);
+        // What a writer stores for a block that does not compress (or on a
+        // volume without compression), kept as it came.
+        let stored = codec::encode(&b1, codec::parse_compression("none").unwrap());
+        assert!(codec::is_plain_raw(&stored));
+        assert!(d.store_verbatim(K1, &stored));
+        let verbatim = std::fs::read(d.path(K1)).unwrap();
+        assert!(d.store(K1, &b1));
+        assert_eq!(
+            std::fs::read(d.path(K1)).unwrap(),
+            verbatim,
+            "not the same entry"
+        );
+        assert_eq!(d.load(K1, &pool()).as_deref(), Some(&b1[..]));
+
+        // A compressed block decodes into a pooled buffer, reused once the
+        // block is dropped; what it held before never shows.
+        let p = BufPool::new(256 << 10, 2);
+        let text = b"vecfs pools its block buffers ".repeat(7000);
+        let packed = Bytes::from(codec::encode(
+            &text,
+            codec::parse_compression("lz4").unwrap(),
+        ));
+        assert!(!codec::is_plain_raw(&packed));
+        let one = decode_block(&p, packed.clone(), Some(text.len())).unwrap();
+        assert_eq!(&one[..], &text[..]);
+        drop(one);
+        assert_eq!(p.idle(), 1);
+        let two = decode_block(&p, packed.clone(), Some(text.len())).unwrap();
+        assert_eq!(&two[..], &text[..]);
+        assert_eq!(p.counts(), (1, 1));
+        // A length other than the key's is refused before decoding.
+        assert!(decode_block(&p, packed, Some(text.len() + 1)).is_err());
     }
 
     #[test]
@@ -727,7 +1027,7 @@ mod tests {
         // The other block is untouched, in memory and on disk.
         assert!(c.contains(K2).await);
         assert!(c.contains(&format!("{K2}@3")).await);
-        assert_eq!(disk.load(K2), Some(b2));
+        assert_eq!(disk.load(K2, &pool()), Some(b2));
 
         // Forgetting what is not cached (or twice) is harmless.
         c.forget(K1).await;

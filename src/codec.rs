@@ -718,8 +718,35 @@ impl Layout {
         frames: std::ops::Range<usize>,
         stored: &[u8],
     ) -> Result<Vec<u8>, CodecError> {
+        let mut raw = vec![0u8; self.frames_raw_len(&frames)];
+        self.decode_frames_into(frames, stored, &mut raw)?;
+        Ok(raw)
+    }
+
+    /// Raw bytes `frames` hold.
+    pub fn frames_raw_len(&self, frames: &std::ops::Range<usize>) -> usize {
         if frames.is_empty() {
-            return Ok(Vec::new());
+            return 0;
+        }
+        (frames.end * self.frame_size).min(self.raw_len) - frames.start * self.frame_size
+    }
+
+    /// As `decode_frames`, into `out` (exactly `frames_raw_len` bytes,
+    /// every one of them overwritten).
+    pub fn decode_frames_into(
+        &self,
+        frames: std::ops::Range<usize>,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CodecError> {
+        if out.len() != self.frames_raw_len(&frames) {
+            return Err(CodecError::Length {
+                expected: self.frames_raw_len(&frames),
+                actual: out.len(),
+            });
+        }
+        if frames.is_empty() {
+            return Ok(());
         }
         let range = self.stored_range(&frames);
         if stored.len() != range.len() {
@@ -729,13 +756,11 @@ impl Layout {
             });
         }
         let first_raw = frames.start * self.frame_size;
-        let raw_end = (frames.end * self.frame_size).min(self.raw_len);
-        let mut raw = vec![0u8; raw_end - first_raw];
         for i in frames {
             let (at, len, crc) = self.frames[i];
             let src = &stored[at - range.start..at - range.start + len];
             let o = i * self.frame_size - first_raw;
-            let dst = &mut raw[o..o + self.raw_frame_len(i)];
+            let dst = &mut out[o..o + self.raw_frame_len(i)];
             decode_frame(self.encoding, src, dst)?;
             let actual = crc32c::crc32c(dst);
             if actual != crc {
@@ -745,7 +770,7 @@ impl Layout {
                 });
             }
         }
-        Ok(raw)
+        Ok(())
     }
 }
 
@@ -810,40 +835,97 @@ pub fn encoding_of(block: &[u8]) -> Option<Encoding> {
 /// As `decode`, but a raw framed block is checked in place and its bytes
 /// handed back without a copy (warm reads from the disk cache, raw blocks).
 pub fn decode_shared(block: bytes::Bytes) -> Result<bytes::Bytes, CodecError> {
-    if block.len() >= FRAMED_HEADER_LEN && &block[0..2] == FRAMED_MAGIC {
-        let layout = Layout::parse(&block)?.ok_or(CodecError::BadMagic)?;
-        let all_raw = layout.encoding == Encoding::Raw
-            && (0..layout.frame_count()).all(|i| layout.frames[i].1 == layout.raw_frame_len(i));
-        if all_raw {
-            let start = table_end(layout.frame_count());
-            if block.len() != start + layout.raw_len {
-                return Err(CodecError::Length {
-                    expected: start + layout.raw_len,
-                    actual: block.len(),
-                });
-            }
-            for &(at, len, crc) in &layout.frames {
-                let actual = crc32c::crc32c(&block[at..at + len]);
-                if actual != crc {
-                    return Err(CodecError::Checksum {
-                        expected: crc,
-                        actual,
-                    });
-                }
-            }
-            return Ok(block.slice(start..));
-        }
+    if let Some(raw) = raw_in_place(&block) {
+        return raw;
     }
     decode(&block).map(bytes::Bytes::from)
 }
 
+/// A raw framed block whose frames all have the smallest frame size (what
+/// `encode_raw` writes, and the disk cache keeps): true when the stored
+/// block is byte for byte its own disk-cache form.
+pub fn is_plain_raw(block: &[u8]) -> bool {
+    block.len() >= FRAMED_HEADER_LEN
+        && &block[0..2] == FRAMED_MAGIC
+        && block[2] == Encoding::Raw.id()
+        && le32(block, 8) as usize == MIN_FRAME
+}
+
+/// The raw bytes of a raw framed block, checked in place and shared with
+/// `block` (no copy); None when the block is compressed or of the first
+/// format (it must be decoded).
+pub fn raw_in_place(block: &bytes::Bytes) -> Option<Result<bytes::Bytes, CodecError>> {
+    if block.len() < FRAMED_HEADER_LEN || &block[0..2] != FRAMED_MAGIC {
+        return None;
+    }
+    let layout = match Layout::parse(block) {
+        Ok(Some(l)) => l,
+        Ok(None) => return Some(Err(CodecError::BadMagic)),
+        Err(e) => return Some(Err(e)),
+    };
+    let all_raw = layout.encoding == Encoding::Raw
+        && (0..layout.frame_count()).all(|i| layout.frames[i].1 == layout.raw_frame_len(i));
+    if !all_raw {
+        return None;
+    }
+    let start = table_end(layout.frame_count());
+    if block.len() != start + layout.raw_len {
+        return Some(Err(CodecError::Length {
+            expected: start + layout.raw_len,
+            actual: block.len(),
+        }));
+    }
+    for &(at, len, crc) in &layout.frames {
+        let actual = crc32c::crc32c(&block[at..at + len]);
+        if actual != crc {
+            return Some(Err(CodecError::Checksum {
+                expected: crc,
+                actual,
+            }));
+        }
+    }
+    Some(Ok(block.slice(start..)))
+}
+
+/// The raw length a stored block (either format) decodes to, from its
+/// header (checked: the framed header carries its own CRC).
+pub fn decoded_len(block: &[u8]) -> Result<usize, CodecError> {
+    if block.len() >= 2 && &block[0..2] == FRAMED_MAGIC {
+        // Parsed (header and table CRC checked) before anyone allocates
+        // what a damaged header claims.
+        let layout = Layout::parse(block)?.ok_or(CodecError::BadMagic)?;
+        return Ok(layout.raw_len);
+    }
+    if block.len() < HEADER_LEN {
+        return Err(CodecError::Truncated(block.len()));
+    }
+    if &block[0..2] != MAGIC {
+        return Err(CodecError::BadMagic);
+    }
+    Ok(le32(block, 4) as usize)
+}
+
 /// Decodes a stored block (either format) and verifies its checksums.
 pub fn decode(block: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let mut raw = vec![0u8; decoded_len(block)?];
+    decode_into(block, &mut raw)?;
+    Ok(raw)
+}
+
+/// As `decode`, into `out`, which must be exactly `decoded_len` bytes long;
+/// every byte of it is overwritten (a reused buffer may be handed in).
+pub fn decode_into(block: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     if block.len() >= 2 && &block[0..2] == FRAMED_MAGIC {
         let layout = Layout::parse(block)?.ok_or(CodecError::BadMagic)?;
+        if out.len() != layout.raw_len {
+            return Err(CodecError::Length {
+                expected: layout.raw_len,
+                actual: out.len(),
+            });
+        }
         let all = 0..layout.frame_count();
         if all.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let range = layout.stored_range(&all);
         if block.len() != range.end {
@@ -852,13 +934,13 @@ pub fn decode(block: &[u8]) -> Result<Vec<u8>, CodecError> {
                 actual: block.len(),
             });
         }
-        return layout.decode_frames(all, &block[range]);
+        return layout.decode_frames_into(all, &block[range], out);
     }
-    decode_whole(block)
+    decode_whole(block, out)
 }
 
 /// Decodes a block of the first format: one payload, one CRC.
-fn decode_whole(block: &[u8]) -> Result<Vec<u8>, CodecError> {
+fn decode_whole(block: &[u8], raw: &mut [u8]) -> Result<(), CodecError> {
     if block.len() < HEADER_LEN {
         return Err(CodecError::Truncated(block.len()));
     }
@@ -869,19 +951,24 @@ fn decode_whole(block: &[u8]) -> Result<Vec<u8>, CodecError> {
     let expected = le32(block, 8);
     let enc =
         Encoding::from_header(block[2], block[3]).ok_or(CodecError::UnknownCodec(block[2]))?;
-    let mut raw = vec![0u8; raw_len];
-    let n = decompress(enc, &block[HEADER_LEN..], &mut raw)?;
+    if raw.len() != raw_len {
+        return Err(CodecError::Length {
+            expected: raw_len,
+            actual: raw.len(),
+        });
+    }
+    let n = decompress(enc, &block[HEADER_LEN..], raw)?;
     if n != raw_len {
         return Err(CodecError::Length {
             expected: raw_len,
             actual: n,
         });
     }
-    let actual = crc32c::crc32c(&raw);
+    let actual = crc32c::crc32c(raw);
     if actual != expected {
         return Err(CodecError::Checksum { expected, actual });
     }
-    Ok(raw)
+    Ok(())
 }
 
 #[cfg(test)]

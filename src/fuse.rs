@@ -539,7 +539,11 @@ impl Filesystem for FuseFs {
             req,
             async move { vfs.read(fh.0, offset, size).await },
             |r| match r {
-                Ok(d) => reply.data(&d),
+                Ok(parts) => {
+                    let iov: Vec<std::io::IoSlice<'_>> =
+                        parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+                    reply.data_parts(&iov)
+                }
                 Err(e) => reply.error(errno(e)),
             },
         );

@@ -4,7 +4,7 @@
 //!
 //! Layers, top to bottom: `fuse` (thin kernel adapter) -> `vfs` (kernel-free
 //! file system) -> `meta` (Redis engine) and `data` (writer/reader) -> `cache`
-//! (memory + disk, single-flight) -> `object` (object_store backends) with
+//! (memory + disk, single-flight; block buffers from `pool`) -> `object` (object_store backends) with
 //! `codec` (block envelope). `session` keeps the mount's session alive, `maintenance` does
 //! background upkeep (deferred deletion, compaction, dead-session cleanup, gc); `trash` keeps
 //! deleted files for a while; `metrics` counts traffic and
@@ -22,6 +22,7 @@ pub mod meta;
 pub mod metacache;
 pub mod metrics;
 pub mod object;
+pub mod pool;
 pub mod prefetch;
 pub mod session;
 pub mod statsfile;

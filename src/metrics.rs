@@ -66,6 +66,22 @@ pub static DISK_CACHE_HITS: Counter = Counter::new(
     "vecfs_disk_cache_hit_total",
     "block or frame reads served from the disk cache",
 );
+pub static DISK_CACHE_WRITES: Counter = Counter::new(
+    "vecfs_disk_cache_write_total",
+    "blocks written to the disk cache in the background",
+);
+pub static DISK_CACHE_WRITE_DROPS: Counter = Counter::new(
+    "vecfs_disk_cache_write_dropped_total",
+    "blocks not written to the disk cache: its write queue was full or the write failed",
+);
+pub static POOL_MAPPED: Counter = Counter::new(
+    "vecfs_block_buffer_mapped_total",
+    "block buffers mapped fresh (the pool had none to reuse)",
+);
+pub static POOL_REUSED: Counter = Counter::new(
+    "vecfs_block_buffer_reused_total",
+    "block buffers taken from the pool again",
+);
 pub static FILL_BLOCKS: Counter = Counter::new(
     "vecfs_fill_block_total",
     "blocks of files read at random fetched into the disk cache in the background",
@@ -174,7 +190,7 @@ pub static SESSIONS: Gauge = Gauge::new(
     "live sessions (mounts, all nodes) of the volume at this node's last heartbeat",
 );
 
-static COUNTERS: [&Counter; 27] = [
+static COUNTERS: [&Counter; 31] = [
     &OBJECT_GETS,
     &OBJECT_RANGE_GETS,
     &OBJECT_GET_BYTES,
@@ -183,6 +199,10 @@ static COUNTERS: [&Counter; 27] = [
     &OBJECT_DELETES,
     &MEM_CACHE_HITS,
     &DISK_CACHE_HITS,
+    &DISK_CACHE_WRITES,
+    &DISK_CACHE_WRITE_DROPS,
+    &POOL_MAPPED,
+    &POOL_REUSED,
     &FILL_BLOCKS,
     &READ_BYTES,
     &WRITE_BYTES,

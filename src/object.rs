@@ -580,6 +580,48 @@ impl BlockStore {
         Ok(b)
     }
 
+    /// As `get`, with the body read into a buffer from `pool` when it fits
+    /// one (a whole block does): no fresh allocation per GET. A body the
+    /// connection cut short is a transient error, never data.
+    pub async fn get_pooled(
+        &self,
+        key: &str,
+        pool: &crate::pool::BufPool,
+    ) -> Result<Bytes, ObjectError> {
+        use futures::StreamExt;
+        let r = self.store.get(&ObjPath::from(key)).await?;
+        let size = (r.range.end - r.range.start) as usize;
+        // A local file comes whole from one read: no stream to copy from.
+        let streamed = matches!(r.payload, object_store::GetResultPayload::Stream(_));
+        if !streamed || size > pool.capacity() {
+            let b = r.bytes().await?;
+            metrics::OBJECT_GETS.add(1);
+            metrics::OBJECT_GET_BYTES.add(b.len() as u64);
+            return Ok(b);
+        }
+        let mut buf = pool.take(size);
+        let mut at = 0;
+        let mut body = r.into_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            let Some(dst) = buf.as_mut().get_mut(at..at + chunk.len()) else {
+                return Err(ObjectError::Store(format!(
+                    "object {key}: body longer than the {size} bytes announced"
+                )));
+            };
+            dst.copy_from_slice(&chunk);
+            at += chunk.len();
+        }
+        metrics::OBJECT_GETS.add(1);
+        metrics::OBJECT_GET_BYTES.add(at as u64);
+        if at != size {
+            return Err(ObjectError::Store(format!(
+                "object {key}: body cut short ({at} of {size} bytes)"
+            )));
+        }
+        Ok(buf.freeze())
+    }
+
     /// Bytes [range) of an object; a short answer is an error, never data.
     pub async fn get_range(
         &self,

@@ -4,6 +4,7 @@
 //! The FUSE adapter only decodes requests and calls in here, so everything
 //! below can be driven by tests without a kernel mount.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1715,7 +1716,7 @@ impl Vfs {
     }
 
     /// A file whose (only) name is in the trash: read-only there.
-    async fn in_trash(&self, attr: &Attr) -> VResult<bool> {
+    pub(crate) async fn in_trash(&self, attr: &Attr) -> VResult<bool> {
         if attr.parent == 0 || attr.parent == ROOT_INO {
             return Ok(false);
         }
@@ -1824,9 +1825,15 @@ impl Vfs {
         Ok((Arc::new(crate::meta::build_pieces(&all)), pending))
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<u8>> {
+    /// Bytes [offset, offset+size) of an open file (fewer at its end), as
+    /// slices of the cached blocks that hold them, in order: the reply is
+    /// sent from them without joining them first.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<Bytes>> {
         if is_stats_fh(fh) {
-            return self.stats.read(fh, offset, size);
+            return self
+                .stats
+                .read(fh, offset, size)
+                .map(|v| vec![Bytes::from(v)]);
         }
         let h = self.file_handle(fh)?;
         let ino = h.ino;
@@ -1836,7 +1843,7 @@ impl Vfs {
             return Ok(Vec::new());
         }
         let end = (offset + size as u64).min(len);
-        let mut out = vec![0u8; (end - offset) as usize];
+        let mut out = Vec::new();
         let started = std::time::Instant::now();
         // Sequential or random: see prefetch::readahead.
         let sequential = match h.stream.lock() {
@@ -1851,11 +1858,10 @@ impl Vfs {
             let n = ((indx + 1) * CHUNK_SIZE).min(end) - pos;
             let to = coff + n as u32;
             let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
-            let at = (pos - offset) as usize;
-            let dst = &mut out[at..at + n as usize];
+            let kept = out.len();
             match self
                 .data
-                .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
+                .read_chunk_parts(&pieces, coff, n as u32, !sequential, &pending, &mut out)
                 .await
             {
                 Ok(m) => missed |= m,
@@ -1865,17 +1871,17 @@ impl Vfs {
                     tracing::debug!(ino, error = %e, "read failed; retrying with a fresh slice list");
                     self.forget_pieces(ino);
                     let (pieces, pending) = self.chunk_view(ino, indx, &of, coff, to).await?;
-                    dst.fill(0);
+                    out.truncate(kept);
                     missed |= self
                         .data
-                        .read_chunk_range(&pieces, coff, dst, !sequential, &pending)
+                        .read_chunk_parts(&pieces, coff, n as u32, !sequential, &pending, &mut out)
                         .await
                         .map_err(|e| data_errno("read", e))?;
                 }
             }
             pos += n;
         }
-        crate::metrics::READ_BYTES.add(out.len() as u64);
+        crate::metrics::READ_BYTES.add(end - offset);
         if sequential {
             // Keep the next window in flight: grown while the reader waits
             // on the store, shrunk when the memory cache is nearly full (so

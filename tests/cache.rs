@@ -320,3 +320,142 @@ fn root_mode_1777_makes_a_sticky_shared_root_that_reformatting_keeps() {
     assert!(b.p("roots").exists());
     b.unmount();
 }
+
+/// Whole-object and ranged GETs so far.
+fn gets(m: &common::Metrics) -> u64 {
+    m.get("vecfs_object_get_total") + m.get("vecfs_object_range_get_total")
+}
+
+/// Bytes that compress (lz4 and shuffle find runs): stored compressed,
+/// kept on disk in raw form.
+fn compressible(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i / 4096) as u8) ^ ((i % 7) as u8))
+        .collect()
+}
+
+/// Blocks a cold read fetched are written to the disk cache in the
+/// background, off the read (a block stored raw as it came, a compressed
+/// one in raw form), and an unmount right after the read waits for those
+/// writes: a restarted daemon reads everything from its disk cache.
+#[test]
+fn blocks_a_read_fetched_reach_the_disk_cache_in_the_background_and_survive_a_remount() {
+    let v = Volume::new(Storage::S3);
+    let raw = pattern(24 << 20, 31); // 6 blocks, incompressible: stored raw
+    let packed = compressible(18 << 20); // 5 blocks, stored compressed
+    let a = v.mount_with(&["--cache-dir", "memory"]);
+    fs::write(a.p("raw"), &raw).unwrap();
+    fs::write(a.p("packed"), &packed).unwrap();
+    a.unmount();
+
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let (b, m) = v.mount_with_metrics(&["--cache-dir", cache_dir]);
+    assert!(fs::read(b.p("raw")).unwrap() == raw, "raw file, cold");
+    assert!(
+        fs::read(b.p("packed")).unwrap() == packed,
+        "packed file, cold"
+    );
+    assert!(gets(&m) >= 11, "the files did not come from the store");
+    // Unmounted at once: the daemon waits for the queued writes.
+    b.unmount();
+    let mut entries = Vec::new();
+    block_files(cache.path(), &mut entries);
+    entries.retain(|p| {
+        !p.extension()
+            .is_some_and(|e| e.to_string_lossy().starts_with("tmp"))
+    });
+    assert!(entries.len() >= 11, "{} entries on disk", entries.len());
+
+    let (c, m) = v.mount_with_metrics(&["--cache-dir", cache_dir]);
+    let g0 = gets(&m); // the mount's probe of the store
+    assert!(
+        fs::read(c.p("raw")).unwrap() == raw,
+        "raw file from the disk cache"
+    );
+    assert!(
+        fs::read(c.p("packed")).unwrap() == packed,
+        "packed file from the disk cache"
+    );
+    assert_eq!(
+        gets(&m) - g0,
+        0,
+        "blocks the cold read fetched were not kept ({} whole GETs, {} hits, {} written)",
+        m.get("vecfs_object_get_total"),
+        m.get("vecfs_disk_cache_hit_total"),
+        m.get("vecfs_disk_cache_write_total")
+    );
+    assert!(m.get("vecfs_disk_cache_hit_total") >= 11);
+    c.unmount();
+}
+
+/// A background write the disk cache refused (full) leaves no entry, and
+/// entries that a crash without fsync could leave damaged (cut short,
+/// zero-filled, empty) are dropped on use: the bytes read are right every
+/// time, refetched from the store.
+#[test]
+fn a_refused_or_damaged_background_write_never_yields_wrong_bytes() {
+    let v = Volume::new(Storage::S3);
+    let body = pattern(32 << 20, 32); // 8 blocks
+    let a = v.mount_with(&["--cache-dir", "memory"]);
+    fs::write(a.p("f"), &body).unwrap();
+    a.unmount();
+
+    // Room for two blocks of eight: the other writes are refused.
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let (b, m) = v.mount_with_metrics(&["--cache-dir", cache_dir, "--cache-size", "12"]);
+    assert!(fs::read(b.p("f")).unwrap() == body, "cold read");
+    wait_for(
+        "disk cache writes done",
+        std::time::Duration::from_secs(20),
+        || {
+            m.get("vecfs_disk_cache_write_total") + m.get("vecfs_disk_cache_write_dropped_total")
+                >= 8
+        },
+    );
+    assert!(
+        m.get("vecfs_disk_cache_write_dropped_total") >= 1,
+        "nothing refused"
+    );
+    assert!(
+        m.get("vecfs_disk_cache_write_total") >= 1,
+        "nothing written"
+    );
+    assert!(fs::read(b.p("f")).unwrap() == body, "warm read");
+    b.unmount();
+
+    let mut entries = Vec::new();
+    block_files(cache.path(), &mut entries);
+    entries.retain(|p| {
+        !p.extension()
+            .is_some_and(|e| e.to_string_lossy().starts_with("tmp"))
+    });
+    assert!(
+        (1..8).contains(&entries.len()),
+        "{} entries for a cache with room for two",
+        entries.len()
+    );
+    // What a power loss after rename but before the data reached the disk
+    // may leave: cut short, zero-filled, empty.
+    for (i, e) in entries.iter().enumerate() {
+        let len = fs::metadata(e).unwrap().len() as usize;
+        match i % 3 {
+            0 => fs::write(e, &fs::read(e).unwrap()[..len / 2]).unwrap(),
+            1 => fs::write(e, vec![0u8; len]).unwrap(),
+            _ => fs::write(e, b"").unwrap(),
+        }
+    }
+    let (c, m) = v.mount_with_metrics(&["--cache-dir", cache_dir, "--cache-size", "12"]);
+    let g0 = gets(&m); // the mount's probe of the store
+    assert!(
+        fs::read(c.p("f")).unwrap() == body,
+        "wrong bytes from a damaged cache"
+    );
+    assert!(
+        gets(&m) - g0 >= 8,
+        "damaged entries were served: {} GETs",
+        gets(&m) - g0
+    );
+    c.unmount();
+}

@@ -242,6 +242,7 @@ fn many_cold_sequential_readers_stay_within_the_memory_budget() {
     );
     let peak = peak_rss(b.pid());
     let bound = (mem + buf + 200) * MIB;
+    eprintln!("peak RSS {} MiB (bound {} MiB)", peak >> 20, bound >> 20);
     assert!(
         peak <= bound,
         "peak RSS {} MiB > {} MiB (--mem-cache-size + --buffer-size + 200 MiB)",

@@ -237,6 +237,15 @@ pub fn run(a: MountArgs, verbose: u8) -> anyhow::Result<()> {
             h.abort();
         }
         vfs.flush_all().await;
+        // Blocks a read fetched just before the unmount reach the disk cache.
+        if !vfs
+            .data
+            .cache
+            .drain_disk_writes(Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!("disk cache writes still queued at exit are dropped");
+        }
         let sid = vfs.sid();
         if sid != 0 {
             if let Err(e) = vfs.meta.clean_session(sid, true).await {
@@ -352,10 +361,10 @@ async fn prepare(
         Some(d) if d.as_os_str() == "memory" => mib(&a.mem_cache_size, "mem-cache-size")?,
         _ => mib(&a.cache_size, "cache-size")?,
     };
-    let cache = Arc::new(BlockCache::new(
-        mib(&a.mem_cache_size, "mem-cache-size")?,
-        disk,
-    ));
+    let cache = Arc::new(
+        BlockCache::new(mib(&a.mem_cache_size, "mem-cache-size")?, disk)
+            .with_block_size(fmt.block_size as usize),
+    );
     let mut data = DataStore::new(
         meta.clone(),
         blocks,

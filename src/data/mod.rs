@@ -577,15 +577,26 @@ impl DataStore {
             if self.cache.has(&key) || self.being_fetched(&key) {
                 return Ok(false);
             }
-            let raw = match self.fetch_whole(&key).await? {
-                Fetched::Raw(raw) => raw,
-                Fetched::Stored(enc) => {
-                    tokio::task::spawn_blocking(move || codec::decode_shared(enc))
-                        .await?
-                        .map_err(|e| Error::from(e).context(format!("block {key}")))?
+            let block = match self.fetch_whole(&key).await? {
+                Fetched::Raw(raw) => Fetched::Raw(raw),
+                Fetched::Stored(stored) => {
+                    // Checked (decoded) before it is kept; a block stored
+                    // raw is kept as it came, a compressed one decoded.
+                    let pool = self.cache.pool().clone();
+                    let (k2, s2) = (key.clone(), stored.clone());
+                    let raw = tokio::task::spawn_blocking(move || {
+                        crate::cache::decode_block(&pool, s2, raw_len_of(&k2))
+                            .map_err(|e| e.context(format!("block {k2}")))
+                    })
+                    .await??;
+                    if codec::is_plain_raw(&stored) {
+                        Fetched::Stored(stored)
+                    } else {
+                        Fetched::Raw(raw)
+                    }
                 }
             };
-            if !self.cache.store_disk(&key, raw).await {
+            if !self.cache.store_disk(&key, block).await {
                 return Err(Error::transient("the disk cache refused a block (full?)"));
             }
             crate::metrics::FILL_BLOCKS.add(1);
@@ -633,7 +644,7 @@ impl DataStore {
                 .await
                 .map_err(|e| Error::internal(e.to_string()))?;
             match &range {
-                None => self.blocks.get(key).await,
+                None => self.blocks.get_pooled(key, self.cache.pool()).await,
                 Some(r) => self.blocks.get_range(key, r.clone()).await,
             }
             .map_err(Error::from)
@@ -706,13 +717,7 @@ impl DataStore {
 
     /// Reads [off, off+len) of a chunk described by `pieces` into `buf`,
     /// which the caller hands in zeroed: holes are left as they are.
-    /// A `random` reader gets only the frames it needs of blocks that are
-    /// not in memory; a sequential one gets whole blocks, which read-ahead
-    /// has usually fetched already. Pieces of slices this node has not
-    /// committed yet are read from `pending`.
-    ///
-    /// True when a random read had to fetch frames from the store (a miss
-    /// of every cache), which the read-ahead policy counts.
+    /// See `read_chunk_parts`.
     pub async fn read_chunk_range(
         &self,
         pieces: &[Piece],
@@ -721,7 +726,67 @@ impl DataStore {
         random: bool,
         pending: &PendingBlocks,
     ) -> Result<bool> {
-        let end = off + buf.len() as u32;
+        let (slices, missed) = self
+            .read_chunk_slices(pieces, off, buf.len() as u32, random, pending)
+            .await?;
+        for (dst, b) in slices {
+            buf[dst..dst + b.len()].copy_from_slice(&b);
+        }
+        Ok(missed)
+    }
+
+    /// Reads [off, off+len) of a chunk described by `pieces` as slices of
+    /// the blocks that hold the bytes (shared with the cache: no copy),
+    /// appended to `out` in order; holes are slices of a static zero page.
+    /// Their lengths add up to `len`. A reply is sent from them with one
+    /// writev, so the kernel's copy is the only one on the read path.
+    ///
+    /// A `random` reader gets only the frames it needs of blocks that are
+    /// not in memory; a sequential one gets whole blocks, which read-ahead
+    /// has usually fetched already. Pieces of slices this node has not
+    /// committed yet are read from `pending`.
+    ///
+    /// True when a random read had to fetch frames from the store (a miss
+    /// of every cache), which the read-ahead policy counts.
+    pub async fn read_chunk_parts(
+        &self,
+        pieces: &[Piece],
+        off: u32,
+        len: u32,
+        random: bool,
+        pending: &PendingBlocks,
+        out: &mut Vec<Bytes>,
+    ) -> Result<bool> {
+        let (mut slices, missed) = self
+            .read_chunk_slices(pieces, off, len, random, pending)
+            .await?;
+        slices.sort_by_key(|(dst, _)| *dst);
+        let mut at = 0;
+        for (dst, b) in slices {
+            if dst < at {
+                return Err(Error::internal(format!(
+                    "overlapping block reads at {dst} (< {at})"
+                )));
+            }
+            push_zeros(out, dst - at);
+            at = dst + b.len();
+            out.push(b);
+        }
+        push_zeros(out, (len as usize).saturating_sub(at));
+        Ok(missed)
+    }
+
+    /// The block parts a read of [off, off+len) needs, each with where it
+    /// goes in the caller's range. Holes are left out.
+    async fn read_chunk_slices(
+        &self,
+        pieces: &[Piece],
+        off: u32,
+        len: u32,
+        random: bool,
+        pending: &PendingBlocks,
+    ) -> Result<(Vec<(usize, Bytes)>, bool)> {
+        let end = off + len;
         let jobs = self.block_reads(pieces, off, end);
         let missed = std::sync::atomic::AtomicBool::new(false);
         let missed = &missed;
@@ -767,6 +832,7 @@ impl DataStore {
                 self.ahead_used(&j.key);
             }
         }
+        let mut slices = Vec::with_capacity(jobs.len());
         for (j, r) in jobs.iter().zip(results) {
             let (block, at) = r?;
             if at + j.len > block.len() {
@@ -776,9 +842,9 @@ impl DataStore {
                     at + j.len
                 )));
             }
-            buf[j.dst..j.dst + j.len].copy_from_slice(&block[at..at + j.len]);
+            slices.push((j.dst, block.slice(at..at + j.len)));
         }
-        Ok(missed.load(std::sync::atomic::Ordering::Relaxed))
+        Ok((slices, missed.load(std::sync::atomic::Ordering::Relaxed)))
     }
 
     /// Raw bytes [off, off+len) of a block, fetched as 64 KiB pieces: each
@@ -1050,6 +1116,18 @@ impl Drop for RangedFlight<'_> {
             }
         }
         self.store.ranged_done.notify_waiters();
+    }
+}
+
+/// Zeros for the holes of a read reply, shared by every reply.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Appends `n` zero bytes to a reply as slices of `ZEROS`.
+fn push_zeros(out: &mut Vec<Bytes>, mut n: usize) {
+    while n > 0 {
+        let k = n.min(ZEROS.len());
+        out.push(Bytes::from_static(&ZEROS[..k]));
+        n -= k;
     }
 }
 

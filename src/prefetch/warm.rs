@@ -310,10 +310,18 @@ impl Warmer {
         }
     }
 
-    /// The file's current version, or None when it is gone or not a file.
+    /// The file's current version, or None when it is gone, moved to the
+    /// trash (deleted, as far as readers are concerned) or not a file.
     async fn version(&self, ino: u64) -> Option<(Version, Attr)> {
         match self.vfs.meta.getattr(ino).await {
-            Ok(a) if a.kind == FileKind::File => Some((Version::of(&a), a)),
+            // A move into the trash sets ctime only: a file never moved
+            // needs no look at its directory.
+            Ok(a) if a.kind == FileKind::File => {
+                if a.ctime != a.mtime && self.vfs.in_trash(&a).await.unwrap_or(true) {
+                    return None;
+                }
+                Some((Version::of(&a), a))
+            }
             _ => None,
         }
     }

@@ -209,6 +209,12 @@ impl ReplyData {
         self.reply.send_ll(&ll::ResponseSlice(data));
     }
 
+    /// Reply with the data given in pieces, in order: one writev sends
+    /// them, so the kernel's copy is the only one (vecfs addition).
+    pub fn data_parts(self, parts: &[std::io::IoSlice<'_>]) {
+        self.reply.send_ll(&ll::ResponseSlices(parts));
+    }
+
     /// Reply to a request with the given error code
     pub fn error(self, err: Errno) {
         self.reply.error(err);

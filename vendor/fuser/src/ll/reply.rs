@@ -61,6 +61,16 @@ impl Response for ResponseSlice<'_> {
     }
 }
 
+/// Data given in pieces, sent with one writev (vecfs: replies built from
+/// the cached blocks that hold the bytes, without joining them first).
+pub(crate) struct ResponseSlices<'a>(pub(crate) &'a [IoSlice<'a>]);
+
+impl Response for ResponseSlices<'_> {
+    fn payload(&self) -> &[IoSlice<'_>] {
+        self.0
+    }
+}
+
 pub(crate) struct ResponseEmpty;
 
 impl Response for ResponseEmpty {
