@@ -111,6 +111,11 @@ pub struct MountArgs {
     /// (retrying) before it fails with EIO.
     #[arg(long, default_value_t = 20.0)]
     meta_timeout: f64,
+    /// After each metadata change, wait until this many Redis replicas hold
+    /// it (Redis WAIT) before answering, so a completed close() survives a
+    /// failover to a replica. Costs a replica round trip per change.
+    #[arg(long, default_value_t = 0)]
+    meta_wait_replicas: u64,
     /// Serve Prometheus metrics on this address ("none" to switch off).
     #[arg(long, default_value = "127.0.0.1:9567")]
     metrics: String,
@@ -369,6 +374,10 @@ async fn prepare(
         bail!("--meta-timeout must be a number of seconds > 0 (e.g. 20)");
     }
     meta.set_meta_timeout(Duration::from_secs_f64(a.meta_timeout));
+    meta.set_wait_replicas(a.meta_wait_replicas);
+    // A missing channel permission fails the mount now, not each change
+    // later (or, for a listener, silently).
+    meta.check_channel(!a.read_only, !a.no_events).await?;
     let trash = fmt.trash_days;
     let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
     let warm = warm_patterns.map(|patterns| WarmConfig {
@@ -604,6 +613,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("delete-delay", Some(a.delete_delay.to_string()));
     opt("heartbeat", Some(a.heartbeat.to_string()));
     opt("meta-timeout", Some(a.meta_timeout.to_string()));
+    opt("meta-wait-replicas", Some(a.meta_wait_replicas.to_string()));
     opt("meta-cache", Some(a.meta_cache.to_string()));
     opt("metrics", Some(a.metrics.clone()));
     opt("warm-on-commit", a.warm_on_commit.clone());
