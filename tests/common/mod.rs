@@ -174,6 +174,11 @@ impl Redis {
         });
     }
 
+    /// The server's process id, while it runs (to SIGSTOP it, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.lock().unwrap().as_ref().map(|p| p.0.id())
+    }
+
     pub fn is_running(&self) -> bool {
         self.proc.lock().unwrap().is_some()
     }
