@@ -471,8 +471,6 @@ pub(crate) struct Target {
     url: MetaUrl,
     /// The client of a fixed address (None behind sentinels).
     fixed: Option<redis::Client>,
-    /// The sentinel asked first next time: rotates past ones that failed.
-    first: AtomicU64,
 }
 
 fn conn_config() -> redis::AsyncConnectionConfig {
@@ -490,13 +488,14 @@ impl Target {
         Ok(Target {
             url: url.clone(),
             fixed,
-            first: AtomicU64::new(0),
         })
     }
 
-    /// A client for the master now: behind sentinels, asks them (in turn,
-    /// until one answers) and checks the server they name is a master, so
-    /// a sentinel that has not yet seen a failover is passed over.
+    /// A client for the master now: behind sentinels, asks every sentinel
+    /// that answers and follows the one with the newest configuration
+    /// epoch (a sentinel that has not yet seen a failover names the old
+    /// master, which may be back, empty, still calling itself master),
+    /// then checks that server says it is a master.
     async fn client(&self) -> redis::RedisResult<redis::Client> {
         if let Some(c) = &self.fixed {
             return Ok(c.clone());
@@ -504,21 +503,17 @@ impl Target {
         let Some(s) = &self.url.sentinel else {
             return self.url.client_for(self.url.info.clone());
         };
-        let n = s.nodes.len().max(1);
-        let start = self.first.load(Ordering::Relaxed) as usize;
+        let mut best: Option<(i64, String, u16)> = None;
         let mut last = None;
-        for i in 0..n {
-            let k = (start + i) % n;
-            let Some((host, port)) = s.nodes.get(k).cloned() else {
-                continue;
-            };
+        for (host, port) in &s.nodes {
             match self
-                .ask_sentinel(&s.master, &host, port, s.password.clone())
+                .ask_sentinel(&s.master, host, *port, s.password.clone())
                 .await
             {
-                Ok(c) => {
-                    self.first.store(k as u64, Ordering::Relaxed);
-                    return Ok(c);
+                Ok(found) => {
+                    if best.as_ref().is_none_or(|b| found.0 > b.0) {
+                        best = Some(found);
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(sentinel = %format!("{host}:{port}"), error = %e, "sentinel gave no master");
@@ -526,39 +521,13 @@ impl Target {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))
-        }))
-    }
-
-    async fn ask_sentinel(
-        &self,
-        master: &str,
-        host: &str,
-        port: u16,
-        password: Option<String>,
-    ) -> redis::RedisResult<redis::Client> {
-        let mut at = self.url.at(host.to_string(), port);
-        // Sentinels have no databases and their own password.
-        at.redis = redis::RedisConnectionInfo {
-            password,
-            ..Default::default()
-        };
-        let sc = self.url.client_for(at)?;
-        let mut c = sc
-            .get_multiplexed_async_connection_with_config(&conn_config())
-            .await?;
-        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(master)
-            .query_async(&mut c)
-            .await?;
-        let Some((mhost, mport)) = addr else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::ResponseError,
-                "the sentinel knows no master of that name",
-                format!("'{master}' at {host}:{port}: check MASTER_NAME in META-URL"),
-            )));
+        let Some((_, mhost, mport)) = best else {
+            return Err(last.unwrap_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no sentinel given",
+                ))
+            }));
         };
         let client = self.url.client_for(self.url.at(mhost.clone(), mport))?;
         let mut m = client
@@ -574,6 +543,50 @@ impl Target {
                 format!("{mhost}:{mport}, named master by the sentinels, is not a master yet"),
             ))),
         }
+    }
+
+    /// One sentinel's view of the master: (config epoch, host, port).
+    async fn ask_sentinel(
+        &self,
+        master: &str,
+        host: &str,
+        port: u16,
+        password: Option<String>,
+    ) -> redis::RedisResult<(i64, String, u16)> {
+        let mut at = self.url.at(host.to_string(), port);
+        // Sentinels have no databases and their own password.
+        at.redis = redis::RedisConnectionInfo {
+            password,
+            ..Default::default()
+        };
+        let sc = self.url.client_for(at)?;
+        let mut c = sc
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await?;
+        let r: redis::RedisResult<std::collections::HashMap<String, String>> =
+            redis::cmd("SENTINEL")
+                .arg("master")
+                .arg(master)
+                .query_async(&mut c)
+                .await;
+        let unknown = || {
+            redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "the sentinel knows no master of that name",
+                format!("'{master}' at {host}:{port}: check MASTER_NAME in META-URL"),
+            ))
+        };
+        let m = match r {
+            Ok(m) => m,
+            Err(e) if e.detail().is_some_and(|d| d.contains("No such master")) => {
+                return Err(unknown())
+            }
+            Err(e) => return Err(e),
+        };
+        let field = |k: &str| m.get(k).cloned().ok_or_else(unknown);
+        let epoch = field("config-epoch")?.parse().unwrap_or(0);
+        let mport = field("port")?.parse().map_err(|_| unknown())?;
+        Ok((epoch, field("ip")?, mport))
     }
 }
 
