@@ -116,6 +116,11 @@ pub struct MountArgs {
     /// (retrying) before it fails with EIO.
     #[arg(long, default_value_t = 20.0)]
     meta_timeout: f64,
+    /// After each metadata change, wait until this many Redis replicas hold
+    /// it (Redis WAIT) before answering, so a completed close() survives a
+    /// failover to a replica. Costs a replica round trip per change.
+    #[arg(long, default_value_t = 0)]
+    meta_wait_replicas: u64,
     /// Serve Prometheus metrics on this address; port 0 picks a free port
     /// ("none" to switch off). Default 127.0.0.1:9567, or a free port when
     /// another mount holds it. `vecfs status` shows each mount's address.
@@ -416,6 +421,10 @@ async fn prepare(
         bail!("--meta-timeout must be a number of seconds > 0 (e.g. 20)");
     }
     meta.set_meta_timeout(Duration::from_secs_f64(a.meta_timeout));
+    meta.set_wait_replicas(a.meta_wait_replicas);
+    // A missing channel permission fails the mount now, not each change
+    // later (or, for a listener, silently).
+    meta.check_channel(!a.read_only, !a.no_events).await?;
     let trash = fmt.trash_days;
     let vfs = Arc::new(Vfs::new(meta.clone(), data.clone(), fmt, cfg));
     let warm = warm_patterns.map(|patterns| WarmConfig {
@@ -679,6 +688,7 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("delete-delay", Some(a.delete_delay.to_string()));
     opt("heartbeat", Some(a.heartbeat.to_string()));
     opt("meta-timeout", Some(a.meta_timeout.to_string()));
+    opt("meta-wait-replicas", Some(a.meta_wait_replicas.to_string()));
     opt("meta-cache", Some(a.meta_cache.to_string()));
     opt("metrics", a.metrics.clone());
     opt("log-max-size", Some(a.log_max_size.clone()));

@@ -27,10 +27,10 @@
 //! Per file this costs one 72-byte string plus a 9-byte directory field.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, Script, Value};
 
 use super::url::MetaUrl;
@@ -217,7 +217,7 @@ pub struct Committed {
 }
 
 pub struct Meta {
-    client: redis::Client,
+    target: Arc<Target>,
     conn: TimedConn,
     /// This mount's session id (0 before registration), sent with every
     /// script so change events and locks name their origin.
@@ -236,6 +236,9 @@ pub struct Meta {
     op_seq: AtomicU64,
     op_markers: Mutex<Vec<String>>,
     meta_timeout_ms: AtomicU64,
+    /// `--meta-wait-replicas`: replicas that must hold a change before it
+    /// is acknowledged (0: do not wait).
+    wait_replicas: AtomicU64,
 }
 
 /// A connection whose requests have a deadline each and are retried while
@@ -245,7 +248,7 @@ pub struct Meta {
 /// [`Lua`]) and for commits (their token).
 #[derive(Clone)]
 pub struct TimedConn {
-    inner: ConnectionManager,
+    inner: Link,
     call_timeout: Duration,
     retry_for: Duration,
 }
@@ -294,7 +297,7 @@ impl TimedConn {
         mut attempt: F,
     ) -> redis::RedisResult<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Link) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let start = tokio::time::Instant::now();
@@ -302,9 +305,13 @@ impl TimedConn {
         loop {
             let left = self.retry_for.saturating_sub(start.elapsed());
             let t = self.call_timeout.min(left.max(Duration::from_millis(100)));
-            let r = tokio::time::timeout(t, attempt(self.inner.clone()))
-                .await
-                .unwrap_or_else(|_| Err(deadline_passed(t)));
+            let r = match tokio::time::timeout(t, attempt(self.inner.clone())).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.inner.timed_out().await;
+                    Err(deadline_passed(t))
+                }
+            };
             let again = match &r {
                 Err(e) => retryable(e),
                 Ok(v) => busy(v),
@@ -384,9 +391,7 @@ impl redis::aio::ConnectionLike for TimedConn {
         Box::pin(async move {
             let t = std::time::Instant::now();
             let r = self
-                .with_retries(busy_answer, move |mut c| async move {
-                    c.send_packed_command(cmd).await
-                })
+                .with_retries(busy_answer, move |l| l.command(cmd))
                 .await;
             crate::metrics::observe_meta(kind, t.elapsed());
             r
@@ -405,7 +410,7 @@ impl redis::aio::ConnectionLike for TimedConn {
             let r = self
                 .with_retries(
                     |v: &Vec<Value>| v.iter().any(busy_answer),
-                    move |mut c| async move { c.send_packed_commands(cmd, offset, count).await },
+                    move |l| l.commands(cmd, offset, count),
                 )
                 .await;
             crate::metrics::observe_meta(kind, t.elapsed());
@@ -414,7 +419,10 @@ impl redis::aio::ConnectionLike for TimedConn {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.get_db()
+        match &self.inner {
+            Link::Fixed(m) => m.get_db(),
+            Link::Sentinel(r) => r.target.url.info.redis.db,
+        }
     }
 }
 
@@ -424,6 +432,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a metadata request is retried while Redis is unreachable
 /// before the operation fails with EIO (`--meta-timeout`).
 pub const DEFAULT_META_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest a WAIT blocks the connection in one round (milliseconds).
+const WAIT_ROUND_MS: u64 = 500;
 
 /// Longest pause between attempts, so a returning Redis is noticed within
 /// about a second.
@@ -447,8 +458,14 @@ pub(crate) fn redis_err(e: redis::RedisError) -> MetaError {
                 code,
                 "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "READONLY"
             ));
-    let msg = if denied {
-        "Redis refused the credentials: check the password in META-URL or META_PASSWORD".to_string()
+    let msg = if code == "NOPERM" {
+        format!(
+            "the Redis user lacks a permission vecfs needs ({e}): see the ACL rule in the \
+             README, \"Redis high availability and security\""
+        )
+    } else if denied {
+        "Redis refused the credentials: check the user and password in META-URL or META_PASSWORD"
+            .to_string()
     } else if e.is_connection_refusal() {
         "cannot connect to Redis (connection refused): is redis-server running at that address?"
             .to_string()
@@ -504,18 +521,56 @@ fn outcome(v: Value) -> Result<Vec<Value>> {
 }
 
 /// One connection with short timeouts, for checks that must fail fast.
-async fn plain_connection(
-    url: &MetaUrl,
-) -> Result<(redis::Client, redis::aio::MultiplexedConnection)> {
-    let client = redis::Client::open(url.info.clone()).map_err(redis_err)?;
+async fn plain_connection(target: &Target) -> Result<MultiplexedConnection> {
+    let explain = |e| connect_err(&target.url, e);
+    let client = target.client().await.map_err(explain)?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Duration::from_secs(5))
         .set_response_timeout(Duration::from_secs(10));
-    let c = client
+    client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
-        .map_err(redis_err)?;
-    Ok((client, c))
+        .map_err(explain)
+}
+
+/// A failure to connect, explained for the URL's kind (TLS, sentinels).
+fn connect_err(url: &MetaUrl, e: redis::RedisError) -> MetaError {
+    let text = format!("{e:?}").to_lowercase();
+    if url.uses_tls()
+        && [
+            "certificate",
+            "unknownissuer",
+            "tls",
+            "handshake",
+            "invalidcert",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
+    {
+        return MetaError::Redis {
+            msg: format!(
+                "TLS handshake with Redis failed ({e}): the server's certificate is not \
+                 trusted. Give the CA that signed it with ?tls_ca=/path/ca.pem in META-URL \
+                 (or ?insecure=true to skip verification, for tests only)"
+            ),
+            transient: false,
+        };
+    }
+    if let Some(s) = &url.sentinel {
+        if !matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
+            let nodes: Vec<String> = s.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            return MetaError::Redis {
+                msg: format!(
+                    "cannot find the master '{}' through the sentinels {}: {e} \
+                     (check the sentinel addresses, MASTER_NAME and SENTINEL_PASSWORD)",
+                    s.master,
+                    nodes.join(",")
+                ),
+                transient: true,
+            };
+        }
+    }
+    redis_err(e)
 }
 
 /// One connection attempt per reconnect: `TimedConn` retries with its own
@@ -529,21 +584,267 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_number_of_retries(0)
 }
 
+/// Where the metadata server is: one fixed address, or whichever server
+/// the sentinels name as master at the time of asking.
+pub(crate) struct Target {
+    url: MetaUrl,
+    /// The client of a fixed address (None behind sentinels).
+    fixed: Option<redis::Client>,
+}
+
+fn conn_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(CALL_TIMEOUT)
+}
+
+impl Target {
+    fn new(url: &MetaUrl) -> Result<Target> {
+        let fixed = match url.sentinel {
+            Some(_) => None,
+            None => Some(url.client_for(url.info.clone()).map_err(redis_err)?),
+        };
+        Ok(Target {
+            url: url.clone(),
+            fixed,
+        })
+    }
+
+    /// A client for the master now: behind sentinels, asks every sentinel
+    /// that answers and follows the one with the newest configuration
+    /// epoch (a sentinel that has not yet seen a failover names the old
+    /// master, which may be back, empty, still calling itself master),
+    /// then checks that server says it is a master.
+    async fn client(&self) -> redis::RedisResult<redis::Client> {
+        if let Some(c) = &self.fixed {
+            return Ok(c.clone());
+        }
+        let Some(s) = &self.url.sentinel else {
+            return self.url.client_for(self.url.info.clone());
+        };
+        let mut best: Option<(i64, String, u16)> = None;
+        let mut last = None;
+        for (host, port) in &s.nodes {
+            match self
+                .ask_sentinel(&s.master, host, *port, s.password.clone())
+                .await
+            {
+                Ok(found) => {
+                    if best.as_ref().is_none_or(|b| found.0 > b.0) {
+                        best = Some(found);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(sentinel = %format!("{host}:{port}"), error = %e, "sentinel gave no master");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some((_, mhost, mport)) = best else {
+            return Err(last.unwrap_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no sentinel given",
+                ))
+            }));
+        };
+        let client = self.url.client_for(self.url.at(mhost.clone(), mport))?;
+        let mut m = client
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await?;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut m).await?;
+        match role.first() {
+            Some(Value::BulkString(r)) if r.as_slice() == b"master" => Ok(client),
+            Some(Value::SimpleString(r)) if r == "master" => Ok(client),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "MASTERDOWN",
+                format!("{mhost}:{mport}, named master by the sentinels, is not a master yet"),
+            ))),
+        }
+    }
+
+    /// One sentinel's view of the master: (config epoch, host, port).
+    async fn ask_sentinel(
+        &self,
+        master: &str,
+        host: &str,
+        port: u16,
+        password: Option<String>,
+    ) -> redis::RedisResult<(i64, String, u16)> {
+        let mut at = self.url.at(host.to_string(), port);
+        // Sentinels have no databases and their own password.
+        at.redis = redis::RedisConnectionInfo {
+            password,
+            ..Default::default()
+        };
+        let sc = self.url.client_for(at)?;
+        let mut c = sc
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await?;
+        let r: redis::RedisResult<std::collections::HashMap<String, String>> =
+            redis::cmd("SENTINEL")
+                .arg("master")
+                .arg(master)
+                .query_async(&mut c)
+                .await;
+        let unknown = || {
+            redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "the sentinel knows no master of that name",
+                format!("'{master}' at {host}:{port}: check MASTER_NAME in META-URL"),
+            ))
+        };
+        let m = match r {
+            Ok(m) => m,
+            Err(e) if e.detail().is_some_and(|d| d.contains("No such master")) => {
+                return Err(unknown())
+            }
+            Err(e) => return Err(e),
+        };
+        let field = |k: &str| m.get(k).cloned().ok_or_else(unknown);
+        let epoch = field("config-epoch")?.parse().unwrap_or(0);
+        let mport = field("port")?.parse().map_err(|_| unknown())?;
+        Ok((epoch, field("ip")?, mport))
+    }
+}
+
+/// The connection a [`TimedConn`] sends on.
+#[derive(Clone)]
+enum Link {
+    /// A fixed address: the redis crate's manager reconnects to it.
+    Fixed(ConnectionManager),
+    /// Behind sentinels: a reconnect asks them where the master is now.
+    Sentinel(Arc<Resolving>),
+}
+
+struct Resolving {
+    target: Arc<Target>,
+    /// The connection in use and its number; None after a failure, so the
+    /// next request resolves the master again.
+    slot: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+}
+
+impl Resolving {
+    async fn get(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        let mut slot = self.slot.lock().await;
+        if let Some((g, c)) = &*slot {
+            return Ok((*g, c.clone()));
+        }
+        let client = self.target.client().await?;
+        let c = client
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await?;
+        let g = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *slot = Some((g, c.clone()));
+        Ok((g, c))
+    }
+
+    /// Forgets connection `g` (None: whichever is current) after it failed
+    /// or its server stopped being the master.
+    async fn drop_conn(&self, g: Option<u64>) {
+        let mut slot = self.slot.lock().await;
+        if matches!(&*slot, Some((cur, _)) if g.is_none_or(|g| g == *cur)) {
+            *slot = None;
+        }
+    }
+
+    /// Whether a request's outcome says the server is gone or demoted.
+    fn lost<T>(r: &redis::RedisResult<T>, demoted: impl Fn(&T) -> bool) -> bool {
+        match r {
+            Err(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
+            }
+            Ok(v) => demoted(v),
+        }
+    }
+}
+
+fn demoted(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => matches!(e.code(), "READONLY" | "MASTERDOWN"),
+        Value::Array(items) => items.iter().any(demoted),
+        _ => false,
+    }
+}
+
+impl Link {
+    async fn new(target: &Arc<Target>) -> Result<Link> {
+        match &target.fixed {
+            Some(client) => Ok(Link::Fixed(
+                ConnectionManager::new_with_config(client.clone(), manager_config())
+                    .await
+                    .map_err(redis_err)?,
+            )),
+            None => Ok(Link::Sentinel(Arc::new(Resolving {
+                target: target.clone(),
+                slot: tokio::sync::Mutex::new(None),
+                generation: AtomicU64::new(0),
+            }))),
+        }
+    }
+
+    async fn command(self, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Link::Fixed(mut m) => m.send_packed_command(cmd).await,
+            Link::Sentinel(r) => {
+                let (g, mut c) = r.get().await?;
+                let out = c.send_packed_command(cmd).await;
+                if Resolving::lost(&out, demoted) {
+                    r.drop_conn(Some(g)).await;
+                }
+                out
+            }
+        }
+    }
+
+    async fn commands(
+        self,
+        p: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Link::Fixed(mut m) => m.send_packed_commands(p, offset, count).await,
+            Link::Sentinel(r) => {
+                let (g, mut c) = r.get().await?;
+                let out = c.send_packed_commands(p, offset, count).await;
+                if Resolving::lost(&out, |v: &Vec<Value>| v.iter().any(demoted)) {
+                    r.drop_conn(Some(g)).await;
+                }
+                out
+            }
+        }
+    }
+
+    /// A request got no answer in time: behind sentinels the server may be
+    /// unreachable for good, so the next attempt asks them again.
+    async fn timed_out(&self) {
+        if let Link::Sentinel(r) = self {
+            r.drop_conn(None).await;
+        }
+    }
+}
+
 impl Meta {
     /// Connects and checks that Redis answers (and accepts the password).
     pub async fn connect(url: &MetaUrl, volume: &str) -> Result<Meta> {
         // A plain connection first: its failure carries the real reason,
         // where the manager would retry for a long time.
-        let (client, mut probe) = plain_connection(url).await?;
+        let target = Arc::new(Target::new(url)?);
+        let mut probe = plain_connection(&target).await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut probe)
             .await
             .map_err(redis_err)?;
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
-            .await
-            .map_err(redis_err)?;
+        let conn = Link::new(&target).await?;
         Ok(Meta {
-            client,
+            target,
             conn: TimedConn {
                 inner: conn,
                 call_timeout: CALL_TIMEOUT,
@@ -559,7 +860,49 @@ impl Meta {
             op_seq: AtomicU64::new(0),
             op_markers: Mutex::new(Vec::new()),
             meta_timeout_ms: AtomicU64::new(DEFAULT_META_TIMEOUT.as_millis() as u64),
+            wait_replicas: AtomicU64::new(0),
         })
+    }
+
+    /// After each metadata change, wait until `n` replicas hold it
+    /// (`--meta-wait-replicas`), so an acknowledged change survives a
+    /// failover to one of them.
+    pub fn set_wait_replicas(&self, n: u64) {
+        self.wait_replicas.store(n, Ordering::Relaxed);
+    }
+
+    /// Redis WAIT on `conn`, the connection the change went out on (WAIT
+    /// covers that connection's writes): retried in short rounds, since
+    /// a blocked WAIT holds up the connection's other requests, until the
+    /// meta timeout. Not enough replicas in time: a transient error, so
+    /// the change is not acknowledged (it may still be on the master).
+    async fn await_replicas(&self, conn: &mut TimedConn) -> Result<()> {
+        let n = self.wait_replicas.load(Ordering::Relaxed);
+        if n == 0 {
+            return Ok(());
+        }
+        let start = std::time::Instant::now();
+        let budget = Duration::from_millis(self.meta_timeout_ms.load(Ordering::Relaxed));
+        loop {
+            let got: u64 = redis::cmd("WAIT")
+                .arg(n)
+                .arg(WAIT_ROUND_MS)
+                .query_async(conn)
+                .await
+                .map_err(redis_err)?;
+            if got >= n {
+                return Ok(());
+            }
+            if start.elapsed() >= budget {
+                return Err(MetaError::Redis {
+                    msg: format!(
+                        "only {got} of {n} Redis replicas acknowledged a change within \
+                         {budget:?} (--meta-wait-replicas): are the replicas up?"
+                    ),
+                    transient: true,
+                });
+            }
+        }
     }
 
     /// How long metadata requests are retried while Redis is unreachable.
@@ -571,9 +914,7 @@ impl Meta {
     /// A connection of its own (the session heartbeat), so its requests
     /// never queue behind the mount's traffic, retried for `retry_for`.
     pub async fn own_connection(&self, retry_for: Duration) -> Result<TimedConn> {
-        let inner = ConnectionManager::new_with_config(self.client.clone(), manager_config())
-            .await
-            .map_err(redis_err)?;
+        let inner = Link::new(&self.target).await?;
         Ok(TimedConn {
             inner,
             call_timeout: CALL_TIMEOUT.min(retry_for.max(Duration::from_millis(200))),
@@ -583,8 +924,19 @@ impl Meta {
 
     /// Finds the only volume in this database when the caller did not name one.
     pub async fn find_volume(url: &MetaUrl) -> Result<Option<String>> {
-        let (_, mut c) = plain_connection(url).await?;
-        let names: Vec<String> = c.smembers("vecfs-volumes").await.map_err(redis_err)?;
+        let mut c = plain_connection(&Target::new(url)?).await?;
+        let names: Vec<String> = c.smembers("vecfs-volumes").await.map_err(|e| {
+            if e.code() == Some("NOPERM") {
+                MetaError::Redis {
+                    msg: "this Redis user may not read the volume list (vecfs-volumes): \
+                          give the volume name with --name"
+                        .into(),
+                    transient: false,
+                }
+            } else {
+                redis_err(e)
+            }
+        })?;
         match names.len() {
             0 => Ok(None),
             1 => Ok(names.into_iter().next()),
@@ -629,7 +981,13 @@ impl Meta {
     }
 
     async fn run(&self, s: &Lua, args: Vec<Vec<u8>>) -> Result<Vec<Value>> {
-        self.run_on(&mut self.conn(), s, args).await
+        let mut conn = self.conn();
+        let r = self.run_on(&mut conn, s, args).await?;
+        // Marked scripts are the ones that change the namespace.
+        if s.marked {
+            self.await_replicas(&mut conn).await?;
+        }
+        Ok(r)
     }
 
     async fn run_on(
@@ -697,12 +1055,16 @@ impl Meta {
         let json = serde_json::to_string(f).map_err(|e| MetaError::Corrupt(e.to_string()))?;
         self.run(&self.scripts.format, args![&json, &root_mode, &uid, &gid])
             .await?;
-        let _: () = self
-            .conn()
-            .sadd("vecfs-volumes", &f.name)
-            .await
-            .map_err(redis_err)?;
-        Ok(())
+        // The database-wide list only spares `--name`: an ACL user kept to
+        // the volume's keys may not write it, and needs no entry.
+        let listed: redis::RedisResult<()> = self.conn().sadd("vecfs-volumes", &f.name).await;
+        match listed {
+            Err(e) if e.code() == Some("NOPERM") => {
+                tracing::info!("volume not added to vecfs-volumes (ACL): mount with --name");
+                Ok(())
+            }
+            r => r.map_err(redis_err),
+        }
     }
 
     /// Changes the volume record atomically: `change` gets the stored record
@@ -1130,7 +1492,13 @@ impl Meta {
                 .arg(end)
                 .arg(data.as_deref().unwrap_or(&[]));
         }
-        let v = inv.invoke_async(&mut self.conn()).await.map_err(redis_err);
+        let mut conn = self.conn();
+        let mut v = inv.invoke_async(&mut conn).await.map_err(redis_err);
+        if v.is_ok() {
+            if let Err(e) = self.await_replicas(&mut conn).await {
+                v = Err(e);
+            }
+        }
         if let Ok(mut m) = self.commit_markers.lock() {
             if v.is_ok() && token != 0 {
                 m.push(token);
@@ -1361,7 +1729,12 @@ impl Meta {
 
     /// Subscribes to the volume's change channel.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
-        let mut ps = self.client.get_async_pubsub().await.map_err(redis_err)?;
+        let client = self
+            .target
+            .client()
+            .await
+            .map_err(|e| connect_err(&self.target.url, e))?;
+        let mut ps = client.get_async_pubsub().await.map_err(redis_err)?;
         ps.subscribe(self.key("events")).await.map_err(redis_err)?;
         Ok(ps)
     }
@@ -1372,6 +1745,48 @@ impl Meta {
             .zcard(self.key("sessions"))
             .await
             .map_err(redis_err)
+    }
+
+    /// Checks at mount that this Redis user may use the change channel:
+    /// every change publishes on it (a writer without the right fails each
+    /// change) and listeners subscribe to it (a reader without it would
+    /// silently miss other nodes' changes). An empty message is ignored by
+    /// listeners.
+    pub async fn check_channel(&self, publish: bool, subscribe: bool) -> Result<()> {
+        let channel = self.key("events");
+        let explain = |e: redis::RedisError| -> MetaError {
+            if e.code() == Some("NOPERM") {
+                MetaError::Redis {
+                    msg: format!(
+                        "the Redis user may not use the change-event channel {channel} ({e}): \
+                         add '&{channel}' (or '&{prefix}*') to its ACL rule, see \
+                         \"Redis high availability and security\" in the README",
+                        prefix = self.prefix
+                    ),
+                    transient: false,
+                }
+            } else {
+                redis_err(e)
+            }
+        };
+        if publish {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg("")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(explain)?;
+        }
+        if subscribe {
+            let client = self
+                .target
+                .client()
+                .await
+                .map_err(|e| connect_err(&self.target.url, e))?;
+            let mut ps = client.get_async_pubsub().await.map_err(redis_err)?;
+            ps.subscribe(&channel).await.map_err(explain)?;
+        }
+        Ok(())
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>> {

@@ -165,6 +165,20 @@ impl Redis {
         });
     }
 
+    /// Kills the server with SIGKILL, as a crash would: nothing is flushed.
+    pub fn kill9(&self) {
+        let p = self.proc.lock().unwrap().take();
+        drop(p); // Proc's drop sends SIGKILL and reaps
+        wait_for("redis port closed", Duration::from_secs(10), || {
+            !port_open(self.port)
+        });
+    }
+
+    /// The server's process id, while it runs (to SIGSTOP it, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.lock().unwrap().as_ref().map(|p| p.0.id())
+    }
+
     pub fn is_running(&self) -> bool {
         self.proc.lock().unwrap().is_some()
     }
