@@ -2,8 +2,11 @@
 //! umount, status. Each subcommand lives in its own file.
 
 mod bench;
+mod docker_plugin;
 mod format;
 mod mount;
+mod mount_helper;
+mod sdnotify;
 mod status;
 mod umount;
 mod warmup;
@@ -42,6 +45,10 @@ enum Command {
     Warmup(warmup::WarmupArgs),
     /// Measure throughput and latency on a directory (vecfs or any other).
     Bench(bench::BenchArgs),
+    /// Install the mount(8) helper `mount.vecfs` (for `mount -t vecfs` and /etc/fstab).
+    InstallMountHelper(mount_helper::InstallArgs),
+    /// Serve Docker's volume plugin protocol (`docker volume create -d vecfs`).
+    DockerPlugin(docker_plugin::PluginArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,7 +69,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Warmup(a) => warmup::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::InstallMountHelper(a) => mount_helper::install(a),
+        Command::DockerPlugin(a) => {
+            private_umask();
+            init_logging(cli.verbose, a.log.as_deref())?;
+            runtime()?.block_on(docker_plugin::run(a))
+        }
     }
+}
+
+/// Started as `mount.vecfs` (mount(8) and /etc/fstab), the binary speaks
+/// mount(8)'s helper convention instead of its own command line: the exit
+/// code then follows mount(8) (32: mount failure).
+pub fn run_as_invoked() -> Option<i32> {
+    if !mount_helper::invoked_as_helper() {
+        return None;
+    }
+    Some(match mount_helper::run_helper() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mount.vecfs: error: {e:#}");
+            32
+        }
+    })
 }
 
 /// Whatever `format` and `mount` create on local disk (the `file` store's
