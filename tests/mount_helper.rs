@@ -199,6 +199,21 @@ fn mount_t_vecfs_and_fstab_with_netdev() {
         is_fuse_mount(&mp2),
         "mount -a did not mount the _netdev line"
     );
+    // `mount -a` again (after an fstab edit, say) leaves the mount alone.
+    let o = mount8(&["-a", "-T", fstab.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "mount -a again: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        cmdlines_with(mp2.to_str().unwrap())
+            .iter()
+            .filter(|c| c.contains(" mount @env "))
+            .count(),
+        1,
+        "a second daemon for the same mountpoint"
+    );
     assert_eq!(std::fs::read(mp2.join("db/new")).unwrap(), b"x");
     let e = std::fs::write(mp2.join("db/ro"), b"y").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");

@@ -343,6 +343,15 @@ pub fn run_helper() -> anyhow::Result<()> {
     for (k, v) in &mapped.env {
         std::env::set_var(k, v);
     }
+    if already_mounted(&call.spec, &call.dir, &mapped.args) {
+        // `mount -a` again: mount(8) cannot match the fstab line to the
+        // mount (its source is vecfs:NAME, not the URL), so it asks again.
+        eprintln!(
+            "mount.vecfs: {} is already mounted (this volume)",
+            call.dir.display()
+        );
+        return Ok(());
+    }
     let mut argv: Vec<OsString> = vec!["vecfs".into()];
     for _ in 0..call.verbose {
         argv.push("-v".into());
@@ -361,6 +370,38 @@ pub fn run_helper() -> anyhow::Result<()> {
         )
     })?;
     crate::cli::run(cli)
+}
+
+/// Whether `dir` already holds a mount of the volume `spec` names (its
+/// mount source is `vecfs:NAME`). Anything else mounted there is left to
+/// `vecfs mount`, which refuses with a clear error.
+fn already_mounted(spec: &str, dir: &Path, args: &[String]) -> bool {
+    let Some((fstype, source)) = vecfs::util::mount_entry(dir) else {
+        return false;
+    };
+    let Some(mounted) = source.strip_prefix("vecfs:") else {
+        return false;
+    };
+    if !fstype.starts_with("fuse") {
+        return false;
+    }
+    if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--name=")) {
+        return n == mounted;
+    }
+    let Ok(u) = crate::cli::meta_url_arg(spec) else {
+        return false;
+    };
+    let Ok(rt) = crate::cli::runtime() else {
+        return false;
+    };
+    let found = rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            vecfs::meta::Meta::find_volume(&u),
+        )
+        .await
+    });
+    matches!(found, Ok(Ok(Some(n))) if n == mounted)
 }
 
 /// `vecfs mount` flags from a map of options (the Docker plugin's `Opts`).
