@@ -6,6 +6,9 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    if let Some(code) = cli::run_as_invoked() {
+        std::process::exit(code);
+    }
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("vecfs: error: {e:#}");

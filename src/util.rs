@@ -85,6 +85,12 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// File-system type of whatever is mounted exactly at `path`, if anything.
 pub fn mounted_fstype(path: &Path) -> Option<String> {
+    mount_entry(path).map(|(fstype, _)| fstype)
+}
+
+/// File-system type and source (e.g. `fuse`, `vecfs:NAME`) of whatever is
+/// mounted exactly at `path`, if anything.
+pub fn mount_entry(path: &Path) -> Option<(String, String)> {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let target = canon.to_string_lossy().into_owned();
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -99,7 +105,9 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
         }
         if let Some(dash) = f.iter().position(|x| *x == "-") {
             if let Some(t) = f.get(dash + 1) {
-                found = Some(t.to_string()); // the last one mounted on top wins
+                let source = f.get(dash + 2).map(|s| unescape_mountinfo(s));
+                // the last one mounted on top wins
+                found = Some((t.to_string(), source.unwrap_or_default()));
             }
         }
     }

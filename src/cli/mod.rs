@@ -4,6 +4,7 @@
 mod bench;
 mod config;
 mod destroy;
+mod docker_plugin;
 mod dump;
 mod format;
 mod fsck;
@@ -11,8 +12,10 @@ mod gc;
 mod info;
 mod load;
 mod mount;
+mod mount_helper;
 mod progress;
 mod rmr;
+mod sdnotify;
 mod stats;
 mod status;
 mod umount;
@@ -72,6 +75,10 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Remove directory trees of a mount on the server side, in bulk.
     Rmr(rmr::RmrArgs),
+    /// Install the mount(8) helper `mount.vecfs` (for `mount -t vecfs` and /etc/fstab).
+    InstallMountHelper(mount_helper::InstallArgs),
+    /// Serve Docker's volume plugin protocol (`docker volume create -d vecfs`).
+    DockerPlugin(docker_plugin::PluginArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -126,7 +133,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stats(a) => stats::run(a),
         Command::Rmr(a) => rmr::run(a),
+        Command::InstallMountHelper(a) => mount_helper::install(a),
+        Command::DockerPlugin(a) => {
+            private_umask();
+            init_logging(cli.verbose, a.log.as_deref())?;
+            runtime()?.block_on(docker_plugin::run(a))
+        }
     }
+}
+
+/// Started as `mount.vecfs` (mount(8) and /etc/fstab), the binary speaks
+/// mount(8)'s helper convention instead of its own command line: the exit
+/// code then follows mount(8) (32: mount failure).
+pub fn run_as_invoked() -> Option<i32> {
+    if !mount_helper::invoked_as_helper() {
+        return None;
+    }
+    Some(match mount_helper::run_helper() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mount.vecfs: error: {e:#}");
+            32
+        }
+    })
 }
 
 /// Whatever `format` and `mount` create on local disk (the `file` store's

@@ -583,6 +583,9 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     tracing::info!(mountpoint = %mp.display(), volume = %name, "mounted");
     println!("vecfs: mounted volume {name} at {}", mp.display());
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        spawn_ready_notifier(mp, &name);
+    }
     // A signal unmounts; the session loop then ends and we clean up.
     let mp2 = mp.to_path_buf();
     rt.spawn(async move {
@@ -599,12 +602,38 @@ fn serve(
             _ = term.recv() => {}
         }
         tracing::info!(mountpoint = %mp2.display(), "signal received, unmounting");
+        let _ = super::sdnotify::notify("STOPPING=1");
         if let Err(e) = unmounter.unmount() {
-            tracing::warn!(error = %e, "unmount on signal failed; try vecfs umount --force");
+            // Busy (a process has a file open there): detach it, so the
+            // mountpoint is free at once and a restart can mount again; the
+            // session ends, and this daemon exits, when the last file closes.
+            tracing::warn!(error = %e, "mount busy: detaching it lazily; open files are served until closed");
+            if let Err(e) = super::umount::try_unmount(&mp2, true) {
+                tracing::warn!(error = %e, "lazy unmount failed; try vecfs umount --force");
+            }
         }
     });
     session.run().context("FUSE session ended with an error")?;
     Ok(())
+}
+
+/// systemd `Type=notify`: READY=1 once the mount answers. A stat of the
+/// mountpoint waits for the session loop (FUSE INIT, then GETATTR), so it
+/// runs on a thread of its own while `session.run()` serves.
+fn spawn_ready_notifier(mp: &Path, name: &str) {
+    let mp = mp.to_path_buf();
+    let status = format!("READY=1\nSTATUS=serving volume {name} at {}", mp.display());
+    std::thread::spawn(move || {
+        if let Err(e) = std::fs::metadata(&mp) {
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                return; // the session died before it answered
+            }
+        }
+        match super::sdnotify::notify(&status) {
+            Ok(_) => tracing::debug!("told the service manager the mount is ready"),
+            Err(e) => tracing::warn!(error = %e, "cannot notify the service manager"),
+        }
+    });
 }
 
 /// The kernel reads ahead at most `read_ahead_kb` of a FUSE mount (128 KiB
@@ -712,7 +741,10 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0);
+        .process_group(0)
+        // Readiness is this process's to report (it returns once mounted),
+        // not the daemon's: systemd would take a stranger's READY=1.
+        .env_remove("NOTIFY_SOCKET");
     // Secrets travel in the environment, never on the command line.
     if let Some(k) = &a.access_key {
         cmd.env("ACCESS_KEY", k);

@@ -42,7 +42,7 @@ pub fn run(a: UmountArgs) -> anyhow::Result<()> {
     }
 }
 
-fn try_unmount(mp: &std::path::Path, force: bool) -> Result<(), String> {
+pub(crate) fn try_unmount(mp: &std::path::Path, force: bool) -> Result<(), String> {
     let mut tries: Vec<Command> = Vec::new();
     let mut um = Command::new("umount");
     if force {
