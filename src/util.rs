@@ -1,7 +1,7 @@
 //! Small parsers and checks shared by the CLI: sizes with units, file
 //! modes, volume names, and the mount table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Parses `4M`, `512K`, `1G`, `4096` (plain numbers are in `default_unit` bytes).
 pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
@@ -83,40 +83,121 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// File-system type of whatever is mounted exactly at `path`, if anything.
-pub fn mounted_fstype(path: &Path) -> Option<String> {
-    mount_entry(path).map(|(fstype, _)| fstype)
+/// One line of the mount table (`/proc/self/mountinfo`), unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the mounted file system (its bdi name for FUSE).
+    pub dev: String,
+    pub mountpoint: PathBuf,
+    /// e.g. `fuse`, `ext4`.
+    pub fstype: String,
+    /// e.g. `vecfs:NAME`.
+    pub source: String,
 }
 
-/// File-system type and source (e.g. `fuse`, `vecfs:NAME`) of whatever is
-/// mounted exactly at `path`, if anything.
-pub fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let target = canon.to_string_lossy().into_owned();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut found = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 10 {
-            continue;
+impl MountEntry {
+    /// The volume name when this is a vecfs mount.
+    pub fn vecfs_volume(&self) -> Option<&str> {
+        if !self.fstype.starts_with("fuse") {
+            return None;
         }
-        if unescape_mountinfo(f[4]) != target {
-            continue;
-        }
-        if let Some(dash) = f.iter().position(|x| *x == "-") {
-            if let Some(t) = f.get(dash + 1) {
-                let source = f.get(dash + 2).map(|s| unescape_mountinfo(s));
-                // the last one mounted on top wins
-                found = Some((t.to_string(), source.unwrap_or_default()));
-            }
+        self.source.strip_prefix("vecfs:")
+    }
+
+    /// What to call its file system in messages: "vecfs" for ours.
+    pub fn kind(&self) -> &str {
+        if self.vecfs_volume().is_some() {
+            "vecfs"
+        } else {
+            &self.fstype
         }
     }
-    found
+}
+
+/// The mount table in mount order; every command that asks what is mounted
+/// where reads it here.
+pub fn mount_table() -> Vec<MountEntry> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-")?;
+            Some(MountEntry {
+                dev: f.get(2)?.to_string(),
+                mountpoint: PathBuf::from(unescape_mountinfo(f.get(4)?)),
+                fstype: f.get(dash + 1)?.to_string(),
+                source: f.get(dash + 2).map(|s| unescape_mountinfo(s))?,
+            })
+        })
+        .collect()
+}
+
+/// Whatever is mounted exactly at `path` (the last mounted on top), if anything.
+pub fn mount_entry(path: &Path) -> Option<MountEntry> {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mount_at(mount_table(), &canon)
+}
+
+fn mount_at(table: Vec<MountEntry>, path: &Path) -> Option<MountEntry> {
+    table.into_iter().rev().find(|m| m.mountpoint == path)
+}
+
+/// File-system type of whatever is mounted exactly at `path`, if anything.
+pub fn mounted_fstype(path: &Path) -> Option<String> {
+    mount_entry(path).map(|m| m.fstype)
+}
+
+/// The mount `path` (absolute, canonical) lives on: the deepest mount point
+/// above it, the last mounted on top when several share it.
+pub fn mount_containing(path: &Path) -> Option<MountEntry> {
+    containing(mount_table(), path)
+}
+
+fn containing(table: Vec<MountEntry>, path: &Path) -> Option<MountEntry> {
+    let mut best: Option<MountEntry> = None;
+    for m in table {
+        if path.starts_with(&m.mountpoint)
+            && best
+                .as_ref()
+                .is_none_or(|b| m.mountpoint.as_os_str().len() >= b.mountpoint.as_os_str().len())
+        {
+            best = Some(m);
+        }
+    }
+    best
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_table_lines_parse_unescaped_and_the_deepest_mount_wins() {
+        let text = "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    60 22 0:50 / /mnt/with\\040space rw,nosuid - fuse vecfs:milvus rw\n\
+                    61 60 0:51 / /mnt/with\\040space/inner rw - fuse sshfs#x rw\n\
+                    62 22 0:52 / /mnt/with\\040space rw - fuse vecfs:other rw\n\
+                    garbage line\n";
+        let t = parse_mountinfo(text);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[1].mountpoint, Path::new("/mnt/with space"));
+        assert_eq!(t[1].dev, "0:50");
+        assert_eq!(t[1].vecfs_volume(), Some("milvus"));
+        assert_eq!(t[2].vecfs_volume(), None);
+        assert_eq!(t[0].kind(), "ext4");
+        let top = mount_at(t.clone(), Path::new("/mnt/with space")).unwrap();
+        assert_eq!(top.vecfs_volume(), Some("other"));
+        let c = containing(t.clone(), Path::new("/mnt/with space/inner/x")).unwrap();
+        assert_eq!(c.kind(), "fuse");
+        let c = containing(t.clone(), Path::new("/mnt/with space/db")).unwrap();
+        assert_eq!(c.vecfs_volume(), Some("other"));
+        assert_eq!(containing(t, Path::new("/etc")).unwrap().kind(), "ext4");
+    }
 
     #[test]
     fn modes_parse_as_octal() {

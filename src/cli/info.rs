@@ -44,31 +44,12 @@ pub struct InfoArgs {
 fn mount_of(p: &Path) -> anyhow::Result<(PathBuf, String)> {
     let canon = std::fs::canonicalize(p)
         .with_context(|| format!("{}: no such file or directory", p.display()))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut best: Option<(PathBuf, String, bool)> = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        let (Some(mp), Some(fstype), Some(source)) = (f.get(4), f.get(dash + 1), f.get(dash + 2))
-        else {
-            continue;
-        };
-        let mp = PathBuf::from(mp.replace("\\040", " "));
-        if canon.starts_with(&mp)
-            && best
-                .as_ref()
-                .is_none_or(|(b, _, _)| mp.as_os_str().len() >= b.as_os_str().len())
-        {
-            let vecfs = fstype.starts_with("fuse") && source.starts_with("vecfs:");
-            let name = source.strip_prefix("vecfs:").unwrap_or("").to_string();
-            best = Some((mp, name, vecfs));
-        }
-    }
-    match best {
-        Some((mp, name, true)) => Ok((mp, name)),
-        _ => bail!("{} is not on a vecfs mount", p.display()),
+    match vecfs::util::mount_containing(&canon) {
+        Some(m) => match m.vecfs_volume() {
+            Some(name) => Ok((m.mountpoint.clone(), name.to_string())),
+            None => bail!("{} is not on a vecfs mount", p.display()),
+        },
+        None => bail!("{} is not on a vecfs mount", p.display()),
     }
 }
 

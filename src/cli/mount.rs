@@ -642,12 +642,7 @@ fn spawn_ready_notifier(mp: &Path, name: &str) {
 fn set_kernel_readahead(mp: &Path, kb: u32) {
     // The device number comes from the mount table: a stat() of the mount
     // point would wait for this very daemon, which is not serving yet.
-    let target = mp.to_string_lossy();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(dev) = info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && f[4] == target).then(|| f[2].to_string())
-    }) else {
+    let Some(dev) = vecfs::util::mount_entry(mp).map(|m| m.dev) else {
         return;
     };
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");

@@ -376,15 +376,12 @@ pub fn run_helper() -> anyhow::Result<()> {
 /// mount source is `vecfs:NAME`). Anything else mounted there is left to
 /// `vecfs mount`, which refuses with a clear error.
 fn already_mounted(spec: &str, dir: &Path, args: &[String]) -> bool {
-    let Some((fstype, source)) = vecfs::util::mount_entry(dir) else {
+    let Some(entry) = vecfs::util::mount_entry(dir) else {
         return false;
     };
-    let Some(mounted) = source.strip_prefix("vecfs:") else {
+    let Some(mounted) = entry.vecfs_volume() else {
         return false;
     };
-    if !fstype.starts_with("fuse") {
-        return false;
-    }
     if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--name=")) {
         return n == mounted;
     }

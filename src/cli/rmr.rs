@@ -21,31 +21,6 @@ pub struct RmrArgs {
     paths: Vec<PathBuf>,
 }
 
-/// The fs type of the mount `p` lives on, "vecfs" for ours.
-fn mount_kind(p: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<(String, String)> = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        let (Some(mp), Some(fstype), Some(source)) = (f.get(4), f.get(dash + 1), f.get(dash + 2))
-        else {
-            continue;
-        };
-        if p.starts_with(mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= l.len()) {
-            let t = if fstype.starts_with("fuse") && source.starts_with("vecfs:") {
-                "vecfs".to_string()
-            } else {
-                fstype.to_string()
-            };
-            best = Some((mp.to_string(), t));
-        }
-    }
-    best
-}
-
 fn remove(p: &Path) -> anyhow::Result<(u64, u64)> {
     let md = std::fs::symlink_metadata(p)
         .with_context(|| format!("cannot remove {}: it does not exist", p.display()))?;
@@ -65,15 +40,19 @@ fn remove(p: &Path) -> anyhow::Result<(u64, u64)> {
     };
     let parent = std::fs::canonicalize(&parent)
         .with_context(|| format!("cannot resolve {}", parent.display()))?;
-    match mount_kind(&parent.join(name)) {
-        Some((mp, _)) if parent.join(name) == Path::new(&mp) => {
+    match vecfs::util::mount_containing(&parent.join(name)) {
+        Some(m) if parent.join(name) == m.mountpoint => {
             bail!(
                 "{} is a mount point; rmr removes directories inside a mount",
                 p.display()
             )
         }
-        Some((_, t)) if t == "vecfs" => {}
-        Some((_, t)) => bail!("{} is on a {t} file system, not a vecfs mount", p.display()),
+        Some(m) if m.vecfs_volume().is_some() => {}
+        Some(m) => bail!(
+            "{} is on a {} file system, not a vecfs mount",
+            p.display(),
+            m.kind()
+        ),
         None => bail!("{} is not on a vecfs mount", p.display()),
     }
     if name.len() >= RMR_ARG_LEN {

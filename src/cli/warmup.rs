@@ -30,29 +30,13 @@ pub struct WarmupArgs {
 fn check_on_vecfs(p: &Path) -> anyhow::Result<()> {
     let canon = std::fs::canonicalize(p)
         .with_context(|| format!("cannot warm up {}: it does not exist", p.display()))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut best: Option<(usize, String)> = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        let (Some(mp), Some(fstype), Some(source)) = (f.get(4), f.get(dash + 1), f.get(dash + 2))
-        else {
-            continue;
-        };
-        if canon.starts_with(mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
-            let t = if fstype.starts_with("fuse") && source.starts_with("vecfs:") {
-                "vecfs".to_string()
-            } else {
-                fstype.to_string()
-            };
-            best = Some((mp.len(), t));
-        }
-    }
-    match best {
-        Some((_, t)) if t == "vecfs" => Ok(()),
-        Some((_, t)) => bail!("{} is on a {t} file system, not a vecfs mount", p.display()),
+    match vecfs::util::mount_containing(&canon) {
+        Some(m) if m.vecfs_volume().is_some() => Ok(()),
+        Some(m) => bail!(
+            "{} is on a {} file system, not a vecfs mount",
+            p.display(),
+            m.kind()
+        ),
         None => bail!("{} is not on a vecfs mount", p.display()),
     }
 }
