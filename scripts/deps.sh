@@ -64,6 +64,10 @@ command -v setfattr >/dev/null || need_apt+=(attr)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
+# tests/clock.rs runs a node under libfaketime (a clock 10 minutes off).
+if [[ "$mode" == "--test" || "$mode" == "--bench" ]]; then
+  command -v faketime >/dev/null || need_apt+=(faketime)
+fi
 if [[ "$mode" == "--bench" ]]; then
   command -v fio >/dev/null || need_apt+=(fio)
   command -v s3fs >/dev/null || need_apt+=(s3fs)

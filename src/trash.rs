@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::meta::{now, FileKind, Meta, Result, TRASH_INO};
+use crate::meta::{FileKind, Meta, Result, TRASH_INO};
 
 /// Name of the purge lease in Redis.
 const LEASE: &str = "trashpurger";
@@ -110,7 +110,8 @@ impl Purger {
     /// retention ago, then the hour directories left empty.
     pub async fn pass(&self) -> Result<Purged> {
         let retention = self.retention().await?.as_secs() as i64;
-        let now = now().0;
+        // The server's clock, which dated the moves into the trash.
+        let now = self.meta.server_time().await?;
         let cutoff = now - retention;
         let mut out = Purged::default();
         let hours = match self.meta.readdir(TRASH_INO).await {

@@ -1739,6 +1739,15 @@ impl Meta {
         Ok(ps)
     }
 
+    /// The Redis server's clock (seconds): what the scripts date things by.
+    pub async fn server_time(&self) -> Result<i64> {
+        let (s, _us): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(s)
+    }
+
     /// Sessions registered (live, or expired and not cleaned yet): one ZCARD.
     pub async fn session_count(&self) -> Result<u64> {
         self.conn()

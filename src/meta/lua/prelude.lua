@@ -1,10 +1,18 @@
 -- Shared by every script. ARGV[1] is the volume's key prefix ("{name}"),
--- ARGV[2..3] the caller's clock (seconds, nanoseconds), ARGV[4] the caller's
--- session id; each script's own arguments start at ARGV[5]. Scripts return
--- {0, ...} on success or {errno} on failure. Attributes are packed as in
--- src/meta/attr.rs (72 bytes, little endian).
+-- ARGV[2..3] the caller's clock (seconds, nanoseconds; unused, see NOW),
+-- ARGV[4] the caller's session id; each script's own arguments start at
+-- ARGV[5]. Scripts return {0, ...} on success or {errno} on failure.
+-- Attributes are packed as in src/meta/attr.rs (72 bytes, little endian).
 local P = ARGV[1]
-local NOW, NOWNS = tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Every time a script stores (file times, deletion due times, trash hours)
+-- is the Redis server's: a node whose clock is off would otherwise date
+-- deletions in the past (another node's deleter frees objects readers may
+-- still need) or the future. Scripts replicate by effects, so TIME is safe.
+local NOW, NOWNS
+do
+  local t = redis.call("TIME")
+  NOW, NOWNS = tonumber(t[1]), tonumber(t[2]) * 1000
+end
 local SID = ARGV[4]
 local AFMT = "<BBHI4I4i8I4i8I4i8I4I4I8I4I8"
 local CHUNK = 67108864
