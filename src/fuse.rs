@@ -686,7 +686,7 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         self.spawn("readdir", async move {
-            match vfs.readdir(fh.0, offset, READDIR_BATCH).await {
+            match vfs.readdir(fh.0, offset, READDIR_BATCH, false).await {
                 Ok(items) => {
                     for (off, it) in items {
                         if reply.add(
@@ -715,7 +715,7 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         self.spawn("readdirplus", async move {
-            match vfs.readdir(fh.0, offset, READDIRPLUS_BATCH).await {
+            match vfs.readdir(fh.0, offset, READDIRPLUS_BATCH, true).await {
                 Ok(items) => {
                     for (off, it) in items {
                         let full = match vfs.entry_for_item(&it) {

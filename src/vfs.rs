@@ -1512,7 +1512,17 @@ impl Vfs {
     /// settled now against what this node changed since they were read,
     /// so a listing never shows a file shorter than writes this node
     /// already acknowledged.
-    pub async fn readdir(&self, fh: u64, offset: u64, max: usize) -> VResult<Vec<(u64, DirItem)>> {
+    ///
+    /// Pages read for a plain readdir request come without attributes:
+    /// with READDIRPLUS_AUTO the kernel asks for them only while something
+    /// looks at the entries (`ls -l`), not for `ls -f` or a segment scan.
+    pub async fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        max: usize,
+        plus: bool,
+    ) -> VResult<Vec<(u64, DirItem)>> {
         let d = match self.handles.lock().map_err(|_| libc::EIO)?.get(&fh) {
             Some(Handle::Dir(d)) => d.clone(),
             _ => return Err(libc::EBADF),
@@ -1524,7 +1534,8 @@ impl Vfs {
             listing.skip_to(offset);
         }
         while listing.wants_more(offset, max) {
-            self.fetch_dir_page(d.ino, d.plus, &mut listing).await?;
+            self.fetch_dir_page(d.ino, d.plus && plus, &mut listing)
+                .await?;
             listing.skip_to(offset);
         }
         let volatile = self.recent.dir_changed(d.ino, d.ticket);

@@ -287,10 +287,40 @@ fn uploads_of_a_cleaned_session_are_never_committed() {
             .unwrap_or_default();
         keys.join(" ")
     };
-    wait_for("uploads journaled", Duration::from_secs(20), || {
-        !journal().trim().is_empty()
+    // The flusher commits a file idle for a second: keep writing (through
+    // this very descriptor: a dup's close would be a flush) until A is cut
+    // off, or a slow machine commits the uploads before the cut and the
+    // test would prove nothing.
+    let writing = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut at = body.len() as u64;
+            while writing.load(Ordering::Relaxed) {
+                std::os::unix::fs::FileExt::write_all_at(&f, b"x", at).unwrap();
+                at += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        wait_for("uploads journaled", Duration::from_secs(20), || {
+            !journal().trim().is_empty()
+        });
+        proxy.down();
+        writing.store(false, Ordering::Relaxed);
     });
-    proxy.down();
+    // (Not through redis-cli: a fork would close the descriptor, a flush.)
+    let committed: Vec<String> = redis::cmd("KEYS")
+        .arg("{testvol}c[0-9]*")
+        .query(
+            &mut redis::Client::open(v.url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(
+        committed.is_empty(),
+        "the uploads were committed before A was cut off: {committed:?}"
+    );
     wait_for("A's session cleaned", Duration::from_secs(40), || {
         journal().trim().is_empty()
     });
@@ -300,7 +330,12 @@ fn uploads_of_a_cleaned_session_are_never_committed() {
     });
     // SAFETY: fsync on an fd the File owns.
     let synced = unsafe { libc::fsync(f.as_raw_fd()) };
-    assert_eq!(synced, -1, "fsync committed uploads of a cleaned session");
+    assert_eq!(
+        synced,
+        -1,
+        "fsync committed uploads of a cleaned session; A's log:\n{}",
+        a.log_text()
+    );
     drop(f);
     // Once the deleter is through, whatever B sees reads without error
     // (no slice names a deleted object).

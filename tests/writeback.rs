@@ -26,10 +26,17 @@ const IO_RETRY: &str = "3";
 
 /// A volume on moto whose every request goes through a fault proxy.
 fn s3_behind_proxy() -> (Volume, Proxy) {
+    s3_behind_proxy_with(&[])
+}
+
+fn s3_behind_proxy_with(format_args: &[&str]) -> (Volume, Proxy) {
     let s3 = S3::start();
     let proxy = Proxy::start(s3.port);
     let port = proxy.port;
-    (common::s3_volume(Redis::start(), s3, port, &[]), proxy)
+    (
+        common::s3_volume(Redis::start(), s3, port, format_args),
+        proxy,
+    )
 }
 
 fn writeback_mount(v: &Volume, cache: &Path) -> Mount {
@@ -255,7 +262,8 @@ fn fsync_stages_durably_and_survives_kill9_without_close() {
 
 #[test]
 fn a_file_unlinked_before_its_upload_leaves_no_staging_and_no_objects() {
-    let (v, proxy) = s3_behind_proxy();
+    // No trash: an unlinked file's data has nowhere to wait.
+    let (v, proxy) = s3_behind_proxy_with(&["--trash-days", "0"]);
     let cache = tempfile::tempdir().unwrap();
     let a = writeback_mount(&v, cache.path());
     let b = v.mount();

@@ -26,6 +26,7 @@
 //! Counters: `nextinode`, `nextslice`, `nextsession`, `usedSpace`, `totalInodes`.
 //! Per file this costs one 72-byte string plus a 9-byte directory field.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,6 +77,7 @@ struct Scripts {
     claim_due: Lua,
     release_due: Lua,
     abandon: Lua,
+    journal: Lua,
     format: Lua,
     setlk: Lua,
     getlk: Lua,
@@ -139,6 +141,7 @@ impl Scripts {
             ("claim_due", &s.claim_due.script),
             ("release_due", &s.release_due.script),
             ("abandon", &s.abandon.script),
+            ("journal", &s.journal.script),
             ("format", &s.format.script),
             ("setlk", &s.setlk.script),
             ("getlk", &s.getlk.script),
@@ -173,6 +176,7 @@ impl Scripts {
             claim_due: marked(include_str!("lua/claim_due.lua")),
             release_due: plain(include_str!("lua/release_due.lua")),
             abandon: plain(include_str!("lua/abandon.lua")),
+            journal: plain(include_str!("lua/journal.lua")),
             format: marked(include_str!("lua/format.lua")),
             setlk: marked(include_str!("lua/setlk.lua")),
             getlk: plain(include_str!("lua/getlk.lua")),
@@ -216,6 +220,9 @@ pub struct Committed {
     pub dropped: Vec<Slice>,
 }
 
+/// Slices in flight tracked for `journal_upload`'s session check.
+const MAX_JOURNAL_SESSIONS: usize = 100_000;
+
 pub struct Meta {
     target: Arc<Target>,
     conn: TimedConn,
@@ -235,6 +242,11 @@ pub struct Meta {
     op_nonce: u64,
     op_seq: AtomicU64,
     op_markers: Mutex<Vec<String>>,
+    /// The session each slice still being uploaded had its first block
+    /// journaled under. A slice whose blocks span two sessions is refused:
+    /// the first session's cleanup may have handed its earlier blocks to
+    /// the deleter, and the commit's journal check sees only the last one.
+    journal_sessions: Mutex<HashMap<u64, u64>>,
     meta_timeout_ms: AtomicU64,
     /// `--meta-wait-replicas`: replicas that must hold a change before it
     /// is acknowledged (0: do not wait).
@@ -859,6 +871,7 @@ impl Meta {
             op_nonce: rand::random(),
             op_seq: AtomicU64::new(0),
             op_markers: Mutex::new(Vec::new()),
+            journal_sessions: Mutex::new(HashMap::new()),
             meta_timeout_ms: AtomicU64::new(DEFAULT_META_TIMEOUT.as_millis() as u64),
             wait_replicas: AtomicU64::new(0),
         })
@@ -1509,6 +1522,7 @@ impl Meta {
             }
         }
         let r = outcome(v?)?;
+        self.forget_journal_sessions(slices.iter().map(|(_, s, _)| s.id));
         let attr = Attr::decode(bytes(r.get(1).unwrap_or(&Value::Nil))?)?;
         let mut kept = Vec::new();
         if let Some(Value::Array(l)) = r.get(2) {
@@ -1833,16 +1847,43 @@ impl Meta {
     /// the session die before the commit, its cleanup finds the object.
     /// The score keeps the furthest end (ZADD GT), which gives the slice's
     /// size whatever order its blocks are uploaded in.
+    ///
+    /// Fails with EIO (for good) when this slice's earlier blocks were
+    /// journaled under a session this node has since replaced.
     pub async fn journal_upload(&self, id: u64, end: u64) -> Result<()> {
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.key(&format!("uploads{}", self.sid())))
-            .arg("GT")
-            .arg(end)
-            .arg(id)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
+        let sid = self.sid();
+        if let Ok(mut m) = self.journal_sessions.lock() {
+            if m.len() >= MAX_JOURNAL_SESSIONS && !m.contains_key(&id) {
+                // Leftovers of slices never committed or abandoned; those
+                // in flight lose the check, not their data.
+                m.clear();
+            }
+            match m.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) if *e.get() != sid => {
+                    tracing::warn!(
+                        slice = id,
+                        first = *e.get(),
+                        now = sid,
+                        "slice started under a session that was replaced; its data cannot be committed"
+                    );
+                    return Err(MetaError::Errno(libc::EIO));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(sid);
+                }
+            }
+        }
+        self.run(&self.scripts.journal, args![&id, &end]).await?;
         Ok(())
+    }
+
+    fn forget_journal_sessions(&self, ids: impl Iterator<Item = u64>) {
+        if let Ok(mut m) = self.journal_sessions.lock() {
+            for id in ids {
+                m.remove(&id);
+            }
+        }
     }
 
     /// Slices this session uploaded (some blocks of) and will never commit:
@@ -1851,6 +1892,7 @@ impl Meta {
         if ids.is_empty() {
             return Ok(());
         }
+        self.forget_journal_sessions(ids.iter().copied());
         let mut a = Vec::with_capacity(ids.len());
         for id in ids {
             a.extend(redis::ToRedisArgs::to_redis_args(id));
