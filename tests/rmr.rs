@@ -5,31 +5,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use common::{pattern, stderr, vecfs, wait_for, Storage, Volume};
-
-/// (bytes used, inodes used) as df sees them.
-fn df(p: &Path) -> (u64, u64) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: an all-zero statvfs is a valid out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string, st a valid out-parameter.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    (
-        (st.f_blocks - st.f_bfree) * st.f_frsize,
-        st.f_files - st.f_ffree,
-    )
-}
-
-fn write(p: &Path, data: &[u8]) {
-    let mut f = std::fs::File::create(p).unwrap();
-    f.write_all(data).unwrap();
-    common::close(f).unwrap();
-}
 
 /// `dirs` directories of `files` files each, one nested directory more.
 fn tree(root: &Path, dirs: usize, files: usize) -> usize {
@@ -38,14 +18,14 @@ fn tree(root: &Path, dirs: usize, files: usize) -> usize {
         let dir = root.join(format!("seg{d}"));
         std::fs::create_dir(&dir).unwrap();
         for f in 0..files {
-            write(
+            common::write_closed(
                 &dir.join(format!("f{f}")),
                 &pattern(3000, (d * files + f) as u64),
             );
         }
     }
     std::fs::create_dir_all(root.join("seg0/deep/er")).unwrap();
-    write(&root.join("seg0/deep/er/big"), &pattern(1 << 20, 9));
+    common::write_closed(&root.join("seg0/deep/er/big"), &pattern(1 << 20, 9));
     dirs * files + 1
 }
 
@@ -89,12 +69,12 @@ fn rmr_removes_the_tree_everywhere_and_gives_space_back() {
     );
     let a = v.mount_with(&["--delete-delay", "0"]);
     let b = v.mount();
-    let (used0, inodes0) = df(&a.path);
+    let (used0, inodes0) = common::df(&a.path);
     let objects0 = redis_objects(&v);
     let n = tree(&a.p("segments"), 4, 50);
     std::fs::create_dir(a.p("keep")).unwrap();
-    write(&a.p("keep/x"), b"stays");
-    let (used1, inodes1) = df(&a.path);
+    common::write_closed(&a.p("keep/x"), b"stays");
+    let (used1, inodes1) = common::df(&a.path);
     assert_eq!(inodes1, inodes0 + n as u64 + 4 + 3 + 2);
     assert!(used1 > used0);
     assert!(redis_objects(&v) > objects0);
@@ -115,7 +95,7 @@ fn rmr_removes_the_tree_everywhere_and_gives_space_back() {
         !b.p("segments/seg3/f49").exists() && !b.p("segments").exists()
     });
     assert_eq!(std::fs::read(b.p("keep/x")).unwrap(), b"stays");
-    let (used2, inodes2) = df(&a.path);
+    let (used2, inodes2) = common::df(&a.path);
     assert_eq!(inodes2, inodes0 + 2);
     assert!(used2 <= used0 + 4096 + 4096, "{used0} -> {used2}");
     wait_for("objects freed", Duration::from_secs(30), || {
@@ -131,7 +111,7 @@ fn rmr_honours_the_trash() {
     let m = v.mount();
     std::fs::create_dir_all(m.p("db/seg")).unwrap();
     for i in 0..5 {
-        write(
+        common::write_closed(
             &m.p(&format!("db/seg/f{i}")),
             format!("content {i}").as_bytes(),
         );
@@ -161,7 +141,7 @@ fn rmr_honours_the_trash() {
 fn rmr_refuses_what_it_cannot_remove() {
     let v = Volume::with_args(Storage::File, &[]);
     let m = v.mount();
-    write(&m.p("file"), b"x");
+    common::write_closed(&m.p("file"), b"x");
     let o = rmr(&m.p("file"));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));

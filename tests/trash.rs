@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,25 +37,6 @@ fn objects(v: &Volume) -> usize {
         }
         n
     })
-}
-
-/// (bytes used, inodes used) as df sees them.
-fn df(p: &Path) -> (u64, u64) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: an all-zero statvfs is a valid out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string, st a valid out-parameter.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    (
-        (st.f_blocks - st.f_bfree) * st.f_frsize,
-        st.f_files - st.f_ffree,
-    )
-}
-
-fn write(p: &Path, data: &[u8]) {
-    let mut f = std::fs::File::create(p).unwrap();
-    f.write_all(data).unwrap();
-    common::close(f).unwrap();
 }
 
 /// Every file under `.trash/`: (path, name).
@@ -88,7 +69,7 @@ fn unlinked_file_waits_in_trash_and_mv_restores_it() {
     let v = Volume::with_args(Storage::S3, &["--block-size", "1M"]);
     let m = v.mount();
     let data = pattern(3 << 20, 7);
-    write(&m.p("seg.bin"), &data);
+    common::write_closed(&m.p("seg.bin"), &data);
     let ino = std::fs::metadata(m.p("seg.bin")).unwrap().ino();
     // A handle open across the deletion keeps reading.
     let mut open = std::fs::File::open(m.p("seg.bin")).unwrap();
@@ -134,9 +115,9 @@ fn file_replaced_by_rename_keeps_its_old_version_in_trash() {
     let m = v.mount();
     std::fs::create_dir(m.p("d")).unwrap();
     let dino = std::fs::metadata(m.p("d")).unwrap().ino();
-    write(&m.p("d/meta.json"), b"version 1");
+    common::write_closed(&m.p("d/meta.json"), b"version 1");
     let old = std::fs::metadata(m.p("d/meta.json")).unwrap().ino();
-    write(&m.p("d/meta.json.tmp"), b"version 2");
+    common::write_closed(&m.p("d/meta.json.tmp"), b"version 2");
     std::fs::rename(m.p("d/meta.json.tmp"), m.p("d/meta.json")).unwrap();
     assert_eq!(std::fs::read(m.p("d/meta.json")).unwrap(), b"version 2");
     let entries = trash_files(&m.path);
@@ -149,7 +130,7 @@ fn file_replaced_by_rename_keeps_its_old_version_in_trash() {
 fn without_trash_days_nothing_waits_and_objects_go() {
     let v = Volume::with_args(Storage::S3, &["--trash-days", "0", "--block-size", "1M"]);
     let m = v.mount_with(&["--delete-delay", "0"]);
-    write(&m.p("f"), &pattern(2 << 20, 1));
+    common::write_closed(&m.p("f"), &pattern(2 << 20, 1));
     assert!(objects(&v) >= 2);
     std::fs::remove_file(m.p("f")).unwrap();
     assert_eq!(
@@ -174,7 +155,7 @@ fn without_trash_days_nothing_waits_and_objects_go() {
 fn nothing_but_the_file_system_writes_into_the_trash() {
     let v = Volume::with_args(Storage::S3, &[]);
     let m = v.mount();
-    write(&m.p("a"), b"abc");
+    common::write_closed(&m.p("a"), b"abc");
     std::fs::remove_file(m.p("a")).unwrap();
     let entries = trash_files(&m.path);
     assert_eq!(entries.len(), 1);
@@ -191,7 +172,7 @@ fn nothing_but_the_file_system_writes_into_the_trash() {
         eperm
     );
     assert_eq!(err(std::fs::create_dir(m.p(".trash/2000-01-01-00"))), eperm);
-    write(&m.p("b"), b"b");
+    common::write_closed(&m.p("b"), b"b");
     assert_eq!(err(std::fs::rename(m.p("b"), hour.join("b"))), eperm);
     assert_eq!(err(std::fs::hard_link(m.p("b"), hour.join("b"))), eperm);
     assert_eq!(
@@ -219,15 +200,15 @@ fn nothing_but_the_file_system_writes_into_the_trash() {
 fn expired_entries_are_purged_freeing_objects_and_space() {
     let v = Volume::with_args(Storage::S3, &["--block-size", "1M"]);
     let m = v.mount_with(&["--trash-expiry", "3", "--delete-delay", "0"]);
-    let (used0, inodes0) = df(&m.path);
-    write(&m.p("big"), &pattern(4 << 20, 3));
-    let (used1, inodes1) = df(&m.path);
+    let (used0, inodes0) = common::df(&m.path);
+    common::write_closed(&m.p("big"), &pattern(4 << 20, 3));
+    let (used1, inodes1) = common::df(&m.path);
     assert!(used1 >= used0 + (4 << 20), "{used0} -> {used1}");
     assert_eq!(inodes1, inodes0 + 1);
     assert_eq!(objects(&v), 4);
     std::fs::remove_file(m.p("big")).unwrap();
     // In the trash it still counts (its hour directory and the trash too).
-    let (used2, _) = df(&m.path);
+    let (used2, _) = common::df(&m.path);
     assert!(used2 >= used1, "trash must count toward used space");
     assert_eq!(trash_files(&m.path).len(), 1);
     wait_for("trash purged", Duration::from_secs(30), || {
@@ -239,7 +220,7 @@ fn expired_entries_are_purged_freeing_objects_and_space() {
     wait_for("space back", Duration::from_secs(30), || {
         // Only the (empty) trash directory itself is left; its hour
         // directory goes once its hour is over.
-        let (u, i) = df(&m.path);
+        let (u, i) = common::df(&m.path);
         u <= used0 + 2 * 4096 && i <= inodes0 + 2
     });
 }
@@ -249,7 +230,7 @@ fn a_second_node_sees_the_trash_and_only_one_purges() {
     let v = Volume::with_args(Storage::S3, &[]);
     let a = v.mount();
     let b = v.mount();
-    write(&a.p("x"), b"from node a");
+    common::write_closed(&a.p("x"), b"from node a");
     std::fs::remove_file(a.p("x")).unwrap();
     wait_for("trash entry on node b", Duration::from_secs(10), || {
         trash_files(&b.path).len() == 1

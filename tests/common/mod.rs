@@ -709,3 +709,24 @@ pub fn within<T: Send + 'static>(
         }
     }
 }
+
+/// (bytes used, inodes used) as df sees them.
+pub fn df(p: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: an all-zero statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string, st a valid out-parameter.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (
+        (st.f_blocks - st.f_bfree) * st.f_frsize,
+        st.f_files - st.f_ffree,
+    )
+}
+
+/// Writes `data` to a new file at `p` and closes it, checking the close.
+pub fn write_closed(p: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(p).unwrap();
+    f.write_all(data).unwrap();
+    close(f).unwrap();
+}
