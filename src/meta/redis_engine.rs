@@ -1556,6 +1556,8 @@ impl Meta {
         new: &Slice,
     ) -> Result<bool> {
         let joined: Vec<u8> = old.iter().flat_map(|s| s.encode()).collect();
+        // Referenced or handed to the deleter by the script either way.
+        self.forget_journal_sessions(std::iter::once(new.id));
         let new = new.encode().to_vec();
         match self
             .run(&self.scripts.compact, args![&ino, &indx, &joined, &new])
