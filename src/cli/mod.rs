@@ -181,14 +181,19 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-pub fn init_logging(verbose: u8, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// What `-v` asks to log; RUST_LOG overrides it.
+pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
     let default = match verbose {
         0 => "vecfs=info,warn",
         1 => "vecfs=debug,info",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+pub fn init_logging(verbose: u8, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let filter = log_filter(verbose);
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let r = match file {
         Some(p) => {

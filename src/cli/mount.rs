@@ -170,13 +170,7 @@ const LOG_KEEP: usize = 3;
 /// as `init_logging`.
 fn init_file_logging(verbose: u8, path: &Path, max: &str) -> anyhow::Result<()> {
     let max = parse_size(max, 1 << 20).map_err(|e| anyhow::anyhow!("--log-max-size: {e}"))?;
-    let default = match verbose {
-        0 => "vecfs=info,warn",
-        1 => "vecfs=debug,info",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = super::log_filter(verbose);
     let file = vecfs::logfile::RotatingFile::open(path, max, LOG_KEEP)
         .with_context(|| format!("cannot open log file {}", path.display()))?;
     tracing_subscriber::fmt()

@@ -1745,14 +1745,19 @@ impl Meta {
 
     /// Subscribes to the volume's change channel.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
+        let mut ps = self.pubsub().await?;
+        ps.subscribe(self.key("events")).await.map_err(redis_err)?;
+        Ok(ps)
+    }
+
+    /// A pub/sub connection to the current master.
+    async fn pubsub(&self) -> Result<redis::aio::PubSub> {
         let client = self
             .target
             .client()
             .await
             .map_err(|e| connect_err(&self.target.url, e))?;
-        let mut ps = client.get_async_pubsub().await.map_err(redis_err)?;
-        ps.subscribe(self.key("events")).await.map_err(redis_err)?;
-        Ok(ps)
+        client.get_async_pubsub().await.map_err(redis_err)
     }
 
     /// The Redis server's clock (seconds): what the scripts date things by.
@@ -1803,12 +1808,7 @@ impl Meta {
                 .map_err(explain)?;
         }
         if subscribe {
-            let client = self
-                .target
-                .client()
-                .await
-                .map_err(|e| connect_err(&self.target.url, e))?;
-            let mut ps = client.get_async_pubsub().await.map_err(redis_err)?;
+            let mut ps = self.pubsub().await?;
             ps.subscribe(&channel).await.map_err(explain)?;
         }
         Ok(())
