@@ -332,6 +332,11 @@ impl Filesystem for FuseFs {
         });
     }
 
+    // fuser's batch_forget comes here once per inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.kernel_forget(ino.0, nlookup);
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (vfs, c, name) = (self.vfs.clone(), ctx(req), bytes(name));
         self.spawn_interruptible(
@@ -708,7 +713,7 @@ impl Filesystem for FuseFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -718,15 +723,21 @@ impl Filesystem for FuseFs {
             match vfs.readdir(fh.0, offset, READDIRPLUS_BATCH, true).await {
                 Ok(items) => {
                     for (off, it) in items {
-                        let full = match vfs.entry_for_item(&it) {
-                            Some(e) => reply.add(
-                                INodeNo(it.ino),
-                                off,
-                                OsStr::from_bytes(&it.name),
-                                &e.entry_ttl,
-                                &file_attr(e.ino, &e.attr),
-                                Generation(0),
-                            ),
+                        let full = match vfs.entry_for_item(ino.0, &it) {
+                            Some(e) => {
+                                let full = reply.add(
+                                    INodeNo(it.ino),
+                                    off,
+                                    OsStr::from_bytes(&it.name),
+                                    &e.entry_ttl,
+                                    &file_attr(e.ino, &e.attr),
+                                    Generation(0),
+                                );
+                                if full {
+                                    vfs.entry_unsent(&it);
+                                }
+                                full
+                            }
                             // ".." without attributes: a zero TTL keeps the kernel asking.
                             None => reply.add(
                                 INodeNo(0),

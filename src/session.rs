@@ -183,15 +183,16 @@ fn warn_once(failing: &mut bool, e: &MetaError) {
 }
 
 /// Follows the volume's change channel and drops kernel caches for what
-/// other nodes changed. A lost connection is retried; meanwhile the
-/// attribute and entry TTLs bound how long anything can be stale.
+/// other nodes changed. A lost connection is retried; meanwhile replies
+/// carry short TTLs, and once it is back the kernel drops everything it
+/// was told (events may have been missed).
 pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
     use futures::StreamExt;
     loop {
         match vfs.meta.subscribe().await {
             Ok(mut ps) => {
                 tracing::debug!("subscribed to change events");
-                vfs.events_resumed();
+                vfs.events_resumed().await;
                 let mut stream = ps.on_message();
                 while let Some(msg) = stream.next().await {
                     let Some(ev) = Event::parse(msg.get_payload_bytes()) else {
@@ -211,6 +212,7 @@ pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe to change events"),
         }
+        vfs.events_lost();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

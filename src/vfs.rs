@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod dir;
+mod kernel;
 
 use crate::data::writer::MAX_PENDING_SLICES;
 use crate::data::{DataStore, FileWriter, PendingBlocks};
@@ -85,7 +86,16 @@ pub struct VfsConfig {
     pub meta_cache_ttl: Duration,
     /// After how long without a heartbeat other nodes clean this session.
     pub session_ttl: Duration,
+    /// Other nodes' change events invalidate this node's kernel caches: the
+    /// TTLs above are then used only while the event channel is up (else
+    /// SHORT_TTL), and everything the kernel was told is dropped after the
+    /// channel was lost.
+    pub events: bool,
 }
+
+/// TTL of kernel entries and attributes that change events cannot be
+/// relied on to invalidate.
+pub const SHORT_TTL: Duration = Duration::from_secs(1);
 
 impl Default for VfsConfig {
     fn default() -> Self {
@@ -98,6 +108,7 @@ impl Default for VfsConfig {
             readahead: 128 << 20,
             meta_cache_ttl: Duration::ZERO,
             session_ttl: Duration::from_secs(60),
+            events: false,
         }
     }
 }
@@ -401,6 +412,8 @@ pub struct Vfs {
     max_inodes: AtomicU64,
     /// The hidden `.stats` file at the mount root.
     stats: StatsFile,
+    /// Names and inodes the kernel may cache, and the TTLs they may get.
+    kernel: kernel::KernelView,
 }
 
 /// How often the flusher looks for buffered writes to commit, and when:
@@ -439,7 +452,6 @@ impl Vfs {
             capacity: AtomicU64::new(format.capacity),
             max_inodes: AtomicU64::new(format.inodes),
             format,
-            cfg,
             open: Mutex::new(HashMap::new()),
             invalidator: std::sync::OnceLock::new(),
             reported: Mutex::new(HashMap::new()),
@@ -454,12 +466,59 @@ impl Vfs {
             kick: tokio::sync::Notify::new(),
             readahead,
             stats: StatsFile::default(),
+            kernel: kernel::KernelView::new(cfg.events, SHORT_TTL),
+            cfg,
         }
     }
 
-    /// The event channel (re)connected: events may have been missed.
-    pub fn events_resumed(&self) {
+    /// The event channel (re)connected: events may have been missed, so
+    /// the kernel forgets every name and attribute it was told before long
+    /// TTLs resume.
+    pub async fn events_resumed(&self) {
         self.mcache.clear();
+        let told = self.kernel.resume_snapshot();
+        if let Some(inv) = self.invalidator.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for (parent, name) in &told.names {
+                    inv.inval_entry(*parent, name);
+                }
+                inv.inval_inode(ROOT_INO);
+                for ino in told.inodes {
+                    inv.inval_inode(ino);
+                }
+            })
+            .await;
+        }
+        self.kernel.events_up();
+    }
+
+    /// The event channel is lost: replies get short TTLs until it is back.
+    pub fn events_lost(&self) {
+        self.kernel.events_down();
+        self.mcache.clear();
+    }
+
+    /// The kernel dropped `n` lookups of (shown) inode `ino`.
+    pub fn kernel_forget(&self, ino: u64, n: u64) {
+        self.kernel.forget(ino, n);
+    }
+
+    /// `e` goes to the kernel under `(parent, name)` (`parent` a volume
+    /// inode); `gen` was taken before its content was read.
+    fn named(&self, gen: u64, parent: u64, name: &[u8], e: Entry) -> Entry {
+        let (attr_ttl, entry_ttl) = self.kernel.name_ttls(
+            gen,
+            self.shown(parent),
+            name,
+            e.ino,
+            e.attr_ttl,
+            e.entry_ttl,
+        );
+        Entry {
+            attr_ttl,
+            entry_ttl,
+            ..e
+        }
     }
 
     /// Kernel inode -> volume inode.
@@ -516,6 +575,7 @@ impl Vfs {
 
     /// Another node changed something: drop what this node cached about it.
     pub async fn on_remote_change(&self, ev: Event) {
+        self.kernel.remote_change();
         match ev {
             Event::Inode { ino, .. } => {
                 self.mcache.drop_attr(ino);
@@ -623,7 +683,7 @@ impl Vfs {
                 parent: self.shown(attr.parent),
                 ..attr
             },
-            attr_ttl: self.cfg.attr_ttl,
+            attr_ttl: self.kernel.attr_ttl(self.shown(ino), self.cfg.attr_ttl),
             entry_ttl: if attr.kind == FileKind::Dir {
                 self.cfg.dir_entry_ttl
             } else {
@@ -759,11 +819,13 @@ impl Vfs {
             return Err(libc::ENAMETOOLONG);
         }
         let parent = self.real(parent);
+        let gen = self.kernel.snapshot_gen();
         if parent == ROOT_INO && name == TRASH_NAME {
             // Made by the first deletion into it.
             let attr = self.fresh_attr(TRASH_INO, "lookup").await?;
-            return Ok(self.entry(TRASH_INO, attr));
+            return Ok(self.named(gen, parent, name, self.entry(TRASH_INO, attr)));
         }
+        let mut settled = true;
         let (ino, attr) = match self.mcache.lookup(parent, name) {
             Some(hit) => hit,
             None => {
@@ -783,7 +845,10 @@ impl Vfs {
                             break (ino, a);
                         }
                         None if tries < 3 => continue,
-                        None => break (ino, attr),
+                        None => {
+                            settled = false;
+                            break (ino, attr);
+                        }
                     }
                 }
             }
@@ -792,7 +857,17 @@ impl Vfs {
             self.note_via_trash(&[ino]);
         }
         let attr = self.fix_attr(ino, attr);
-        Ok(self.entry(ino, attr))
+        let e = self.named(gen, parent, name, self.entry(ino, attr));
+        Ok(if settled {
+            e
+        } else {
+            // Changing here as it was read: let the kernel ask again soon.
+            Entry {
+                attr_ttl: e.attr_ttl.min(SHORT_TTL),
+                entry_ttl: e.entry_ttl.min(SHORT_TTL),
+                ..e
+            }
+        })
     }
 
     fn reached_via_trash(&self, ino: u64) -> bool {
@@ -872,6 +947,7 @@ impl Vfs {
         let kind = FileKind::from_mode(mode).ok_or(libc::EINVAL)?;
         let parent = self.real(parent);
         self.reserved(parent, name)?;
+        let gen = self.kernel.snapshot_gen();
         let (ino, attr) = self
             .meta
             .mknod(
@@ -892,7 +968,7 @@ impl Vfs {
         self.recent.dir_change(parent);
         self.mcache
             .put(self.mcache.generation(), Some((parent, name)), ino, attr);
-        Ok(self.entry(ino, attr))
+        Ok(self.named(gen, parent, name, self.entry(ino, attr)))
     }
 
     pub async fn mkdir(
@@ -1149,7 +1225,15 @@ impl Vfs {
                 && matches!(self.meta.getattr(i).await, Ok(a) if a.nlink == 0);
             self.unpin(i, gone).await;
         }
-        r.map_err(|e| meta_errno("rename", e))?;
+        let (moved, _) = r.map_err(|e| meta_errno("rename", e))?;
+        // The kernel moves its dentries: the names to drop after missed
+        // events are the new ones now.
+        self.kernel
+            .renamed(self.shown(self.real(newparent)), newname, self.shown(moved));
+        if flags & 2 != 0 {
+            self.kernel
+                .renamed(self.shown(self.real(parent)), name, self.shown(replaced));
+        }
         for (p, n) in [(parent, name), (newparent, newname)] {
             self.recent.dir_change(self.real(p));
             self.mcache.drop_name(self.real(p), n);
@@ -1176,6 +1260,7 @@ impl Vfs {
         check_name(newname)?;
         self.reserved(self.real(newparent), newname)?;
         let real = self.real(ino);
+        let gen = self.kernel.snapshot_gen();
         let attr = self
             .meta
             .link(real, self.real(newparent), newname)
@@ -1185,7 +1270,7 @@ impl Vfs {
         self.recent.dir_change(self.real(newparent));
         self.mcache.drop_attr(self.real(newparent));
         let attr = self.fix_attr(real, attr);
-        Ok(self.entry(real, attr))
+        Ok(self.named(gen, self.real(newparent), newname, self.entry(real, attr)))
     }
 
     // ---- attributes ------------------------------------------------------
@@ -1561,23 +1646,47 @@ impl Vfs {
             .collect())
     }
 
-    pub fn entry_for_item(&self, item: &DirItem) -> Option<Entry> {
-        item.attr.map(|a| Entry {
+    /// The entry readdirplus gives the kernel for `item` of directory
+    /// `dir` (as the kernel numbers it); None for an item without
+    /// attributes. Call `entry_unsent` if the reply had no room for it
+    /// after all.
+    pub fn entry_for_item(&self, dir: u64, item: &DirItem) -> Option<Entry> {
+        let gen = self.kernel.snapshot_gen();
+        let a = item.attr?;
+        let entry_ttl = if a.kind == FileKind::Dir {
+            self.cfg.dir_entry_ttl
+        } else {
+            self.cfg.entry_ttl
+        };
+        // The kernel links no dentry (and counts no lookup) for these.
+        let (attr_ttl, entry_ttl) = if item.name == b"." || item.name == b".." {
+            (self.kernel.attr_ttl(item.ino, self.cfg.attr_ttl), entry_ttl)
+        } else {
+            self.kernel
+                .name_ttls(gen, dir, &item.name, item.ino, self.cfg.attr_ttl, entry_ttl)
+        };
+        if item.volatile {
+            return Some(Entry {
+                ino: item.ino,
+                attr: a,
+                attr_ttl: Duration::ZERO,
+                entry_ttl: Duration::ZERO,
+            });
+        }
+        Some(Entry {
             ino: item.ino,
             attr: a,
-            attr_ttl: if item.volatile {
-                Duration::ZERO
-            } else {
-                self.cfg.attr_ttl
-            },
-            entry_ttl: if item.volatile {
-                Duration::ZERO
-            } else if a.kind == FileKind::Dir {
-                self.cfg.dir_entry_ttl
-            } else {
-                self.cfg.entry_ttl
-            },
+            attr_ttl,
+            entry_ttl,
         })
+    }
+
+    /// `entry_for_item` gave `item` an entry the reply had no room for:
+    /// the kernel counts no lookup of it.
+    pub fn entry_unsent(&self, item: &DirItem) {
+        if item.attr.is_some() && item.name != b"." && item.name != b".." {
+            self.kernel.forget(item.ino, 1);
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

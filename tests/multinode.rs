@@ -461,10 +461,46 @@ fn change_events_beat_long_ttls() {
     b.unmount();
 }
 
+/// Changes made while a node's event channel was cut reach it once the
+/// channel is back: the kernel drops every name and attribute it was told,
+/// instead of serving them for the rest of their (long) TTL.
+#[test]
+fn changes_missed_while_the_event_channel_was_down_are_not_served() {
+    let v = Volume::new(Storage::File);
+    let long = [
+        "--attr-cache",
+        "60",
+        "--entry-cache",
+        "60",
+        "--dir-entry-cache",
+        "60",
+    ];
+    let a = v.mount_with(&long);
+    let b = v.mount_with(&long);
+    fs::create_dir(a.p("d")).unwrap();
+    fs::write(a.p("d/f"), b"1").unwrap();
+    fs::write(a.p("d/g"), b"g").unwrap();
+    wait_for("B sees the files", SOON, || {
+        b.p("d/g").exists() && fs::metadata(b.p("d/f")).map(|m| m.len()).ok() == Some(1)
+    });
+    // Every subscriber drops; nodes resubscribe a second later.
+    v.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    fs::write(a.p("d/f"), b"12345").unwrap();
+    fs::remove_file(a.p("d/g")).unwrap();
+    fs::set_permissions(a.p("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    wait_for("B drops what it was told before the cut", SOON, || {
+        fs::metadata(b.p("d/f")).map(|m| m.len()).ok() == Some(5)
+            && !b.p("d/g").exists()
+            && fs::metadata(b.p("d")).map(|m| m.mode() & 0o777).ok() == Some(0o700)
+    });
+    a.unmount();
+    b.unmount();
+}
+
 #[test]
 fn metadata_cache_follows_other_nodes_changes() {
-    // Kernel entries expire after 1 s; this node's metadata cache would keep
-    // answering for 60 s if change events did not clear it.
+    // This node's metadata cache would keep answering for 60 s if change
+    // events did not clear it.
     let v = Volume::new(Storage::S3);
     let a = v.mount();
     let b = v.mount_with(&["--meta-cache", "60"]);

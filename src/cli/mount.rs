@@ -70,15 +70,19 @@ pub struct MountArgs {
     /// is retried).
     #[arg(long, default_value_t = 30.0)]
     io_retry: f64,
-    /// Attribute cache timeout in seconds.
-    #[arg(long, default_value_t = 1.0)]
-    attr_cache: f64,
-    /// File entry cache timeout in seconds.
-    #[arg(long, default_value_t = 1.0)]
-    entry_cache: f64,
-    /// Directory entry cache timeout in seconds.
-    #[arg(long, default_value_t = 1.0)]
-    dir_entry_cache: f64,
+    /// Seconds the kernel caches attributes [default: 30 with change
+    /// events, which invalidate it at once; 1 with --no-events]. While the
+    /// event channel is down, replies are cached 1 s at most.
+    #[arg(long)]
+    attr_cache: Option<f64>,
+    /// Seconds the kernel caches file names [default: 30, or 1 with
+    /// --no-events].
+    #[arg(long)]
+    entry_cache: Option<f64>,
+    /// Seconds the kernel caches directory names [default: 30, or 1 with
+    /// --no-events].
+    #[arg(long)]
+    dir_entry_cache: Option<f64>,
     /// Seconds a deleted file's objects are kept after it left the trash
     /// (or, without trash days, after its deletion).
     #[arg(long, default_value_t = 60)]
@@ -397,10 +401,13 @@ async fn prepare(
             Err(anyhow::anyhow!("--{what} must be a number of seconds >= 0"))
         }
     };
+    // Events invalidate the kernel's caches, so they can hold long.
+    let ttl_default = if a.no_events { 1.0 } else { 30.0 };
     let cfg = VfsConfig {
-        attr_ttl: secs(a.attr_cache, "attr-cache")?,
-        entry_ttl: secs(a.entry_cache, "entry-cache")?,
-        dir_entry_ttl: secs(a.dir_entry_cache, "dir-entry-cache")?,
+        attr_ttl: secs(a.attr_cache.unwrap_or(ttl_default), "attr-cache")?,
+        entry_ttl: secs(a.entry_cache.unwrap_or(ttl_default), "entry-cache")?,
+        dir_entry_ttl: secs(a.dir_entry_cache.unwrap_or(ttl_default), "dir-entry-cache")?,
+        events: !a.no_events,
         read_only: a.read_only,
         root,
         meta_cache_ttl: if a.no_events {
@@ -700,9 +707,9 @@ fn spawn_daemon(a: &MountArgs, mp: &Path, verbose: u8) -> anyhow::Result<()> {
     opt("buffer-size", Some(a.buffer_size.clone()));
     opt("io-retry", Some(a.io_retry.to_string()));
     opt("readahead-kb", Some(a.readahead_kb.to_string()));
-    opt("attr-cache", Some(a.attr_cache.to_string()));
-    opt("entry-cache", Some(a.entry_cache.to_string()));
-    opt("dir-entry-cache", Some(a.dir_entry_cache.to_string()));
+    opt("attr-cache", a.attr_cache.map(|v| v.to_string()));
+    opt("entry-cache", a.entry_cache.map(|v| v.to_string()));
+    opt("dir-entry-cache", a.dir_entry_cache.map(|v| v.to_string()));
     opt("delete-delay", Some(a.delete_delay.to_string()));
     opt("heartbeat", Some(a.heartbeat.to_string()));
     opt("meta-timeout", Some(a.meta_timeout.to_string()));
