@@ -506,12 +506,13 @@ impl Vfs {
     /// `e` goes to the kernel under `(parent, name)` (`parent` a volume
     /// inode); `gen` was taken before its content was read.
     fn named(&self, gen: u64, parent: u64, name: &[u8], e: Entry) -> Entry {
+        // Not `e.attr_ttl`: `entry` shortened it for an inode not yet told.
         let (attr_ttl, entry_ttl) = self.kernel.name_ttls(
             gen,
             self.shown(parent),
             name,
             e.ino,
-            e.attr_ttl,
+            self.cfg.attr_ttl,
             e.entry_ttl,
         );
         Entry {

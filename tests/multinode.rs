@@ -461,6 +461,46 @@ fn change_events_beat_long_ttls() {
     b.unmount();
 }
 
+/// With change events flowing, the kernel keeps names and attributes past
+/// the short (1 s) TTL: a stat then no longer reaches the daemon.
+#[test]
+fn the_kernel_keeps_what_change_events_keep_coherent() {
+    let v = Volume::new(Storage::File);
+    let a = v.mount();
+    let (b, metrics) = v.mount_with_metrics(&[]);
+    let channel = format!("{{{}}}events", v.name);
+    wait_for("both nodes subscribed", SOON, || {
+        v.redis.cli(&["PUBSUB", "NUMSUB", &channel]).lines().nth(1) == Some("2")
+    });
+    fs::create_dir(a.p("d")).unwrap();
+    fs::write(a.p("d/f"), b"1").unwrap();
+    assert_eq!(fs::metadata(b.p("d/f")).unwrap().len(), 1);
+    let asked = || {
+        ["lookup", "getattr"]
+            .iter()
+            .map(|op| {
+                metrics.get(&format!(
+                    "vecfs_fuse_op_duration_seconds_count{{op=\"{op}\"}}"
+                ))
+            })
+            .sum::<u64>()
+    };
+    // Past the short TTL: only the long one can keep them now.
+    std::thread::sleep(vecfs::vfs::SHORT_TTL + Duration::from_millis(500));
+    let before = asked();
+    for _ in 0..10 {
+        assert_eq!(fs::metadata(b.p("d/f")).unwrap().len(), 1);
+    }
+    assert_eq!(asked(), before, "stats reached the daemon");
+    // and a change still gets through at once
+    fs::write(a.p("d/f"), b"12345").unwrap();
+    wait_for("new size on B", SOON, || {
+        fs::metadata(b.p("d/f")).map(|m| m.len()).ok() == Some(5)
+    });
+    a.unmount();
+    b.unmount();
+}
+
 /// Changes made while a node's event channel was cut reach it once the
 /// channel is back: the kernel drops every name and attribute it was told,
 /// instead of serving them for the rest of their (long) TTL.
