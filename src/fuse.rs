@@ -348,6 +348,10 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(e) = self.vfs.getattr_cached(ino.0) {
+            let _timer = OpTimer("getattr", Instant::now());
+            return reply.attr(&e.attr_ttl, &file_attr(e.ino, &e.attr));
+        }
         let vfs = self.vfs.clone();
         self.spawn_interruptible(
             "getattr",

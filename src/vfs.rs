@@ -493,9 +493,10 @@ impl Vfs {
     }
 
     /// The event channel is lost: replies get short TTLs until it is back.
+    /// The metadata cache stays (its own TTL bounds it, and during a Redis
+    /// outage it is what still answers); it is cleared on resubscribe.
     pub fn events_lost(&self) {
         self.kernel.events_down();
-        self.mcache.clear();
     }
 
     /// The kernel dropped `n` lookups of (shown) inode `ino`.
@@ -907,6 +908,17 @@ impl Vfs {
                 None => return Ok(attr),
             }
         }
+    }
+
+    /// `getattr` when this node's metadata cache can answer at once, so the
+    /// FUSE adapter replies without handing the request to a task.
+    pub fn getattr_cached(&self, ino: u64) -> Option<Entry> {
+        if ino == STATS_INO {
+            return None;
+        }
+        let real = self.real(ino);
+        let attr = self.mcache.attr(real)?;
+        Some(self.entry(real, self.fix_attr(real, attr)))
     }
 
     pub async fn getattr(&self, ino: u64) -> VResult<Entry> {
