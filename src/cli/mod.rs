@@ -184,7 +184,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// What `-v` asks to log; RUST_LOG overrides it.
 pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
     let default = match verbose {
-        0 => "vecfs=info,warn",
+        // The redis crate warns about each cluster node it fails to reach,
+        // which the one error vecfs reports (or its retries) already cover.
+        0 => "vecfs=info,redis=error,warn",
         1 => "vecfs=debug,info",
         _ => "trace",
     };

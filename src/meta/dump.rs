@@ -945,11 +945,17 @@ pub async fn load(
     // The volume record last: a half-loaded database is no mountable volume.
     let json = serde_json::to_string(&header.volume)
         .map_err(|e| MetaError::Corrupt(format!("volume record: {e}")))?;
-    let _: () = redis::pipe()
-        .set(format!("{p}setting"), json)
-        .ignore()
-        .sadd("vecfs-volumes", &header.volume.name)
-        .ignore()
+    // Two requests: the volume list is no key of the volume (in a Redis
+    // Cluster it lives in another slot, so one pipeline cannot hold both).
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}setting"))
+        .arg(json)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    let _: () = redis::cmd("SADD")
+        .arg("vecfs-volumes")
+        .arg(&header.volume.name)
         .query_async(&mut conn)
         .await
         .map_err(redis_err)?;
@@ -1013,9 +1019,15 @@ pub async fn remove_keys(meta: &Meta, progress: &dyn Fn(u64)) -> Result<u64, Met
     }
     // The name between the braces is the volume's.
     let name = p.trim_start_matches('{').trim_end_matches('}');
-    let (gone, _): (i64, i64) = redis::pipe()
-        .unlink(&setting)
-        .srem("vecfs-volumes", name)
+    // The volume list lives in another slot of a cluster: its own request.
+    let gone: i64 = redis::cmd("UNLINK")
+        .arg(&setting)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    let _: i64 = redis::cmd("SREM")
+        .arg("vecfs-volumes")
+        .arg(name)
         .query_async(&mut conn)
         .await
         .map_err(redis_err)?;

@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, Script, Value};
 
 use super::url::MetaUrl;
@@ -278,6 +280,13 @@ fn retryable(e: &redis::RedisError) -> bool {
     // plain response error whose detail says LOADING.
     let loading = e.detail().is_some_and(|d| d.contains("LOADING"));
     loading
+        // A cluster whose slot map is being rebuilt (a node gone or moved).
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::ClusterConnectionNotFound
+                | redis::ErrorKind::ClusterDown
+                | redis::ErrorKind::TryAgain
+        )
         || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_refusal()
@@ -434,6 +443,7 @@ impl redis::aio::ConnectionLike for TimedConn {
         match &self.inner {
             Link::Fixed(m) => m.get_db(),
             Link::Sentinel(r) => r.target.url.info.redis.db,
+            Link::Cluster(_) => 0,
         }
     }
 }
@@ -532,9 +542,21 @@ fn outcome(v: Value) -> Result<Vec<Value>> {
     Ok(items)
 }
 
-/// One connection with short timeouts, for checks that must fail fast.
-async fn plain_connection(target: &Target) -> Result<MultiplexedConnection> {
+/// One connection with short timeouts, for checks that must fail fast:
+/// to the one server, or a cluster connection (keyed commands go to the
+/// node owning their slot).
+async fn plain_connection(target: &Target) -> Result<PlainConn> {
     let explain = |e| connect_err(&target.url, e);
+    if let Some(cc) = &target.cluster {
+        let cfg = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(10));
+        return cc
+            .get_async_connection_with_config(cfg)
+            .await
+            .map(PlainConn::Cluster)
+            .map_err(explain);
+    }
     let client = target.client().await.map_err(explain)?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Duration::from_secs(5))
@@ -542,7 +564,66 @@ async fn plain_connection(target: &Target) -> Result<MultiplexedConnection> {
     client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
+        .map(PlainConn::Single)
         .map_err(explain)
+}
+
+/// What [`plain_connection`] gives.
+enum PlainConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for PlainConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            PlainConn::Single(c) => c.req_packed_command(cmd),
+            PlainConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            PlainConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            PlainConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            PlainConn::Single(c) => c.get_db(),
+            PlainConn::Cluster(_) => 0,
+        }
+    }
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16-XMODEM of its hash tag, the
+/// part between the first `{` and the next `}` when not empty, mod 16384).
+/// Every key of a volume carries the tag `{NAME}`, so a volume lives in
+/// slot `key_slot("{NAME}")` whole.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(key) {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3fff
 }
 
 /// A failure to connect, explained for the URL's kind (TLS, sentinels).
@@ -567,6 +648,42 @@ fn connect_err(url: &MetaUrl, e: redis::RedisError) -> MetaError {
             ),
             transient: false,
         };
+    }
+    if let Some(nodes) = &url.cluster {
+        // The cluster client reports a refused password inside an I/O
+        // error of its initial connections: by its text.
+        let auth = matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+            || e.kind() == redis::ErrorKind::AuthenticationFailed
+            || ["AuthenticationFailed", "WRONGPASS", "NOAUTH"]
+                .iter()
+                .any(|w| text.contains(&w.to_lowercase()));
+        if auth && !matches!(e.code(), Some("NOPERM")) {
+            return MetaError::Redis {
+                msg: "the Redis Cluster refused the credentials: check the user and password \
+                      in META-URL or META_PASSWORD"
+                    .into(),
+                transient: false,
+            };
+        }
+        if !auth {
+            let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            // The crate's message may list every node's failure on lines
+            // of their own: one line here.
+            let why = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            return MetaError::Redis {
+                msg: format!(
+                    "cannot reach the Redis Cluster through the nodes {}: {why} \
+                     (check the addresses in the redis+cluster:// URL and that the \
+                     cluster is up: CLUSTER INFO says cluster_state:ok)",
+                    nodes.join(",")
+                ),
+                transient: true,
+            };
+        }
     }
     if let Some(s) = &url.sentinel {
         if !matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
@@ -600,8 +717,10 @@ fn manager_config() -> ConnectionManagerConfig {
 /// the sentinels name as master at the time of asking.
 pub(crate) struct Target {
     url: MetaUrl,
-    /// The client of a fixed address (None behind sentinels).
+    /// The client of a fixed address (None behind sentinels or a cluster).
     fixed: Option<redis::Client>,
+    /// The client of a Redis Cluster (`redis+cluster://`).
+    cluster: Option<redis::cluster::ClusterClient>,
 }
 
 fn conn_config() -> redis::AsyncConnectionConfig {
@@ -612,6 +731,26 @@ fn conn_config() -> redis::AsyncConnectionConfig {
 
 impl Target {
     fn new(url: &MetaUrl) -> Result<Target> {
+        if let Some(nodes) = &url.cluster {
+            let seeds: Vec<redis::ConnectionInfo> =
+                nodes.iter().map(|(h, p)| url.at(h.clone(), *p)).collect();
+            // Few quick retries of its own (MOVED/ASK redirects, a slot map
+            // being rebuilt); TimedConn retries the rest within its budget.
+            let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
+                .retries(4)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .connection_timeout(Duration::from_secs(2))
+                .response_timeout(CALL_TIMEOUT);
+            if let Some(c) = &url.certs {
+                b = b.certs(c.clone());
+            }
+            return Ok(Target {
+                url: url.clone(),
+                fixed: None,
+                cluster: Some(b.build().map_err(redis_err)?),
+            });
+        }
         let fixed = match url.sentinel {
             Some(_) => None,
             None => Some(url.client_for(url.info.clone()).map_err(redis_err)?),
@@ -619,7 +758,33 @@ impl Target {
         Ok(Target {
             url: url.clone(),
             fixed,
+            cluster: None,
         })
+    }
+
+    /// A pub/sub connection to one of a cluster's listed nodes, trying
+    /// them in turn: a classic PUBLISH reaches every node of a cluster,
+    /// so any one will do.
+    async fn cluster_pubsub(
+        &self,
+        nodes: &[(String, u16)],
+    ) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut last = None;
+        for (h, p) in nodes {
+            let client = self.url.client_for(self.url.at(h.clone(), *p))?;
+            match tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()).await {
+                Ok(Ok(ps)) => return Ok(ps),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(deadline_passed(Duration::from_secs(5))),
+            }
+            tracing::debug!(node = %format!("{h}:{p}"), "no pub/sub connection; trying the next node");
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no cluster node given",
+            ))
+        }))
     }
 
     /// A client for the master now: behind sentinels, asks every sentinel
@@ -728,6 +893,45 @@ enum Link {
     Fixed(ConnectionManager),
     /// Behind sentinels: a reconnect asks them where the master is now.
     Sentinel(Arc<Resolving>),
+    /// A Redis Cluster: the crate's cluster connection follows MOVED/ASK
+    /// and the slot map; `home` is the volume's slot, where keyless
+    /// commands and pipelines go.
+    Cluster(ClusterLink),
+}
+
+#[derive(Clone)]
+struct ClusterLink {
+    conn: ClusterConnection,
+    home: u16,
+}
+
+impl ClusterLink {
+    fn home_route(&self) -> SingleNodeRoutingInfo {
+        SingleNodeRoutingInfo::SpecificNode(Route::new(self.home, SlotAddr::Master))
+    }
+}
+
+/// Keyless commands that concern the volume and so must reach the node
+/// that owns its slot: SCAN (each node scans only its own keys), WAIT
+/// (counts the replicas of the node the writes went to), TIME (the clock
+/// the scripts use), SCRIPT LOAD (for the EVALSHA that follows), PING. A
+/// script called without keys would otherwise go to a random node too.
+/// Everything else is routed by its key.
+fn routes_home(cmd: &redis::Cmd) -> bool {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        redis::Arg::Cursor => None,
+    });
+    let Some(name) = args.next() else {
+        return false;
+    };
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    if is("EVAL") || is("EVALSHA") {
+        return args.nth(1).is_none_or(|n| n == b"0");
+    }
+    ["SCAN", "WAIT", "TIME", "SCRIPT", "PING"]
+        .iter()
+        .any(|n| is(n))
 }
 
 struct Resolving {
@@ -786,7 +990,19 @@ fn demoted(v: &Value) -> bool {
 }
 
 impl Link {
-    async fn new(target: &Arc<Target>) -> Result<Link> {
+    /// A connection for volume `prefix` (`{NAME}`: a cluster routes
+    /// keyless commands to its slot).
+    async fn new(target: &Arc<Target>, prefix: &str) -> Result<Link> {
+        if let Some(cc) = &target.cluster {
+            let conn = cc
+                .get_async_connection()
+                .await
+                .map_err(|e| connect_err(&target.url, e))?;
+            return Ok(Link::Cluster(ClusterLink {
+                conn,
+                home: key_slot(prefix.as_bytes()),
+            }));
+        }
         match &target.fixed {
             Some(client) => Ok(Link::Fixed(
                 ConnectionManager::new_with_config(client.clone(), manager_config())
@@ -812,6 +1028,13 @@ impl Link {
                 }
                 out
             }
+            Link::Cluster(mut c) if routes_home(cmd) => {
+                let to = RoutingInfo::SingleNode(c.home_route());
+                c.conn.route_command(cmd, to).await
+            }
+            Link::Cluster(mut c) => {
+                redis::aio::ConnectionLike::req_packed_command(&mut c.conn, cmd).await
+            }
         }
     }
 
@@ -830,6 +1053,11 @@ impl Link {
                     r.drop_conn(Some(g)).await;
                 }
                 out
+            }
+            // Every pipeline of a volume holds its keys only (one slot).
+            Link::Cluster(mut c) => {
+                let to = c.home_route();
+                c.conn.route_pipeline(p, offset, count, to).await
             }
         }
     }
@@ -854,7 +1082,8 @@ impl Meta {
             .query_async(&mut probe)
             .await
             .map_err(redis_err)?;
-        let conn = Link::new(&target).await?;
+        let prefix = format!("{{{volume}}}");
+        let conn = Link::new(&target, &prefix).await?;
         Ok(Meta {
             target,
             conn: TimedConn {
@@ -863,7 +1092,7 @@ impl Meta {
                 retry_for: DEFAULT_META_TIMEOUT,
             },
             sid: AtomicU64::new(0),
-            prefix: format!("{{{volume}}}"),
+            prefix,
             scripts: Scripts::new(),
             inodes: Mutex::new(IdBatch { next: 0, end: 0 }),
             slices: Mutex::new(IdBatch { next: 0, end: 0 }),
@@ -927,7 +1156,7 @@ impl Meta {
     /// A connection of its own (the session heartbeat), so its requests
     /// never queue behind the mount's traffic, retried for `retry_for`.
     pub async fn own_connection(&self, retry_for: Duration) -> Result<TimedConn> {
-        let inner = Link::new(&self.target).await?;
+        let inner = Link::new(&self.target, &self.prefix).await?;
         Ok(TimedConn {
             inner,
             call_timeout: CALL_TIMEOUT.min(retry_for.max(Duration::from_millis(200))),
@@ -1750,8 +1979,16 @@ impl Meta {
         Ok(ps)
     }
 
-    /// A pub/sub connection to the current master.
+    /// A pub/sub connection to the current master (in a cluster, to the
+    /// first listed node that answers).
     async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        if let Some(nodes) = &self.target.url.cluster {
+            return self
+                .target
+                .cluster_pubsub(nodes)
+                .await
+                .map_err(|e| connect_err(&self.target.url, e));
+        }
         let client = self
             .target
             .client()
@@ -2064,4 +2301,33 @@ fn decode_entry(name: Vec<u8>, v: &[u8]) -> Result<DirEntry> {
         ino: u64::from_le_bytes(b),
         kind,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_follow_redis_cluster() {
+        // Values CLUSTER KEYSLOT gives.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"{foo}bar"), key_slot(b"foo"));
+        assert_eq!(key_slot(b"{testvol}i1"), key_slot(b"{testvol}c1_0"));
+        // An empty tag hashes the whole key.
+        assert_eq!(key_slot(b"{}foo"), key_slot(b"{}foo"));
+        assert_ne!(key_slot(b"{}foo"), key_slot(b"foo"));
+    }
+
+    #[test]
+    fn keyless_volume_commands_route_home() {
+        assert!(routes_home(redis::cmd("SCAN").arg(0)));
+        assert!(routes_home(redis::cmd("wait").arg(1).arg(500)));
+        assert!(routes_home(redis::cmd("SCRIPT").arg("LOAD").arg("x")));
+        assert!(routes_home(redis::cmd("EVALSHA").arg("abc").arg(0)));
+        assert!(!routes_home(
+            redis::cmd("EVALSHA").arg("abc").arg(1).arg("{v}setting")
+        ));
+        assert!(!routes_home(redis::cmd("GET").arg("{v}i1")));
+    }
 }

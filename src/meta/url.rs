@@ -1,6 +1,8 @@
 //! META-URL parsing: `redis://[user:pass@]host[:port][/db]`, `rediss://`,
 //! `unix:///path.sock[?db=N]`, a bare `host[:port]`, and the Sentinel form
-//! `redis[s]://[user:pass@]MASTER_NAME,HOST1[:26379],HOST2[:26379][/db]`.
+//! `redis[s]://[user:pass@]MASTER_NAME,HOST1[:26379],HOST2[:26379][/db]`,
+//! and the Redis Cluster form `redis[s]+cluster://[user:pass@]H1[:PORT],H2[:PORT],...[/0]`
+//! (any reachable node finds the rest; a cluster has database 0 only).
 //! TLS options ride in the query (`tls_ca`, `tls_cert`, `tls_key`,
 //! `insecure`). The password may come from META_PASSWORD instead (and the
 //! sentinels' from SENTINEL_PASSWORD), so it stays out of `ps`. Only the
@@ -24,6 +26,10 @@ pub struct MetaUrl {
     pub redacted: String,
     /// Set for the Sentinel form.
     pub sentinel: Option<SentinelSpec>,
+    /// Set for the Redis Cluster form: the nodes listed (seeds: the
+    /// cluster client learns the others from them). `info` holds the
+    /// first one, with the credentials and TLS mode of all.
+    pub cluster: Option<Vec<(String, u16)>>,
     /// A CA and/or client certificate for `rediss://` (from `tls_ca`,
     /// `tls_cert`, `tls_key`); None trusts the public web roots.
     pub certs: Option<TlsCertificates>,
@@ -39,6 +45,7 @@ pub struct SentinelSpec {
 }
 
 pub const SENTINEL_PORT: u16 = 26379;
+pub const REDIS_PORT: u16 = 6379;
 
 impl MetaUrl {
     /// `rediss://`: error messages then mention certificates.
@@ -128,14 +135,20 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
     if raw.is_empty() {
         return Err(err("empty; use redis://HOST:PORT/DB"));
     }
+    let mut cluster = false;
     let normalized = if raw.contains("://") {
-        let scheme = raw.split("://").next().unwrap_or("");
+        let (scheme, rest) = raw.split_once("://").unwrap_or((raw, ""));
         match scheme {
             "redis" | "rediss" => raw.to_string(),
             "unix" | "redis+unix" => raw.to_string(),
+            "redis+cluster" | "rediss+cluster" => {
+                cluster = true;
+                format!("{}://{rest}", scheme.trim_end_matches("+cluster"))
+            }
             other => {
                 return Err(err(&format!(
-                    "unsupported scheme '{other}': use redis://, rediss:// or unix://"
+                    "unsupported scheme '{other}': use redis://, rediss://, \
+                     redis+cluster:// or unix://"
                 )))
             }
         }
@@ -173,7 +186,32 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
     // the host's place for the redis crate's parser; the real address
     // comes from the sentinels at each (re)connect.
     let mut sentinel = None;
-    if tcp {
+    let mut cluster_nodes = None;
+    if cluster {
+        let (scheme, rest) = base.split_once("://").unwrap_or(("redis", ""));
+        let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(cut);
+        let (cred, hosts) = match authority.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, authority),
+        };
+        let mut nodes = Vec::new();
+        for p in hosts.split(',') {
+            nodes.push(host_port(p, REDIS_PORT).ok_or_else(|| {
+                err(&format!(
+                    "bad cluster node address '{p}': use \
+                     redis+cluster://[user:pass@]HOST1:PORT,HOST2:PORT,.../"
+                ))
+            })?);
+        }
+        let (h, p) = nodes[0].clone();
+        let host = if h.contains(':') { format!("[{h}]") } else { h };
+        base = match cred {
+            Some(c) => format!("{scheme}://{c}@{host}:{p}{tail}"),
+            None => format!("{scheme}://{host}:{p}{tail}"),
+        };
+        cluster_nodes = Some(nodes);
+    } else if tcp {
         let (scheme, rest) = base.split_once("://").unwrap_or(("redis", ""));
         let cut = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(cut);
@@ -186,7 +224,8 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
             let master = parts.next().unwrap_or("").to_string();
             if master.is_empty() || master.contains(':') {
                 return Err(err("a Sentinel URL starts with the master name: \
-                     redis://[user:pass@]MASTER_NAME,HOST1:26379,HOST2:26379/DB"));
+                     redis://[user:pass@]MASTER_NAME,HOST1:26379,HOST2:26379/DB \
+                     (for Redis Cluster: redis+cluster://HOST1:PORT,HOST2:PORT,.../)"));
             }
             let mut nodes = Vec::new();
             for p in parts {
@@ -222,6 +261,12 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
             return Err(err("no host given"));
         }
     }
+    if cluster_nodes.is_some() && info.redis.db != 0 {
+        return Err(err(&format!(
+            "Redis Cluster has only database 0, not {}: drop the /{} from the URL",
+            info.redis.db, info.redis.db
+        )));
+    }
     let tls = matches!(info.addr, ConnectionAddr::TcpTls { .. });
     if !tls && (tls_ca.is_some() || tls_cert.is_some() || tls_key.is_some() || insecure) {
         return Err(err(
@@ -256,6 +301,7 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
         info,
         redacted,
         sentinel,
+        cluster: cluster_nodes,
         certs,
     })
 }
@@ -306,6 +352,45 @@ mod tests {
             .unwrap()
             .sentinel
             .is_none());
+    }
+
+    #[test]
+    fn cluster_form() {
+        let u = parse("redis+cluster://:pw@127.0.0.1:7000,h2:7001,h3").unwrap();
+        assert_eq!(
+            u.cluster.as_deref(),
+            Some(
+                &[
+                    ("127.0.0.1".to_string(), 7000),
+                    ("h2".to_string(), 7001),
+                    ("h3".to_string(), 6379)
+                ][..]
+            )
+        );
+        assert!(u.sentinel.is_none());
+        assert_eq!(u.info.redis.db, 0);
+        assert_eq!(u.info.redis.password.as_deref(), Some("pw"));
+        assert!(!u.redacted.contains("pw"), "{}", u.redacted);
+        assert!(matches!(u.info.addr, ConnectionAddr::Tcp(ref h, 7000) if h == "127.0.0.1"));
+        let u = parse("redis+cluster://h1:7000/0").unwrap();
+        assert_eq!(u.cluster.map(|n| n.len()), Some(1));
+        let u = parse("rediss+cluster://h1:7000,h2:7001/?insecure=true").unwrap();
+        assert!(matches!(
+            u.info.addr,
+            ConnectionAddr::TcpTls { insecure: true, .. }
+        ));
+        assert!(u.uses_tls());
+        let e = parse("redis+cluster://:secret@h1:7000,h2:7001/2")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("database 0"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let e = parse("redis+cluster://h1:x,h2").err().unwrap().to_string();
+        assert!(e.contains("cluster node"), "{e}");
+        // Several host:port without a master name is neither form.
+        let e = parse("redis://h1:1,h2:2/0").err().unwrap().to_string();
+        assert!(e.contains("redis+cluster://"), "{e}");
     }
 
     #[test]

@@ -413,6 +413,15 @@ impl Volume {
 
     /// Mounts with a command prefix (e.g. `nsenter --net=...`) and META-URL.
     pub fn mount_via(&self, wrapper: &[&str], url: &str, extra: &[&str]) -> Mount {
+        mount_at(wrapper, url, &self.env, extra)
+    }
+}
+
+/// Mounts META-URL `url` in the foreground as a child process (through
+/// `wrapper`, a command prefix, if any) with environment `env`, once the
+/// mount is ready.
+pub fn mount_at(wrapper: &[&str], url: &str, env: &[(String, String)], extra: &[&str]) -> Mount {
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).expect("mkdir mountpoint");
@@ -436,7 +445,7 @@ impl Volume {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in &self.env {
+        for (k, v) in env {
             c.env(k, v);
         }
         let mut child = c.spawn().expect("spawn vecfs mount");
@@ -465,6 +474,170 @@ impl Volume {
             log,
             _dir: dir,
         }
+    }
+}
+
+/// A Redis Cluster of masters (no replicas) on loopback ports, each with
+/// its own directory (and so its own `nodes.conf`), slots spread by
+/// `redis-cli --cluster create`. Torn down on drop.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub const NODE_ARGS: [&'static str; 6] = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "5000",
+    ];
+
+    pub fn start(masters: usize) -> Cluster {
+        let nodes: Vec<Redis> = (0..masters)
+            .map(|_| Redis::start_with(&Self::NODE_ARGS))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let o = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            o.status.success(),
+            "cluster create failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let c = Cluster { nodes };
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        wait_for("cluster_state:ok", Duration::from_secs(30), || {
+            self.nodes
+                .iter()
+                .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        });
+    }
+
+    /// `redis+cluster://` naming every node, starting with the node
+    /// `first` (an index into `nodes`).
+    pub fn url_from(&self, first: usize) -> String {
+        let n = self.nodes.len();
+        let hosts: Vec<String> = (0..n)
+            .map(|i| format!("127.0.0.1:{}", self.nodes[(first + i) % n].port))
+            .collect();
+        format!("redis+cluster://{}/", hosts.join(","))
+    }
+
+    /// The hash slot of `key` (CLUSTER KEYSLOT).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        self.nodes[0]
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// The index of the master that owns `slot` (from CLUSTER NODES:
+    /// `id ip:port@cport flags master ping pong epoch state slots...`).
+    pub fn owner(&self, slot: u16) -> usize {
+        let map = self.nodes[0].cli(&["cluster", "nodes"]);
+        let line = map
+            .lines()
+            .find(|l| {
+                l.split(' ').skip(8).any(|r| match r.split_once('-') {
+                    Some((a, b)) => match (a.parse::<u16>(), b.parse::<u16>()) {
+                        (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                        _ => false,
+                    },
+                    None => r.parse() == Ok(slot),
+                })
+            })
+            .unwrap_or_else(|| panic!("no node owns slot {slot}:\n{map}"));
+        let addr = line.split(' ').nth(1).unwrap_or("");
+        let port: u16 = addr
+            .split('@')
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .unwrap_or_else(|| panic!("slot {slot} owned by an unknown node {addr}"))
+    }
+
+    /// Every key on every node, with the index of the node holding it.
+    pub fn keys(&self, pattern: &str) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for k in n.cli(&["--scan", "--pattern", pattern]).lines() {
+                if !k.is_empty() {
+                    out.push((i, k.to_string()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A volume formatted on a Redis Cluster (whose lifetime the caller
+/// keeps), on the local `file` store.
+pub struct ClusterVolume {
+    pub url: String,
+    pub name: String,
+    pub env: Vec<(String, String)>,
+    pub store: tempfile::TempDir,
+}
+
+impl ClusterVolume {
+    pub fn format(url: &str, name: &str, extra: &[&str]) -> ClusterVolume {
+        let store = tempfile::tempdir().expect("tempdir");
+        let bucket = store.path().join("objects").to_string_lossy().into_owned();
+        let mut args = vec![
+            "format",
+            url,
+            name,
+            "--storage",
+            "file",
+            "--bucket",
+            &bucket,
+        ];
+        args.extend_from_slice(extra);
+        let o = vecfs(&args, &[]);
+        assert!(o.status.success(), "format failed: {}", stderr(&o));
+        ClusterVolume {
+            url: url.to_string(),
+            name: name.to_string(),
+            env: Vec::new(),
+            store,
+        }
+    }
+
+    /// The store's directory (the `--bucket`).
+    pub fn bucket(&self) -> PathBuf {
+        self.store.path().join("objects")
+    }
+
+    pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    /// Mounts by name: a cluster may hold several volumes.
+    pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        let mut args = vec!["--name", self.name.as_str()];
+        args.extend_from_slice(extra);
+        mount_at(&[], &self.url, &self.env, &args)
     }
 }
 

@@ -3,6 +3,14 @@
 -- ARGV[4] the caller's session id; each script's own arguments start at
 -- ARGV[5]. Scripts return {0, ...} on success or {errno} on failure.
 -- Attributes are packed as in src/meta/attr.rs (72 bytes, little endian).
+-- KEYS (Redis Cluster): every script is called with at least one key of
+-- the volume, KEYS[1] = P .. "setting" (marked scripts add their markers),
+-- which routes the call to the node owning the volume's slot. The other
+-- keys are computed here from P and the arguments (inodes, directories,
+-- chunk lists "c<ino>_<indx>", counters, session keys) and cannot all be
+-- declared up front; each starts with P = "{NAME}", the volume's hash tag,
+-- so all are in the same slot, which a cluster allows. Never touch a key
+-- that does not start with P.
 local P = ARGV[1]
 -- Every time a script stores (file times, deletion due times, trash hours)
 -- is the Redis server's: a node whose clock is off would otherwise date

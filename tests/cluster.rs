@@ -1,0 +1,514 @@
+//! Redis Cluster (issue 13): a volume whose META-URL lists the nodes of a
+//! cluster (`redis+cluster://H1:P1,H2:P2,H3:P3/`). Real servers on
+//! loopback: three masters made a cluster by `redis-cli --cluster create`.
+//! Each URL lists first a node that does NOT own the volume's slot, so
+//! every keyed request has to follow the slot map (MOVED), keyless ones
+//! (SCAN, WAIT, TIME) have to be routed to the slot owner by vecfs, and
+//! the mounts' change events come from a node other than the one their
+//! scripts publish on.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const SOON: Duration = Duration::from_secs(5);
+
+/// A cluster URL for volume `name` whose first node does not own its slot.
+fn url_for(c: &Cluster, name: &str) -> String {
+    let owner = c.owner(c.keyslot(&format!("{{{name}}}")));
+    c.url_from((owner + 1) % c.nodes.len())
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8]) -> i32 {
+    let (c, n) = (cpath(p), CString::new(name).unwrap());
+    // SAFETY: valid C strings and a buffer of the given length.
+    unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    }
+}
+
+fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let (c, n) = (cpath(p), CString::new(name).unwrap());
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let rc = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (rc >= 0).then(|| {
+        buf.truncate(rc as usize);
+        buf
+    })
+}
+
+fn flock(f: &File, op: i32) -> i32 {
+    // SAFETY: flock on an fd the File owns.
+    match unsafe { libc::flock(f.as_raw_fd(), op) } {
+        0 => 0,
+        _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// fcntl F_SETLK of a write (or unlock) lock on bytes [start, start+len).
+fn setlk(f: &File, typ: i32, start: i64, len: i64) -> i32 {
+    // SAFETY: an all-zero flock is valid; filled in below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: F_SETLK with a valid flock on an fd the File owns.
+    match unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } {
+        0 => 0,
+        _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// The pid F_GETLK reports as holding a conflicting lock (0: none).
+fn getlk_pid(f: &File, start: i64, len: i64) -> i32 {
+    // SAFETY: as in setlk.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: F_GETLK with a valid flock on an fd the File owns.
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) },
+        0
+    );
+    if fl.l_type == libc::F_UNLCK as i16 {
+        0
+    } else {
+        fl.l_pid
+    }
+}
+
+/// Every key of volume `name` is in one slot, on the node that owns it.
+fn assert_one_slot(c: &Cluster, name: &str) -> usize {
+    let keys = c.keys(&format!("{{{name}}}*"));
+    assert!(keys.len() > 3, "volume {name} has keys: {keys:?}");
+    let owner = c.owner(c.keyslot(&format!("{{{name}}}")));
+    let elsewhere: Vec<_> = keys.iter().filter(|(i, _)| *i != owner).collect();
+    assert!(
+        elsewhere.is_empty(),
+        "keys off the slot owner: {elsewhere:?}"
+    );
+    keys.len()
+}
+
+#[test]
+fn posix_operations_on_a_cluster_volume() {
+    let c = Cluster::start(3);
+    let url = url_for(&c, "clustervol");
+    let v = ClusterVolume::format(&url, "clustervol", &["--block-size", "64K"]);
+    let m = v.mount();
+
+    // create / write / read, a file of many blocks and a small (inline) one
+    let big = pattern(3 << 20, 1);
+    write_closed(&m.p("big"), &big);
+    assert_eq!(fs::read(m.p("big")).unwrap(), big);
+    fs::write(m.p("small"), b"hello cluster").unwrap();
+    assert_eq!(fs::read(m.p("small")).unwrap(), b"hello cluster");
+    // overwrite in the middle, then append
+    {
+        let mut f = OpenOptions::new().write(true).open(m.p("big")).unwrap();
+        f.seek(SeekFrom::Start(100_000)).unwrap();
+        f.write_all(&[7u8; 5000]).unwrap();
+        close(f).unwrap();
+    }
+    let mut want = big.clone();
+    want[100_000..105_000].fill(7);
+    assert_eq!(fs::read(m.p("big")).unwrap(), want);
+
+    // truncate down and up
+    let f = OpenOptions::new().write(true).open(m.p("big")).unwrap();
+    f.set_len(70_000).unwrap();
+    f.set_len(80_000).unwrap();
+    close(f).unwrap();
+    let mut got = Vec::new();
+    File::open(m.p("big"))
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got.len(), 80_000);
+    assert_eq!(&got[..70_000], &want[..70_000]);
+    assert!(got[70_000..].iter().all(|b| *b == 0));
+
+    // mkdir / rename / unlink / rmdir
+    fs::create_dir(m.p("d")).unwrap();
+    fs::rename(m.p("small"), m.p("d/moved")).unwrap();
+    assert!(!m.p("small").exists());
+    assert_eq!(fs::read(m.p("d/moved")).unwrap(), b"hello cluster");
+    assert_eq!(
+        fs::remove_dir(m.p("d")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    fs::remove_file(m.p("d/moved")).unwrap();
+    fs::remove_dir(m.p("d")).unwrap();
+    assert!(!m.p("d").exists());
+
+    // symlink / hard link
+    std::os::unix::fs::symlink("big", m.p("sym")).unwrap();
+    assert_eq!(fs::read_link(m.p("sym")).unwrap(), Path::new("big"));
+    assert_eq!(fs::read(m.p("sym")).unwrap().len(), 80_000);
+    fs::hard_link(m.p("big"), m.p("hard")).unwrap();
+    assert_eq!(fs::metadata(m.p("big")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(m.p("hard")).unwrap().ino(),
+        fs::metadata(m.p("big")).unwrap().ino()
+    );
+    fs::remove_file(m.p("big")).unwrap();
+    assert_eq!(fs::read(m.p("hard")).unwrap().len(), 80_000);
+
+    // xattrs
+    assert_eq!(setxattr(&m.p("hard"), "user.k", b"v1"), 0);
+    assert_eq!(
+        getxattr(&m.p("hard"), "user.k").as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(getxattr(&m.p("hard"), "user.none"), None);
+
+    // a directory of a few hundred entries, listed whole
+    fs::create_dir(m.p("many")).unwrap();
+    for i in 0..400 {
+        close(File::create(m.p(&format!("many/f{i:03}"))).unwrap()).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(m.p("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..400).map(|i| format!("f{i:03}")).collect();
+    assert_eq!(names, want);
+
+    // flock and fcntl locks (conflicts across nodes: two_mounts_...)
+    let f = File::open(m.p("hard")).unwrap();
+    assert_eq!(flock(&f, libc::LOCK_EX | libc::LOCK_NB), 0);
+    assert_eq!(flock(&f, libc::LOCK_UN), 0);
+    let w = OpenOptions::new().write(true).open(m.p("hard")).unwrap();
+    assert_eq!(setlk(&w, libc::F_WRLCK, 0, 100), 0);
+    assert_eq!(setlk(&w, libc::F_UNLCK, 0, 100), 0);
+    drop((f, w));
+
+    // Every key of the volume sits in its slot, on its owner.
+    let n = assert_one_slot(&c, "clustervol");
+    println!(
+        "volume keys: {n}, all on node {}",
+        c.owner(c.keyslot("{clustervol}"))
+    );
+
+    // A remount reads everything back.
+    m.unmount();
+    let m = v.mount();
+    assert_eq!(fs::read(m.p("hard")).unwrap().len(), 80_000);
+    assert_eq!(fs::read_dir(m.p("many")).unwrap().count(), 400);
+    m.unmount();
+}
+
+#[test]
+fn two_mounts_of_a_cluster_volume_see_each_other() {
+    let c = Cluster::start(3);
+    let url = url_for(&c, "sharedvol");
+    let v = ClusterVolume::format(&url, "sharedvol", &[]);
+    let a = v.mount();
+    // B caches for 30 s: it sees A's namespace changes within SOON only
+    // through the change events, published on the slot owner and received
+    // on the first listed node (not the owner).
+    let b = v.mount_with(&["--attr-cache", "30", "--entry-cache", "30"]);
+
+    let body = pattern(5 << 20, 9);
+    write_closed(&a.p("seg"), &body);
+    assert_eq!(fs::read(b.p("seg")).unwrap(), body, "close-to-open on B");
+
+    // B has looked up `seg`; a rename on A must drop B's cached entry.
+    fs::rename(a.p("seg"), a.p("seg2")).unwrap();
+    wait_for("rename seen on B", SOON, || {
+        !b.p("seg").exists() && b.p("seg2").exists()
+    });
+    assert_eq!(fs::read(b.p("seg2")).unwrap(), body);
+    fs::create_dir(a.p("dir")).unwrap();
+    wait_for("mkdir seen on B", SOON, || b.p("dir").is_dir());
+    fs::write(b.p("dir/from-b"), b"b wrote this").unwrap();
+    assert_eq!(fs::read(a.p("dir/from-b")).unwrap(), b"b wrote this");
+
+    // Locks conflict across the two nodes.
+    let fa = OpenOptions::new().write(true).open(a.p("seg2")).unwrap();
+    let fb = OpenOptions::new().write(true).open(b.p("seg2")).unwrap();
+    assert_eq!(flock(&fa, libc::LOCK_EX | libc::LOCK_NB), 0);
+    assert_eq!(flock(&fb, libc::LOCK_EX | libc::LOCK_NB), libc::EWOULDBLOCK);
+    assert_eq!(flock(&fa, libc::LOCK_UN), 0);
+    assert_eq!(flock(&fb, libc::LOCK_EX | libc::LOCK_NB), 0);
+    assert_eq!(flock(&fb, libc::LOCK_UN), 0);
+    assert_eq!(setlk(&fa, libc::F_WRLCK, 0, 10), 0);
+    assert_eq!(setlk(&fb, libc::F_WRLCK, 5, 10), libc::EAGAIN);
+    assert_ne!(getlk_pid(&fb, 5, 10), 0, "B sees A's lock");
+    assert_eq!(setlk(&fb, libc::F_WRLCK, 10, 10), 0, "no overlap");
+    assert_eq!(setlk(&fa, libc::F_UNLCK, 0, 10), 0);
+    assert_eq!(setlk(&fb, libc::F_WRLCK, 0, 10), 0);
+    drop((fa, fb));
+
+    // An unlink on B is seen on A.
+    fs::remove_file(b.p("dir/from-b")).unwrap();
+    wait_for("unlink seen on A", SOON, || !a.p("dir/from-b").exists());
+    b.unmount();
+    a.unmount();
+}
+
+#[test]
+fn two_volumes_on_one_cluster_stay_apart() {
+    let c = Cluster::start(3);
+    let (s1, s2) = (c.keyslot("{vol-one}"), c.keyslot("{vol-two}"));
+    assert_ne!(s1, s2, "the test's two names must land on different slots");
+    let v1 = ClusterVolume::format(&url_for(&c, "vol-one"), "vol-one", &[]);
+    let v2 = ClusterVolume::format(&url_for(&c, "vol-two"), "vol-two", &["--trash-days", "0"]);
+    let m1 = v1.mount();
+    let m2 = v2.mount();
+    fs::write(m1.p("same-name"), b"one").unwrap();
+    fs::write(m2.p("same-name"), b"two, longer").unwrap();
+    fs::create_dir(m1.p("only-in-one")).unwrap();
+    assert_eq!(fs::read(m1.p("same-name")).unwrap(), b"one");
+    assert_eq!(fs::read(m2.p("same-name")).unwrap(), b"two, longer");
+    assert!(!m2.p("only-in-one").exists());
+    fs::remove_file(m2.p("same-name")).unwrap();
+    assert_eq!(fs::read(m1.p("same-name")).unwrap(), b"one");
+    let names = |m: &Mount| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&m.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&m1), ["only-in-one", "same-name"]);
+    assert!(names(&m2).is_empty(), "{:?}", names(&m2));
+    // Each volume's keys in its own slot.
+    assert_one_slot(&c, "vol-one");
+    assert_one_slot(&c, "vol-two");
+    // Both are listed; the status of each shows its own settings.
+    let o = vecfs(&["status", &v2.url, "--name", "vol-two"], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("vol-two") && !out.contains("vol-one"), "{out}");
+    m1.unmount();
+    m2.unmount();
+}
+
+#[test]
+fn gc_fsck_dump_and_destroy_on_a_cluster_volume() {
+    let c = Cluster::start(3);
+    let url = url_for(&c, "toolvol");
+    let v = ClusterVolume::format(
+        &url,
+        "toolvol",
+        &[
+            "--block-size",
+            "64K",
+            "--inline-size",
+            "0",
+            "--trash-days",
+            "0",
+        ],
+    );
+    let m = v.mount();
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..20 {
+        write_closed(
+            &m.p(&format!("d/f{i}")),
+            &pattern(100_000 + i * 1000, i as u64),
+        );
+    }
+    m.unmount();
+
+    // fsck: clean.
+    let o = vecfs(&["fsck", &url], &[]);
+    assert!(
+        o.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+
+    // gc: finds the objects SCAN-found chunk lists name, and one stray.
+    let stray = v.bucket().join("toolvol/chunks/3f/0/990001_0_1000");
+    fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    fs::write(&stray, b"stray").unwrap();
+    let o = vecfs(&["gc", &url, "--min-age", "0", "--json"], &[]);
+    assert!(o.status.success(), "gc: {}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["leaked"]["objects"], 1, "{r}");
+    assert_eq!(r["referenced"]["objects"], 40, "{r}");
+    let o = vecfs(&["gc", &url, "--min-age", "0", "--delete", "--json"], &[]);
+    assert!(o.status.success(), "gc --delete: {}", stderr(&o));
+    assert!(!stray.exists());
+
+    // fsck finds a dangling entry (an inode key removed by hand) and repairs it.
+    let m = v.mount();
+    let ino = fs::metadata(m.p("d/f3")).unwrap().ino();
+    m.unmount();
+    let owner = c.owner(c.keyslot("{toolvol}"));
+    let gone = c.nodes[owner].cli(&["del", &format!("{{toolvol}}i{ino}")]);
+    assert_eq!(gone.trim(), "1");
+    let o = vecfs(&["fsck", &url], &[]);
+    assert!(!o.status.success(), "fsck must see the damage");
+    let o = vecfs(&["fsck", &url, "--repair"], &[]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("f3"), "{out}{}", stderr(&o));
+    let o = vecfs(&["fsck", &url], &[]);
+    assert!(
+        o.status.success(),
+        "fsck after repair: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // dump, and load into a plain Redis: the same tree.
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    let o = vecfs(&["dump", &url, dump.path().to_str().unwrap()], &[]);
+    assert!(o.status.success(), "dump: {}", stderr(&o));
+    let text = fs::read_to_string(dump.path()).unwrap();
+    assert!(text.lines().count() > 20, "{text}");
+    let plain = Redis::start();
+    let o = vecfs(&["load", &plain.url(1), dump.path().to_str().unwrap()], &[]);
+    assert!(o.status.success(), "load: {}", stderr(&o));
+    let loaded = mount_at(&[], &plain.url(1), &[], &[]);
+    let mut names: Vec<String> = fs::read_dir(loaded.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 19, "{names:?}");
+    assert_eq!(fs::read(loaded.p("d/f7")).unwrap(), pattern(107_000, 7));
+    loaded.unmount();
+
+    // destroy: every key of the volume goes, from the node that held them.
+    let o = vecfs(&["status", &url], &[]);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let uuid = status["setting"]["uuid"].as_str().unwrap_or("").to_string();
+    assert!(
+        !uuid.is_empty(),
+        "status: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = vecfs(&["destroy", &url, &uuid], &[]);
+    assert!(o.status.success(), "destroy: {}", stderr(&o));
+    assert!(
+        c.keys("{toolvol}*").is_empty(),
+        "{:?}",
+        c.keys("{toolvol}*")
+    );
+}
+
+/// WAIT goes to the slot owner: with a replica of that master,
+/// `--meta-wait-replicas 1` works (WAIT sent to every master would count
+/// 0 replicas on the others and time out).
+#[test]
+fn meta_wait_replicas_on_a_cluster() {
+    let c = Cluster::start(3);
+    let owner = c.owner(c.keyslot("{waitvol}"));
+    let replica = Redis::start_with(&Cluster::NODE_ARGS);
+    let id = c.nodes[owner].cli(&["cluster", "myid"]).trim().to_string();
+    let o = std::process::Command::new("redis-cli")
+        .args(["--cluster", "add-node"])
+        .arg(format!("127.0.0.1:{}", replica.port))
+        .arg(format!("127.0.0.1:{}", c.nodes[owner].port))
+        .args(["--cluster-slave", "--cluster-master-id", &id])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "add-node: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    wait_for("the replica is in sync", Duration::from_secs(30), || {
+        c.nodes[owner]
+            .cli(&["info", "replication"])
+            .contains("connected_slaves:1")
+            && replica
+                .cli(&["info", "replication"])
+                .contains("master_link_status:up")
+    });
+    c.wait_ok();
+    let url = url_for(&c, "waitvol");
+    let v = ClusterVolume::format(&url, "waitvol", &[]);
+    let m = v.mount_with(&["--meta-wait-replicas", "1", "--meta-timeout", "5"]);
+    for i in 0..20 {
+        write_closed(&m.p(&format!("f{i}")), &pattern(1000, i));
+    }
+    fs::create_dir(m.p("d")).unwrap();
+    fs::rename(m.p("f0"), m.p("d/f0")).unwrap();
+    assert_eq!(fs::read(m.p("d/f0")).unwrap(), pattern(1000, 0));
+    // The replica holds the changes.
+    let keys = replica.cli(&["dbsize"]);
+    assert!(
+        keys.trim().parse::<u64>().unwrap_or(0) > 20,
+        "replica keys: {keys}"
+    );
+    m.unmount();
+}
+
+/// Bad cluster URLs fail at once with one line that says what is wrong,
+/// never a panic, never the password.
+#[test]
+fn bad_cluster_urls_are_clear_errors() {
+    let bucket = tempfile::tempdir().unwrap();
+    let b = bucket.path().to_str().unwrap();
+    let format = |url: &str| {
+        let t = std::time::Instant::now();
+        let o = vecfs(
+            &["format", url, "badvol", "--storage", "file", "--bucket", b],
+            &[],
+        );
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{url}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{url}: took {:?}",
+            t.elapsed()
+        );
+        e
+    };
+    // No node answers.
+    let (p1, p2) = (free_port(), free_port());
+    let e = format(&format!(
+        "redis+cluster://:s3cret@127.0.0.1:{p1},127.0.0.1:{p2}/"
+    ));
+    assert!(
+        e.contains("Redis Cluster") && e.contains(&p1.to_string()),
+        "{e}"
+    );
+    // A database other than 0.
+    let e = format(&format!("redis+cluster://:s3cret@127.0.0.1:{p1}/2"));
+    assert!(e.contains("database 0"), "{e}");
+    // A server that is no cluster node.
+    let plain = Redis::start();
+    let e = format(&format!(
+        "redis+cluster://:s3cret@127.0.0.1:{}/",
+        plain.port
+    ));
+    assert!(e.contains("Redis Cluster"), "{e}");
+    // A wrong password.
+    let locked = Redis::start_with(&["--requirepass", "right"]);
+    let e = format(&format!(
+        "redis+cluster://:s3cret@127.0.0.1:{}/",
+        locked.port
+    ));
+    assert!(e.contains("password") || e.contains("credentials"), "{e}");
+}
