@@ -16,7 +16,11 @@
 #   metadata  SMALL small files (1 KiB, made once by the writer before the
 #             first N): all N readers at once stat every file, then all at
 #             once open + close every file. Aggregate ops/s (N x SMALL / wall
-#             time) next to N=1's, Redis commands per file per reader.
+#             time) next to N=1's; per file per reader: Redis commands
+#             (total_commands_processed, which also counts the commands a
+#             Lua script runs: one lookup script is 4) and the daemons' Redis
+#             requests (round trips, their metrics); Redis CPU seconds and
+#             the share of the stat phase's wall time Redis was busy.
 # Prints a table and one JSON line.
 #
 # Usage: scripts/bench-manyreaders.sh [N ...]     (default: 1 2 4 8)
@@ -63,6 +67,8 @@ rinfo() { # total commands processed, CPU seconds (user + sys)
   redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed:/ {printf "%s ", $2+0}'
   redis-cli -p "$rport" info cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.3f\n", s}'
 }
+# Redis requests (round trips; a script counts once) a reader daemon made
+metareqs() { curl -s "$1" | awk '$1 ~ /^vecfs_meta_request_duration_seconds_count/ {v += $2} END {print v + 0}'; }
 getbytes() { curl -s "$1" | awk '$1 == "vecfs_object_get_bytes_total" {v = $2} END {print v + 0}'; }
 py=scripts/manyreaders.py
 
@@ -118,9 +124,11 @@ for n in "${ns_list[@]}"; do
     rxs[i]=$(($(veth_rx "$i") - rx0[i]))
   done
   # metadata: all readers stat every small file at once, then open + close
-  declare -A mc=()
+  declare -A mc=() mcpu=() mreq=()
   for what in stat open; do
-    read -r c0 _ < <(rinfo)
+    r0=0
+    for ((i = 1; i <= n; i++)); do r0=$((r0 + $(metareqs "${urls[i]}"))); done
+    read -r c0 cpu0 < <(rinfo)
     start=$(python3 -c 'import time; print(time.time() + 1)')
     mp=()
     for ((i = 1; i <= n; i++)); do
@@ -129,8 +137,12 @@ for n in "${ns_list[@]}"; do
       mp+=($!)
     done
     wait "${mp[@]}"
-    read -r c1 _ < <(rinfo)
+    read -r c1 cpu1 < <(rinfo)
     mc[$what]=$((c1 - c0))
+    mcpu[$what]=$(echo "$cpu1 - $cpu0" | bc -l)
+    r1=0
+    for ((i = 1; i <= n; i++)); do r1=$((r1 + $(metareqs "${urls[i]}"))); done
+    mreq[$what]=$((r1 - r0))
   done
   for ((i = 1; i <= n; i++)); do "$vecfs" umount "${mnts[i]}" >/dev/null; done
   grep -h " ERROR \|panicked" "$work"/r*-n"$n".log 2>/dev/null | head -3 >&2 || true
@@ -163,9 +175,13 @@ print(json.dumps({
     "stat_agg": round(agg("stat"), 1), "open_agg": round(agg("open"), 1),
     "redis_per_file_stat": round(${mc[stat]} / ($n * $small), 2),
     "redis_per_file_open": round(${mc[open]} / ($n * $small), 2),
+    "req_per_file_stat": round(${mreq[stat]} / ($n * $small), 2),
+    "req_per_file_open": round(${mreq[open]} / ($n * $small), 2),
+    "redis_cpu_stat": round(${mcpu[stat]}, 3), "redis_cpu_open": round(${mcpu[open]}, 3),
+    "redis_busy_stat": round(${mcpu[stat]} * agg("stat") / ($n * $small), 3),
 }))
 EOF
-  unset mc
+  unset mc mcpu mreq
   tail -1 "$rows" >&2
 done
 "$vecfs" umount "$work/mnt-w" >/dev/null

@@ -77,28 +77,32 @@ def make(d, count, size, procs):
 def summary(path, loadavg):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     base = rows[0] if rows else None
-    hdr = (
-        f"{'N':>2} {'load agg':>9} {'per reader MiB/s':>18} {'GET MiB/reader':>15} "
-        f"{'Redis CPU s':>11} {'Redis ops/s':>11} | {'stat agg/s':>10} {'x N=1':>5} "
-        f"{'open agg/s':>10} {'x N=1':>5} {'Redis ops/file/reader':>22}"
-    )
     print(f"data: {base['files']} x {base['file_mib']} MiB per reader; "
           f"metadata: {base['small']} files" if base else "no rows")
-    print(hdr)
+    print(f"{'N':>2} {'load agg':>9} {'per reader MiB/s':>17} {'GET MiB/reader':>14} "
+          f"{'Redis CPU s':>11} {'Redis ops/s':>11}")
     for r in rows:
         pr = r["per_reader_mibs"]
         gets = r["get_mib"]
-        print(
-            f"{r['n']:>2} {r['agg_mibs']:>9.1f} "
-            f"{min(pr):>5.0f}/{sum(pr) / len(pr):>5.0f}/{max(pr):>5.0f} MiB/s "
-            f"{min(gets):>6.1f}-{max(gets):<6.1f}  "
-            f"{r['redis_cpu_load']:>11.2f} {r['redis_ops_load']:>11.0f} | "
-            f"{r['stat_agg']:>10.0f} {r['stat_agg'] / base['stat_agg']:>5.2f} "
-            f"{r['open_agg']:>10.0f} {r['open_agg'] / base['open_agg']:>5.2f} "
-            f"{r['redis_per_file_stat']:>9.2f} stat {r['redis_per_file_open']:>5.2f} open"
-        )
-    print("per reader MiB/s: min/mean/max; GET MiB/reader: store bytes fetched by each reader "
-          "daemon over both loads (first + again); 'x N=1': aggregate ops/s over N=1's")
+        print(f"{r['n']:>2} {r['agg_mibs']:>9.1f} "
+              f"{min(pr):>5.0f}/{sum(pr) / len(pr):>5.0f}/{max(pr):>5.0f} "
+              f"{min(gets):>6.1f}-{max(gets):<7.1f} "
+              f"{r['redis_cpu_load']:>11.2f} {r['redis_ops_load']:>11.0f}")
+    print("per reader MiB/s: min/mean/max of the first load; GET MiB/reader: store bytes each "
+          "reader daemon fetched over both loads (first + again, page cache dropped between)")
+    print()
+    print(f"{'N':>2} {'stat/s':>8} {'x N=1':>6} {'open/s':>8} {'x N=1':>6} "
+          f"{'cmds/file':>10} {'reqs/file':>10} {'Redis CPU s':>11} {'Redis busy':>10}")
+    for r in rows:
+        print(f"{r['n']:>2} {r['stat_agg']:>8.0f} {r['stat_agg'] / base['stat_agg']:>6.2f} "
+              f"{r['open_agg']:>8.0f} {r['open_agg'] / base['open_agg']:>6.2f} "
+              f"{r['redis_per_file_stat']:>4.2f}/{r['redis_per_file_open']:<5.2f} "
+              f"{r.get('req_per_file_stat', 0):>4.2f}/{r.get('req_per_file_open', 0):<5.2f} "
+              f"{r.get('redis_cpu_stat', 0):>5.2f}/{r.get('redis_cpu_open', 0):<5.2f} "
+              f"{100 * r.get('redis_busy_stat', 0):>9.0f}%")
+    print("aggregate ops/s of all readers at once; 'x N=1': over N=1's; per file per reader, "
+          "stat/open: Redis commands (a lookup script counts 4) and daemon requests (round "
+          "trips); Redis CPU s stat/open phase; Redis busy: its CPU share of the stat phase")
     print(f"load average at the end: {loadavg} ({os.cpu_count()} cores)")
     print(json.dumps({"manyreaders": rows, "loadavg": loadavg}))
 
