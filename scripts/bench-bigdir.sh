@@ -6,11 +6,13 @@
 # cold (stat of every entry), and the removal of every file (P parallel
 # removers), on the local disk and on a vecfs mount (redis + file store).
 # Prints seconds and entries/s per step, and the vecfs daemon's peak RSS
-# (VmHWM of the daemon mounted fresh before the cold listing) and its growth
-# over the listings.
+# (VmHWM of the daemon mounted fresh before the cold listing: "rss" after
+# all listings, "+ -f" its growth over the two `ls -f`, "+ -l" over all).
 #
 # Usage: scripts/bench-bigdir.sh [N ...]     (default: 10000 100000)
 # Env: VECFS_BIN runs that vecfs binary instead of target/release/vecfs;
+# VECFS_BINS="BIN1 BIN2 ..." lists the same vecfs directories with each
+# binary in turn (remounted; created with the first, removed with the last);
 # P (4) creators/removers; KEEP=1 skips the removal (and keeps nothing else).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,9 @@ BUCKETS=vecfs
 source scripts/bench-servers.sh
 
 meta=redis://127.0.0.1:$rport/1
+bins=("$vecfs")
+[[ -n ${VECFS_BINS:-} ]] && read -r -a bins <<<"$VECFS_BINS"
+vecfs=${bins[0]}
 "$vecfs" format "$meta" bigdir --storage file --bucket "$work/store" >/dev/null
 mkdir -p "$work/mnt-vecfs" "$work/local"
 daemon=
@@ -66,29 +71,40 @@ timed() { # prints seconds taken by the command, checks it listed N entries
 hwm() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$daemon/status"; }
 rate() { echo "$1 / $2" | bc -l | xargs printf '%.0f'; }
 
-printf '%-6s %9s %16s %16s %16s %16s %16s %6s %6s\n' where entries create 'ls -f cold' 'ls -f warm' \
-  'ls -l cold' remove 'rss' '+MiB'
+printf '%-12s %9s %15s %15s %15s %15s %15s %5s %5s %5s\n' where entries create 'ls -f cold' 'ls -f warm' \
+  'ls -l cold' remove 'rss' '+ -f' '+ -l'
 json=()
+cell() { printf '%.1fs %.0fk/s' "$1" "$(echo "$n / $1 / 1000" | bc -l)"; }
 for n in "${sizes[@]}"; do
   for where in local vecfs; do
-    if [[ $where == local ]]; then d=$work/local/d$n; else d=$work/mnt-vecfs/d$n; fi
+    if [[ $where == local ]]; then d=$work/local/d$n; wheres=(local); else d=$work/mnt-vecfs/d$n; wheres=("${bins[@]}"); fi
     t0=$(now); parallel "$d" "$n" create; create=$(secs "$t0" "$(now)")
-    if [[ $where == vecfs ]]; then "$vecfs" umount "$work/mnt-vecfs" >/dev/null; mount_vecfs; fi
-    rss0=$([[ $where == vecfs ]] && hwm || echo 0)
-    sync; echo 2 > /proc/sys/vm/drop_caches
-    cold=$(timed "$n" ls -f "$d")
-    warm=$(timed "$n" ls -f "$d")
-    sync; echo 2 > /proc/sys/vm/drop_caches
-    long=$(timed "$n" ls -l "$d")
-    rss=- grow=-
-    if [[ $where == vecfs ]]; then rss=$(hwm); grow=$((rss - rss0)); fi
-    remove=0
-    if [[ -z ${KEEP:-} ]]; then t0=$(now); parallel "$d" "$n" remove; rmdir "$d"; remove=$(secs "$t0" "$(now)"); fi
-    cell() { printf '%.1fs %.0fk/s' "$1" "$(echo "$n / $1 / 1000" | bc -l)"; }
-    printf '%-6s %9d %16s %16s %16s %16s %16s %6s %6s\n' "$where" "$n" "$(cell "$create")" "$(cell "$cold")" \
-      "$(cell "$warm")" "$(cell "$long")" "$(if [[ -z ${KEEP:-} ]]; then cell "$remove"; else echo -; fi)" "$rss" "$grow"
-    json+=("$(printf '{"where":"%s","entries":%d,"create_s":%.3f,"ls_f_cold_s":%.3f,"ls_f_warm_s":%.3f,"ls_l_cold_s":%.3f,"remove_s":%.3f,"ls_f_cold_per_s":%s,"ls_f_warm_per_s":%s,"rss_mib":"%s"}' \
-      "$where" "$n" "$create" "$cold" "$warm" "$long" "$remove" "$(rate "$n" "$cold")" "$(rate "$n" "$warm")" "$rss")")
+    for k in "${!wheres[@]}"; do
+      w=${wheres[k]} label=$where
+      if [[ $where == vecfs ]]; then
+        vecfs=$w
+        ((${#bins[@]} > 1)) && label=vecfs:$(basename "$w")
+        "$vecfs" umount "$work/mnt-vecfs" >/dev/null; mount_vecfs
+      fi
+      rss0=$([[ $where == vecfs ]] && hwm || echo 0)
+      sync; echo 2 > /proc/sys/vm/drop_caches
+      cold=$(timed "$n" ls -f "$d")
+      warm=$(timed "$n" ls -f "$d")
+      rss=- growf=- growl=-
+      [[ $where == vecfs ]] && growf=$(($(hwm) - rss0))
+      sync; echo 2 > /proc/sys/vm/drop_caches
+      long=$(timed "$n" ls -l "$d")
+      if [[ $where == vecfs ]]; then rss=$(hwm); growl=$((rss - rss0)); fi
+      remove=0
+      if [[ -z ${KEEP:-} ]] && ((k == ${#wheres[@]} - 1)); then
+        t0=$(now); parallel "$d" "$n" remove; rmdir "$d"; remove=$(secs "$t0" "$(now)")
+      fi
+      printf '%-12s %9d %15s %15s %15s %15s %15s %5s %5s %5s\n' "$label" "$n" \
+        "$(if ((k == 0)); then cell "$create"; else echo -; fi)" "$(cell "$cold")" "$(cell "$warm")" "$(cell "$long")" \
+        "$(if [[ $remove != 0 ]]; then cell "$remove"; else echo -; fi)" "$rss" "$growf" "$growl"
+      json+=("$(printf '{"where":"%s","entries":%d,"create_s":%.3f,"ls_f_cold_s":%.3f,"ls_f_warm_s":%.3f,"ls_l_cold_s":%.3f,"remove_s":%.3f,"ls_f_cold_per_s":%s,"ls_f_warm_per_s":%s,"rss_mib":"%s","rss_growth_ls_f_mib":"%s","rss_growth_ls_l_mib":"%s"}' \
+        "$label" "$n" "$create" "$cold" "$warm" "$long" "$remove" "$(rate "$n" "$cold")" "$(rate "$n" "$warm")" "$rss" "$growf" "$growl")")
+    done
   done
 done
 "$vecfs" umount "$work/mnt-vecfs" >/dev/null
