@@ -37,13 +37,13 @@ for n in "${ns_list[@]}"; do
 done
 files=${FILES:-4} size=${SIZE:-64} small=${SMALL:-10000}
 
-# shellcheck source=scripts/bench-netns.sh
-source scripts/bench-netns.sh
-trap netns_cleanup EXIT
-netns_setup "$max"
+# The servers listen on every address; the namespaces come after them, so
+# one exit trap (below) removes both even when the servers fail to start.
 export BENCH_BIND=0.0.0.0
 # shellcheck source=scripts/bench-servers.sh
 WORK_PREFIX=bench-manyreaders BUCKETS=manyreaders source scripts/bench-servers.sh
+# shellcheck source=scripts/bench-netns.sh
+source scripts/bench-netns.sh
 all_cleanup() {
   local m
   for m in "$work"/mnt-*; do
@@ -55,6 +55,7 @@ all_cleanup() {
 }
 trap all_cleanup EXIT
 trap 'exit 130' INT TERM
+netns_setup "$max"
 for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 meta=redis://$net_host:$rport/1
