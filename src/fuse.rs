@@ -221,10 +221,13 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
-/// Entries cloned per readdir call: about what one reply page (4 KiB)
-/// holds, so a call never copies the rest of a large listing.
-const READDIR_BATCH: usize = 256;
-const READDIRPLUS_BATCH: usize = 64;
+/// Entries a readdir request makes sure are kept (reading pages) before
+/// its reply is filled: a page, more than the kernel's largest buffer
+/// (the getdents size, up to 128 KiB) takes of plus entries, and about
+/// what 32 KiB takes of short names. A reply is filled until the kernel's
+/// buffer is full or the kept entries end; the next page is then read
+/// ahead while the kernel consumes the reply.
+const READDIR_WANT: usize = crate::vfs::READDIR_PAGE;
 
 fn blank_dir_attr(ino: u64, kind: FileType) -> FileAttr {
     FileAttr {
@@ -695,19 +698,20 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         self.spawn("readdir", async move {
-            match vfs.readdir(fh.0, offset, READDIR_BATCH, false).await {
-                Ok(items) => {
-                    for (off, it) in items {
-                        if reply.add(
-                            INodeNo(it.ino),
-                            off,
-                            kind(it.kind),
-                            OsStr::from_bytes(&it.name),
-                        ) {
-                            break;
-                        }
-                    }
-                    reply.ok()
+            let r = vfs
+                .readdir_fill(fh.0, offset, READDIR_WANT, false, |off, it| {
+                    reply.add(
+                        INodeNo(it.ino),
+                        off,
+                        kind(it.kind),
+                        OsStr::from_bytes(&it.name),
+                    )
+                })
+                .await;
+            match r {
+                Ok(next) => {
+                    reply.ok();
+                    tokio::spawn(async move { vfs.readdir_ahead(fh.0, next, false).await });
                 }
                 Err(e) => reply.error(errno(e)),
             }
@@ -724,39 +728,39 @@ impl Filesystem for FuseFs {
     ) {
         let vfs = self.vfs.clone();
         self.spawn("readdirplus", async move {
-            match vfs.readdir(fh.0, offset, READDIRPLUS_BATCH, true).await {
-                Ok(items) => {
-                    for (off, it) in items {
-                        let full = match vfs.entry_for_item(ino.0, &it) {
-                            Some(e) => {
-                                let full = reply.add(
-                                    INodeNo(it.ino),
-                                    off,
-                                    OsStr::from_bytes(&it.name),
-                                    &e.entry_ttl,
-                                    &file_attr(e.ino, &e.attr),
-                                    Generation(0),
-                                );
-                                if full {
-                                    vfs.entry_unsent(&it);
-                                }
-                                full
-                            }
-                            // ".." without attributes: a zero TTL keeps the kernel asking.
-                            None => reply.add(
-                                INodeNo(0),
+            let r = vfs
+                .readdir_fill(fh.0, offset, READDIR_WANT, true, |off, it| {
+                    match vfs.entry_for_item(ino.0, it) {
+                        Some(e) => {
+                            let full = reply.add(
+                                INodeNo(it.ino),
                                 off,
                                 OsStr::from_bytes(&it.name),
-                                &Duration::ZERO,
-                                &blank_dir_attr(it.ino, kind(it.kind)),
+                                &e.entry_ttl,
+                                &file_attr(e.ino, &e.attr),
                                 Generation(0),
-                            ),
-                        };
-                        if full {
-                            break;
+                            );
+                            if full {
+                                vfs.entry_unsent(it);
+                            }
+                            full
                         }
+                        // ".." without attributes: a zero TTL keeps the kernel asking.
+                        None => reply.add(
+                            INodeNo(0),
+                            off,
+                            OsStr::from_bytes(&it.name),
+                            &Duration::ZERO,
+                            &blank_dir_attr(it.ino, kind(it.kind)),
+                            Generation(0),
+                        ),
                     }
-                    reply.ok()
+                })
+                .await;
+            match r {
+                Ok(next) => {
+                    reply.ok();
+                    tokio::spawn(async move { vfs.readdir_ahead(fh.0, next, true).await });
                 }
                 Err(e) => reply.error(errno(e)),
             }

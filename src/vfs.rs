@@ -13,6 +13,9 @@ use std::time::Duration;
 mod dir;
 mod kernel;
 
+/// Entries read from Redis per page of a directory listing.
+pub const READDIR_PAGE: usize = dir::PAGE;
+
 use crate::data::writer::MAX_PENDING_SLICES;
 use crate::data::{DataStore, FileWriter, PendingBlocks};
 use crate::error::Error;
@@ -1605,41 +1608,46 @@ impl Vfs {
         Ok(())
     }
 
-    /// Up to `max` entries from `offset` on (offset n resumes after the
-    /// n-th entry), reading further pages as needed. Attributes are
+    /// Entries from `offset` on (offset n resumes after the n-th entry),
+    /// each handed to `add` with the offset that resumes after it, until
+    /// `add` answers true (the reply is full: that entry was not taken) or
+    /// the kept entries run out; further pages are read first until at
+    /// least `want` entries are kept from `offset` (or the directory ends).
+    /// Returns the offset the kernel will resume from. Attributes are
     /// settled now against what this node changed since they were read,
     /// so a listing never shows a file shorter than writes this node
     /// already acknowledged.
     ///
     /// Pages read for a plain readdir request come without attributes:
     /// with READDIRPLUS_AUTO the kernel asks for them only while something
-    /// looks at the entries (`ls -l`), not for `ls -f` or a segment scan.
-    pub async fn readdir(
+    /// looks at the entries (`ls -l`), not for `ls -f` or a segment scan;
+    /// a plain request is given the kept entries as they are, not copied.
+    pub async fn readdir_fill(
         &self,
         fh: u64,
         offset: u64,
-        max: usize,
+        want: usize,
         plus: bool,
-    ) -> VResult<Vec<(u64, DirItem)>> {
-        let d = match self.handles.lock().map_err(|_| libc::EIO)?.get(&fh) {
-            Some(Handle::Dir(d)) => d.clone(),
-            _ => return Err(libc::EBADF),
-        };
+        mut add: impl FnMut(u64, &DirItem) -> bool,
+    ) -> VResult<u64> {
+        let d = self.dir_handle(fh)?;
         let mut listing = d.listing.lock().await;
         if !listing.skip_to(offset) {
             // rewinddir or seekdir back: list again from the start.
             *listing = self.dir_head(d.ino, d.plus, d.ticket).await?;
             listing.skip_to(offset);
         }
-        while listing.wants_more(offset, max) {
+        while listing.wants_more(offset, want) {
             self.fetch_dir_page(d.ino, d.plus && plus, &mut listing)
                 .await?;
             listing.skip_to(offset);
         }
         let volatile = self.recent.dir_changed(d.ino, d.ticket);
-        Ok(listing
-            .page(max)
-            .map(|(off, it, ticket)| {
+        let mut next = offset;
+        for (off, it, ticket) in listing.page(usize::MAX) {
+            let full = if !plus || it.attr.is_none() {
+                add(off, it)
+            } else {
                 let mut it = it.clone();
                 it.volatile = volatile;
                 if let Some(a) = it.attr.filter(|a| a.kind == FileKind::File) {
@@ -1654,9 +1662,36 @@ impl Vfs {
                         ..a
                     });
                 }
-                (off, it)
-            })
-            .collect())
+                add(off, &it)
+            };
+            if full {
+                break;
+            }
+            next = off;
+        }
+        Ok(next)
+    }
+
+    /// Reads the listing's next page ahead once a reply ending at `next`
+    /// was sent, while the kernel consumes it, so the next readdir finds
+    /// it kept. A failure is left for that readdir to meet again.
+    pub async fn readdir_ahead(&self, fh: u64, next: u64, plus: bool) {
+        let Ok(d) = self.dir_handle(fh) else {
+            return;
+        };
+        let mut listing = d.listing.lock().await;
+        if listing.wants_ahead(next) {
+            let _ = self
+                .fetch_dir_page(d.ino, d.plus && plus, &mut listing)
+                .await;
+        }
+    }
+
+    fn dir_handle(&self, fh: u64) -> VResult<Arc<DirHandle>> {
+        match self.handles.lock().map_err(|_| libc::EIO)?.get(&fh) {
+            Some(Handle::Dir(d)) => Ok(d.clone()),
+            _ => Err(libc::EBADF),
+        }
     }
 
     /// The entry readdirplus gives the kernel for `item` of directory

@@ -5,11 +5,34 @@
 //! entries, not the rest of the listing.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::DirItem;
 
 /// Entries asked of Redis per page.
 pub(super) const PAGE: usize = 1000;
+
+/// The names' 128-bit hashes are already uniform: the set's hasher folds
+/// them to 64 bits instead of hashing them again (SipHash was a fifth of
+/// the daemon's time listing a large directory).
+#[derive(Default)]
+struct Fold(u64);
+
+impl Hasher for Fold {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+type Seen = HashSet<u128, BuildHasherDefault<Fold>>;
 
 pub(super) struct Listing {
     /// Offset of `items[0]`: offset n means "after the n-th entry", as the
@@ -25,7 +48,7 @@ pub(super) struct Listing {
     /// Names given so far, once the directory spans more than one page:
     /// HSCAN may repeat entries when the hash is resized during the scan.
     /// 16 bytes per name; a small directory keeps none.
-    seen: Option<HashSet<u128>>,
+    seen: Option<Seen>,
 }
 
 impl Listing {
@@ -59,6 +82,15 @@ impl Listing {
         !self.done && self.base + (self.items.len() as u64) < offset + max as u64
     }
 
+    /// Whether to read the next page ahead, once a reply that ends at
+    /// `next` (the offset the kernel resumes from) was sent: fewer than a
+    /// page of entries are kept beyond it.
+    pub(super) fn wants_ahead(&self, next: u64) -> bool {
+        !self.done
+            && next >= self.base
+            && self.base + (self.items.len() as u64) < next + PAGE as u64
+    }
+
     pub(super) fn cursor(&self) -> u64 {
         self.cursor
     }
@@ -75,7 +107,7 @@ impl Listing {
             self.items.extend(page.into_iter().map(|it| (it, ticket)));
             return;
         }
-        let seen = self.seen.get_or_insert_with(HashSet::new);
+        let seen = self.seen.get_or_insert_with(Seen::default);
         for it in page {
             if seen.insert(xxhash_rust::xxh3::xxh3_128(&it.name)) {
                 self.items.push_back((it, ticket));
@@ -154,6 +186,32 @@ mod tests {
         l.add_page(3, vec![item("a"), item("b"), item("c")], 1);
         assert!(l.skip_to(4));
         assert_eq!(names(&l, 10), vec![(5, "c".into())]);
+    }
+
+    #[test]
+    fn a_page_is_read_ahead_once_fewer_than_a_page_remain_beyond_the_reply() {
+        let mut l = Listing::new(vec![], 0);
+        l.add_page(5, (0..PAGE).map(|i| item(&format!("f{i}"))).collect(), 1);
+        assert!(!l.wants_ahead(0), "a whole page kept beyond offset 0");
+        assert!(l.wants_ahead(1), "one entry given: less than a page left");
+        assert!(l.skip_to(800));
+        assert!(l.wants_ahead(800));
+        l.add_page(0, (0..10).map(|i| item(&format!("g{i}"))).collect(), 2);
+        assert!(!l.wants_ahead(805), "the scan is complete");
+        assert!(
+            !l.wants_ahead(700),
+            "an offset before what is kept: a rewind"
+        );
+    }
+
+    #[test]
+    fn the_seen_set_keeps_distinct_hashes_apart() {
+        let mut s = Seen::default();
+        for i in 0..10_000u32 {
+            assert!(s.insert(xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes())));
+        }
+        assert!(!s.insert(xxhash_rust::xxh3::xxh3_128(&7u32.to_le_bytes())));
+        assert_eq!(s.len(), 10_000);
     }
 
     #[test]
