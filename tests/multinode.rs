@@ -14,6 +14,17 @@ use common::{pattern, resident_pages, wait_for, Storage, Volume};
 
 const SOON: Duration = Duration::from_secs(5);
 
+/// Kernel caches far longer than any wait in these tests: only change
+/// events (or their loss being made good) can explain a change seen.
+const LONG_TTLS: [&str; 6] = [
+    "--attr-cache",
+    "60",
+    "--entry-cache",
+    "60",
+    "--dir-entry-cache",
+    "60",
+];
+
 #[test]
 fn close_to_open_and_directory_changes_cross_nodes() {
     let v = Volume::new(Storage::S3);
@@ -435,16 +446,8 @@ fn bind_mounted_subdirectory_and_subdir_mounts() {
 #[test]
 fn change_events_beat_long_ttls() {
     let v = Volume::new(Storage::File);
-    let long = [
-        "--attr-cache",
-        "60",
-        "--entry-cache",
-        "60",
-        "--dir-entry-cache",
-        "60",
-    ];
-    let a = v.mount_with(&long);
-    let b = v.mount_with(&long);
+    let a = v.mount_with(&LONG_TTLS);
+    let b = v.mount_with(&LONG_TTLS);
     fs::write(a.p("f"), b"1").unwrap();
     assert_eq!(fs::metadata(b.p("f")).unwrap().len(), 1); // B caches for 60 s
     fs::write(a.p("f"), b"12345").unwrap();
@@ -507,16 +510,8 @@ fn the_kernel_keeps_what_change_events_keep_coherent() {
 #[test]
 fn changes_missed_while_the_event_channel_was_down_are_not_served() {
     let v = Volume::new(Storage::File);
-    let long = [
-        "--attr-cache",
-        "60",
-        "--entry-cache",
-        "60",
-        "--dir-entry-cache",
-        "60",
-    ];
-    let a = v.mount_with(&long);
-    let b = v.mount_with(&long);
+    let a = v.mount_with(&LONG_TTLS);
+    let b = v.mount_with(&LONG_TTLS);
     fs::create_dir(a.p("d")).unwrap();
     fs::write(a.p("d/f"), b"1").unwrap();
     fs::write(a.p("d/g"), b"g").unwrap();
