@@ -57,10 +57,22 @@ fn state(m: &Metrics) -> String {
 /// B follows A's change events once a probe file A writes gets warmed.
 fn wait_subscribed(a: &Mount, b: &Metrics, probe: &str) {
     let before = b.get("vecfs_warm_files_total");
-    write_file(a, probe, b"probe");
-    wait_for("the reader to warm the probe", SOON, || {
-        b.get("vecfs_warm_files_total") > before
-    });
+    let deadline = std::time::Instant::now() + SOON;
+    // A probe created before the reader subscribed is never warmed (its
+    // create event was missed): create it afresh until one is.
+    loop {
+        let _ = fs::remove_file(a.p(probe));
+        write_file(a, probe, b"probe");
+        if poll_until(Duration::from_secs(2), || {
+            b.get("vecfs_warm_files_total") > before
+        }) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader never warmed the probe"
+        );
+    }
 }
 
 #[test]
