@@ -96,6 +96,47 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A TCP META-URL cut at its authority: `scheme://[cred@]hosts` + tail.
+struct Authority<'a> {
+    scheme: &'a str,
+    cred: Option<&'a str>,
+    hosts: &'a str,
+    /// `/DB?options`, as given.
+    tail: &'a str,
+}
+
+impl<'a> Authority<'a> {
+    fn of(url: &'a str) -> Authority<'a> {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("redis", ""));
+        let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(cut);
+        let (cred, hosts) = match authority.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, authority),
+        };
+        Authority {
+            scheme,
+            cred,
+            hosts,
+            tail,
+        }
+    }
+
+    /// The same URL naming one host, for the redis crate's parser.
+    fn with_host(&self, (h, p): &(String, u16)) -> String {
+        let host = if h.contains(':') {
+            format!("[{h}]")
+        } else {
+            h.clone()
+        };
+        let (scheme, tail) = (self.scheme, self.tail);
+        match self.cred {
+            Some(c) => format!("{scheme}://{c}@{host}:{p}{tail}"),
+            None => format!("{scheme}://{host}:{p}{tail}"),
+        }
+    }
+}
+
 /// `host[:port]` or `[v6addr][:port]`.
 fn host_port(s: &str, default: u16) -> Option<(String, u16)> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -188,15 +229,9 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
     let mut sentinel = None;
     let mut cluster_nodes = None;
     if cluster {
-        let (scheme, rest) = base.split_once("://").unwrap_or(("redis", ""));
-        let cut = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(cut);
-        let (cred, hosts) = match authority.rsplit_once('@') {
-            Some((c, h)) => (Some(c), h),
-            None => (None, authority),
-        };
+        let a = Authority::of(&base);
         let mut nodes = Vec::new();
-        for p in hosts.split(',') {
+        for p in a.hosts.split(',') {
             nodes.push(host_port(p, REDIS_PORT).ok_or_else(|| {
                 err(&format!(
                     "bad cluster node address '{p}': use \
@@ -204,23 +239,12 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
                 ))
             })?);
         }
-        let (h, p) = nodes[0].clone();
-        let host = if h.contains(':') { format!("[{h}]") } else { h };
-        base = match cred {
-            Some(c) => format!("{scheme}://{c}@{host}:{p}{tail}"),
-            None => format!("{scheme}://{host}:{p}{tail}"),
-        };
+        base = a.with_host(&nodes[0]);
         cluster_nodes = Some(nodes);
     } else if tcp {
-        let (scheme, rest) = base.split_once("://").unwrap_or(("redis", ""));
-        let cut = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(cut);
-        let (cred, hosts) = match authority.rsplit_once('@') {
-            Some((c, h)) => (Some(c), h),
-            None => (None, authority),
-        };
-        if hosts.contains(',') {
-            let mut parts = hosts.split(',');
+        let a = Authority::of(&base);
+        if a.hosts.contains(',') {
+            let mut parts = a.hosts.split(',');
             let master = parts.next().unwrap_or("").to_string();
             if master.is_empty() || master.contains(':') {
                 return Err(err("a Sentinel URL starts with the master name: \
@@ -235,12 +259,7 @@ pub fn parse(raw: &str) -> Result<MetaUrl, UrlError> {
                     })?,
                 );
             }
-            let (h, p) = nodes[0].clone();
-            let host = if h.contains(':') { format!("[{h}]") } else { h };
-            base = match cred {
-                Some(c) => format!("{scheme}://{c}@{host}:{p}{tail}"),
-                None => format!("{scheme}://{host}:{p}{tail}"),
-            };
+            base = a.with_host(&nodes[0]);
             sentinel = Some(SentinelSpec {
                 master,
                 nodes,
