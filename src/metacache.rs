@@ -6,9 +6,11 @@
 //! it when the event channel reconnects, since events may have been missed).
 //! A generation counter keeps a lookup that raced with an invalidation from
 //! caching what it read before it. Open always asks Redis (close-to-open).
+//! While the event channel is down nothing invalidates the cache, so only
+//! entries younger than `DEGRADED_TTL` are used until it is back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,18 @@ use crate::meta::Attr;
 /// Past this many entries a map is cleared rather than evicted piecemeal.
 const MAX_ENTRIES: usize = 500_000;
 
+/// The longest an entry is used while change events may be missed: the
+/// bound every entry had before events kept the cache coherent for longer.
+pub const DEGRADED_TTL: Duration = Duration::from_secs(10);
+
 /// (parent, name) -> (inode, when cached)
 type Names = HashMap<(u64, Vec<u8>), (u64, Instant)>;
 
 pub struct MetaCache {
     ttl: Duration,
+    /// The event channel is down: entries older than `DEGRADED_TTL` are
+    /// not used.
+    degraded: AtomicBool,
     generation: AtomicU64,
     names: Mutex<Names>,
     attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
@@ -36,6 +45,7 @@ impl MetaCache {
     pub fn new(ttl: Duration) -> MetaCache {
         MetaCache {
             ttl,
+            degraded: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             names: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
@@ -53,7 +63,17 @@ impl MetaCache {
     }
 
     fn fresh(&self, at: Instant) -> bool {
-        at.elapsed() < self.ttl
+        let ttl = if self.degraded.load(Ordering::Acquire) {
+            self.ttl.min(DEGRADED_TTL)
+        } else {
+            self.ttl
+        };
+        at.elapsed() < ttl
+    }
+
+    /// Whether change events may be missed (the channel is down).
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.store(degraded, Ordering::Release);
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<(u64, Attr)> {
@@ -264,5 +284,25 @@ mod tests {
         let off = MetaCache::new(Duration::ZERO);
         off.put(off.generation(), Some((1, b"a")), 5, attr(1));
         assert!(off.lookup(1, b"a").is_none());
+    }
+
+    #[test]
+    fn while_events_are_down_only_young_entries_are_used() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        c.put(c.generation(), None, 5, attr(1));
+        c.put(c.generation(), None, 6, attr(2));
+        let old = Instant::now() - DEGRADED_TTL - Duration::from_secs(1);
+        if let Ok(mut a) = c.attrs.lock() {
+            a.entry(5).and_modify(|e| e.1 = old);
+        }
+        assert_eq!(c.attr(5).map(|a| a.length), Some(1));
+        c.set_degraded(true);
+        assert!(
+            c.attr(5).is_none(),
+            "an entry older than the bound was used"
+        );
+        assert_eq!(c.attr(6).map(|a| a.length), Some(2));
+        c.set_degraded(false);
+        assert_eq!(c.attr(5).map(|a| a.length), Some(1));
     }
 }

@@ -479,6 +479,7 @@ impl Vfs {
     /// TTLs resume.
     pub async fn events_resumed(&self) {
         self.mcache.clear();
+        self.mcache.set_degraded(false);
         let told = self.kernel.resume_snapshot();
         if let Some(inv) = self.invalidator.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || {
@@ -496,9 +497,11 @@ impl Vfs {
     }
 
     /// The event channel is lost: replies get short TTLs until it is back.
-    /// The metadata cache stays (its own TTL bounds it, and during a Redis
-    /// outage it is what still answers); it is cleared on resubscribe.
+    /// The metadata cache stays (during a Redis outage it is what still
+    /// answers), its entries used for `DEGRADED_TTL` at most; it is cleared
+    /// on resubscribe.
     pub fn events_lost(&self) {
+        self.mcache.set_degraded(true);
         self.kernel.events_down();
     }
 

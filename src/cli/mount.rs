@@ -108,8 +108,9 @@ pub struct MountArgs {
     #[arg(long, default_value = "1024")]
     warm_page_cache: String,
     /// Seconds this node answers lookups and stats from its own metadata
-    /// cache, which change events keep coherent (off with --no-events; 0: off).
-    #[arg(long, default_value_t = 10.0)]
+    /// cache, which change events keep coherent (10 s at most while the
+    /// event channel is down; off with --no-events; 0: off).
+    #[arg(long, default_value_t = 60.0)]
     meta_cache: f64,
     /// Seconds between session heartbeats. Other nodes clean up a session
     /// silent for 5 of them (its locks go); this node stops granting locks
