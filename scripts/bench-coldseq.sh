@@ -15,7 +15,8 @@
 #   local `dd` of the same bytes from a file on the local disk, page cache
 #         dropped
 # PERF=1 records the first binary's cold read with perf (cpu-clock, call
-# graphs) into $PERF_OUT (default /tmp/vecfs-coldseq.perf.data).
+# graphs) into $PERF_OUT (default /tmp/vecfs-coldseq.perf.data); PERF=mem
+# records its memory-cache-only read instead.
 #
 # Usage: scripts/bench-coldseq.sh [BIN...]   (default: target/release/vecfs)
 # Env: SIZE (1024), ROUNDS (2), MEM (512), BUF (300).
@@ -65,6 +66,12 @@ umountB() { # PID
   fusermount -u "$w/mntB"
   for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
 }
+perf_start() { # PID: first round, first binary only
+  if [[ $r == 1 && $bin == "${bins[0]}" ]]; then
+    perf record -F 499 -g -p "$1" -o "${PERF_OUT:-/tmp/vecfs-coldseq.perf.data}" 2>/dev/null & perf=$!
+    sleep 0.5
+  fi
+}
 cpu_s() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
 gib() { python3 -c "print('%.2f' % ($1 * 1024 / $size))"; }
 pct() { python3 -c "print('%.0f%%' % (100.0 * $1 / $2))"; }
@@ -78,10 +85,7 @@ for r in $(seq "$rounds"); do
     rm -rf "$w/cache"; drop_caches
     pid=$(mountB "$bin" "$w/cache")
     g0=$(metric vecfs_object_get_total); c0=$(cpu_s "$pid")
-    if [[ ${PERF:-} == 1 && $r == 1 && $bin == "${bins[0]}" ]]; then
-      perf record -F 499 -g -p "$pid" -o "${PERF_OUT:-/tmp/vecfs-coldseq.perf.data}" 2>/dev/null & perf=$!
-      sleep 0.5
-    fi
+    [[ ${PERF:-} == 1 ]] && perf_start "$pid"
     cold=$(ddrate "$w/mntB/f")
     [[ -n ${perf:-} ]] && { kill -INT "$perf"; wait "$perf" || true; unset perf; }
     ccpu=$(python3 -c "print($(cpu_s "$pid") - $c0)")
@@ -99,7 +103,9 @@ for r in $(seq "$rounds"); do
     drop_caches
     pid=$(mountB "$bin" memory)
     c0=$(cpu_s "$pid")
+    [[ ${PERF:-} == mem ]] && perf_start "$pid"
     memr=$(ddrate "$w/mntB/f")
+    [[ -n ${perf:-} ]] && { kill -INT "$perf"; wait "$perf" || true; unset perf; }
     mcpu=$(python3 -c "print($(cpu_s "$pid") - $c0)")
     umountB "$pid"
     drop_caches

@@ -14,11 +14,20 @@
 //! the xxh3 of its key: the CRCs prove an entry is some intact block, the
 //! key hash proves it is this one, so a valid entry of another block copied
 //! over this one's file is dropped, never served.
+//!
+//! Whole-block entries are written and read with O_DIRECT where the cache's
+//! file system takes it: the bytes go between the device and our own
+//! resident buffers. Through the page cache each entry needs fresh pages,
+//! and on a VM whose free pages go back to the host (free page reporting)
+//! touching them cost more than half of the daemon's CPU on a cold read
+//! (profile in BENCHMARKS.md, "Read path"); the page cache would also hold a
+//! second copy of what the memory cache and the kernel's cache of the file
+//! hold already.
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,6 +45,21 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 /// the tag and are dropped on first use like any other mismatch.
 const ENTRY_TAG: [u8; 4] = *b"VCB1";
 const ENTRY_HEAD: usize = 12;
+
+/// Alignment of O_DIRECT offsets, lengths and buffers (the largest logical
+/// block size in use).
+const DIRECT_ALIGN: usize = 4096;
+/// Entries smaller than this go through the page cache: their copy costs
+/// little and a pooled buffer would be wasted on them.
+const DIRECT_MIN: usize = 256 << 10;
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
+}
+
+fn direct_aligned(b: &[u8]) -> bool {
+    (b.as_ptr() as usize) % DIRECT_ALIGN == 0
+}
 
 fn entry_head(key: &str) -> [u8; ENTRY_HEAD] {
     let mut h = [0u8; ENTRY_HEAD];
@@ -84,6 +108,14 @@ pub struct DiskCache {
     clock: AtomicU64,
     /// File name -> (size, last use). Eviction drops the least recently used.
     index: std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, u64)>>,
+    /// O_DIRECT works here (cleared at the first EINVAL: the file system
+    /// takes none).
+    direct: AtomicBool,
+    /// Aligned buffers an entry is assembled in for an O_DIRECT write.
+    staging: std::sync::Mutex<Option<BufPool>>,
+    /// Entries written and read with O_DIRECT.
+    direct_writes: AtomicU64,
+    direct_reads: AtomicU64,
 }
 
 impl DiskCache {
@@ -136,6 +168,10 @@ impl DiskCache {
             used: AtomicU64::new(used),
             clock: AtomicU64::new(1),
             index: std::sync::Mutex::new(index),
+            direct: AtomicBool::new(true),
+            staging: std::sync::Mutex::new(None),
+            direct_writes: AtomicU64::new(0),
+            direct_reads: AtomicU64::new(0),
         })
     }
 
@@ -213,8 +249,18 @@ impl DiskCache {
         let p = self.path(key);
         let mut f = std::fs::File::open(&p).ok()?;
         let len = f.metadata().ok()?.len() as usize;
-        let mut buf = pool.take(len);
-        f.read_exact(buf.as_mut()).ok()?;
+        let buf = match self.read_direct(&p, len, pool) {
+            Some(Ok(buf)) => buf,
+            Some(Err(e)) => {
+                tracing::debug!(key, error = %e, "cannot read a disk cache entry");
+                return None;
+            }
+            None => {
+                let mut buf = pool.take(len);
+                f.read_exact(buf.as_mut()).ok()?;
+                buf
+            }
+        };
         let data = buf.freeze();
         if !self.bound_to(key, &p, &data) {
             return None;
@@ -229,6 +275,133 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// The `len`-byte entry at `p` read with O_DIRECT into a pooled buffer;
+    /// None when that does not apply (small entry, no aligned buffer, or a
+    /// file system without O_DIRECT): read it through the page cache.
+    fn read_direct(
+        &self,
+        p: &Path,
+        len: usize,
+        pool: &BufPool,
+    ) -> Option<std::io::Result<crate::pool::PoolBuf>> {
+        use std::os::unix::fs::FileExt;
+        if len < DIRECT_MIN || !self.direct.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut buf = pool.take(round_up(len));
+        if !direct_aligned(buf.as_ref()) {
+            return None;
+        }
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+            .and_then(|f| {
+                let dst = buf.as_mut();
+                let mut got = 0;
+                while got < len {
+                    match f.read_at(&mut dst[got..], got as u64)? {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                Ok(got)
+            });
+        match read {
+            Ok(got) if got == len => {
+                buf.truncate(len);
+                self.direct_reads.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(buf))
+            }
+            Ok(got) => Some(Err(std::io::Error::other(format!(
+                "entry is {got} bytes, expected {len}"
+            )))),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.no_direct(&e);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The cache's file system refused O_DIRECT: use the page cache from now.
+    fn no_direct(&self, e: &std::io::Error) {
+        if self.direct.swap(false, Ordering::Relaxed) {
+            tracing::info!(dir = %self.dir.display(), error = %e,
+                "the disk cache's file system takes no O_DIRECT; entries go through the page cache");
+        }
+    }
+
+    /// An aligned buffer of `len` bytes to assemble an entry in, or None.
+    fn staging_buf(&self, len: usize) -> Option<crate::pool::PoolBuf> {
+        let pool = {
+            let mut s = self.staging.lock().ok()?;
+            if s.as_ref().is_none_or(|p| p.capacity() < len) {
+                // Room for the largest entry seen, rounded to 1 MiB; two
+                // idle buffers at most (one writer thread, one fill).
+                *s = Some(BufPool::new(len.div_ceil(1 << 20) << 20, 2));
+            }
+            s.clone()?
+        };
+        let buf = pool.take(len);
+        direct_aligned(buf.as_ref()).then_some(buf)
+    }
+
+    /// Writes the entry (head, then `parts`) to the new file `tmp` with
+    /// O_DIRECT; None when that does not apply (see `read_direct`).
+    fn write_direct(
+        &self,
+        tmp: &Path,
+        head: &[u8],
+        parts: &[&[u8]],
+        len: usize,
+    ) -> Option<std::io::Result<()>> {
+        use std::os::unix::fs::FileExt;
+        if len < DIRECT_MIN || !self.direct.load(Ordering::Relaxed) {
+            return None;
+        }
+        let padded = round_up(len);
+        let mut buf = self.staging_buf(padded)?;
+        let dst = buf.as_mut();
+        let mut at = 0;
+        for part in std::iter::once(head).chain(parts.iter().copied()) {
+            dst[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        dst[at..].fill(0);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_DIRECT)
+            .open(tmp)
+            .and_then(|f| {
+                f.write_all_at(dst, 0)?;
+                // The padding goes: the entry's length is the file's.
+                f.set_len(len as u64)
+            });
+        match written {
+            Ok(()) => {
+                self.direct_writes.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(()))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = std::fs::remove_file(tmp);
+                self.no_direct(&e);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// (entries written, entries read) with O_DIRECT so far.
+    pub fn direct_counts(&self) -> (u64, u64) {
+        (
+            self.direct_writes.load(Ordering::Relaxed),
+            self.direct_reads.load(Ordering::Relaxed),
+        )
     }
 
     /// Raw bytes [off, off+len) of a cached block, reading only the frames
@@ -311,19 +484,23 @@ impl DiskCache {
         // under the real name. No fsync: an entry a crash cut short fails
         // its CRCs and is dropped on first use, like any damaged entry.
         let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(&entry_head(key))?;
-                for part in parts {
-                    f.write_all(part)?;
-                }
-                Ok(())
-            });
+        let head = entry_head(key);
+        let written = match self.write_direct(&tmp, &head, parts, len as usize) {
+            Some(r) => r,
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(&head)?;
+                    for part in parts {
+                        f.write_all(part)?;
+                    }
+                    Ok(())
+                }),
+        };
         if written.is_ok() && std::fs::rename(&tmp, &p).is_ok() {
             let old = self.touch(&p, len).unwrap_or(0);
             self.used.fetch_add(len, Ordering::Relaxed);
@@ -949,6 +1126,66 @@ mod tests {
         assert_eq!(p.counts(), (1, 1));
         // A length other than the key's is refused before decoding.
         assert!(decode_block(&p, packed, Some(text.len() + 1)).is_err());
+    }
+
+    /// Whether `dir`'s file system takes O_DIRECT (tmpfs may not).
+    fn takes_direct(dir: &Path) -> bool {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("probe"))
+            .is_ok()
+    }
+
+    #[test]
+    fn whole_blocks_go_to_disk_and_back_with_o_direct_and_exact_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DiskCache::open(&dir.path().join("c"), 1 << 30, 0.0).unwrap();
+        let direct = takes_direct(dir.path());
+        // Lengths that are not a multiple of the alignment, stored both ways.
+        let len = (1 << 20) - 4321;
+        let key = format!("vol/chunks/03/0/3_0_{len}");
+        let b = block(len, 3);
+        assert!(d.store(&key, &b));
+        let entry = std::fs::metadata(d.path(&key)).unwrap().len() as usize;
+        assert_eq!(
+            entry,
+            ENTRY_HEAD + codec::raw_head(&b).len() + len,
+            "padding left in the entry"
+        );
+        assert_eq!(d.load(&key, &pool()).as_deref(), Some(&b[..]));
+        let key2 = format!("vol/chunks/04/0/4_0_{len}");
+        let b2 = block(len, 4);
+        let stored = codec::encode(&b2, codec::parse_compression("none").unwrap());
+        assert!(d.store_verbatim(&key2, &stored));
+        assert_eq!(
+            std::fs::read(d.path(&key2)).unwrap().len(),
+            ENTRY_HEAD + stored.len()
+        );
+        assert_eq!(d.load(&key2, &pool()).as_deref(), Some(&b2[..]));
+        // A range read of a direct-written entry sees the same bytes.
+        assert_eq!(
+            d.load_range(&key2, len, 70_000, 1000).as_deref(),
+            Some(&b2[70_000..71_000])
+        );
+        if direct {
+            assert_eq!(d.direct_counts(), (2, 2), "O_DIRECT was not used");
+        }
+        // Small entries go through the page cache.
+        assert!(d.store(K1, &block(200_000, 1)));
+        if direct {
+            assert_eq!(d.direct_counts().0, 2);
+        }
+        // A damaged direct-written entry is still caught by its CRCs.
+        let p = d.path(&key);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(d.load(&key, &pool()).is_none());
+        assert!(!p.exists(), "the corrupt entry was kept");
     }
 
     #[test]
