@@ -420,7 +420,7 @@ fn gc_fsck_dump_and_destroy_on_a_cluster_volume() {
 fn meta_wait_replicas_on_a_cluster() {
     let c = Cluster::start(3);
     let owner = c.owner(c.keyslot("{waitvol}"));
-    let replica = Redis::start_with(&Cluster::NODE_ARGS);
+    let replica = Cluster::node(&[]);
     let id = c.nodes[owner].cli(&["cluster", "myid"]).trim().to_string();
     let o = std::process::Command::new("redis-cli")
         .args(["--cluster", "add-node"])
