@@ -281,11 +281,17 @@ fn retryable(e: &redis::RedisError) -> bool {
     let loading = e.detail().is_some_and(|d| d.contains("LOADING"));
     loading
         // A cluster whose slot map is being rebuilt (a node gone or moved).
+        // MOVED/ASK reach here when the client's own few redirects ran out:
+        // in a failover, the other nodes name the dead master until its
+        // replica takes over. The command did not run; the client has
+        // asked for a new slot map meanwhile.
         || matches!(
             e.kind(),
             redis::ErrorKind::ClusterConnectionNotFound
                 | redis::ErrorKind::ClusterDown
                 | redis::ErrorKind::TryAgain
+                | redis::ErrorKind::Moved
+                | redis::ErrorKind::Ask
         )
         || e.is_io_error()
         || e.is_timeout()
@@ -304,7 +310,14 @@ fn busy_answer(v: &Value) -> bool {
     match v {
         Value::ServerError(e) => matches!(
             e.code(),
-            "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
+            "LOADING"
+                | "TRYAGAIN"
+                | "BUSY"
+                | "MASTERDOWN"
+                | "READONLY"
+                | "CLUSTERDOWN"
+                | "MOVED"
+                | "ASK"
         ),
         Value::Array(items) => items.iter().any(busy_answer),
         _ => false,
