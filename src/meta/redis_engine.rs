@@ -363,6 +363,39 @@ impl TimedConn {
     }
 }
 
+impl TimedConn {
+    /// Runs a script (EVALSHA, and on NOSCRIPT a SCRIPT LOAD and EVALSHA
+    /// again, as `invoke_async` does), trying again while the answer stays
+    /// NOSCRIPT, within the retry budget. After a cluster failover the
+    /// promoted replica has none of the scripts (Redis does not replicate
+    /// SCRIPT LOAD), and until the client's slot map follows, the SCRIPT
+    /// LOAD (sent to the slot's master in that map, or to a random node
+    /// when that master cannot be reached: the cluster client's fallback)
+    /// can land on another node than the EVALSHA, which follows MOVED.
+    /// NOSCRIPT means the script did not run, so another attempt is safe.
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = inv.invoke_async(self).await;
+            match &r {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::NoScriptError
+                        && start.elapsed() + backoff < self.retry_for =>
+                {
+                    tracing::debug!("script missing after loading it; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                _ => return r,
+            }
+        }
+    }
+}
+
 /// Script names by SHA1, for the latency metrics (EVALSHA names only the hash).
 static SCRIPT_NAMES: std::sync::OnceLock<std::collections::HashMap<String, &'static str>> =
     std::sync::OnceLock::new();
@@ -1275,7 +1308,7 @@ impl Meta {
         for a in args {
             inv.arg(a);
         }
-        let v = inv.invoke_async::<Value>(conn).await.map_err(redis_err);
+        let v = conn.invoke::<Value>(&inv).await.map_err(redis_err);
         if let (Some(mark), Ok(mut m)) = (mark, self.op_markers.lock()) {
             match &v {
                 // Success leaves a marker; an errno reply or a failure may not.
@@ -1348,13 +1381,9 @@ impl Meta {
             let new = change(&old);
             let json =
                 serde_json::to_string(&new).map_err(|e| MetaError::Corrupt(e.to_string()))?;
-            let done: i64 = cas
-                .key(self.key("setting"))
-                .arg(&raw)
-                .arg(&json)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(redis_err)?;
+            let mut inv = cas.key(self.key("setting"));
+            inv.arg(&raw).arg(&json);
+            let done: i64 = self.conn().invoke(&inv).await.map_err(redis_err)?;
             if done == 1 {
                 return Ok((old, new));
             }
@@ -1748,7 +1777,7 @@ impl Meta {
                 .arg(data.as_deref().unwrap_or(&[]));
         }
         let mut conn = self.conn();
-        let mut v = inv.invoke_async(&mut conn).await.map_err(redis_err);
+        let mut v = conn.invoke(&inv).await.map_err(redis_err);
         if v.is_ok() {
             if let Err(e) = self.await_replicas(&mut conn).await {
                 v = Err(e);
