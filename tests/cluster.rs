@@ -14,11 +14,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::tls::{make_ca, make_leaf};
 use common::*;
 
 const SOON: Duration = Duration::from_secs(5);
@@ -747,4 +749,219 @@ fn failover_of_the_volume_master_under_a_writer() {
         failures.join("\n")
     );
     m.unmount();
+}
+
+/// A node of a TLS-only cluster: no plaintext port (`port 0`); clients,
+/// the cluster bus and replication all speak TLS, and clients must show a
+/// certificate of the test's CA (`certs` holds `ca`, `server`, `client`).
+struct TlsNode {
+    child: Child,
+    port: u16,
+    certs: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// redis-cli over TLS with the test's CA and client certificate.
+fn tls_cli(certs: &Path) -> Command {
+    let mut c = Command::new("redis-cli");
+    c.arg("--tls")
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client.key"));
+    c
+}
+
+impl TlsNode {
+    fn start(certs: &Path) -> TlsNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, bus) = (free_port(), free_port());
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(Cluster::NODE_ARGS)
+            .args(["--cluster-port", &bus.to_string()])
+            .arg("--tls-cert-file")
+            .arg(certs.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(certs.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.join("ca.pem"))
+            .args(["--tls-auth-clients", "yes"])
+            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let n = TlsNode {
+            child,
+            port,
+            certs: certs.to_path_buf(),
+            _dir: dir,
+        };
+        wait_for("TLS redis-server", Duration::from_secs(20), || {
+            n.cli(&["ping"]).contains("PONG")
+        });
+        n
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let o = tls_cli(&self.certs)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// A cluster reachable over TLS only (`rediss+cluster://` with the test's
+/// CA in `tls_ca`, a client certificate in `tls_cert`/`tls_key`, as for
+/// `rediss://`): format, two mounts, data and change events; a CA that did
+/// not sign the nodes' certificate is a clear one-line error at format and
+/// at mount, at once.
+#[test]
+fn tls_only_cluster() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    make_ca(d, "ca");
+    make_leaf(d, "ca", "server");
+    make_leaf(d, "ca", "client");
+    make_ca(d, "otherca");
+    let nodes: Vec<TlsNode> = (0..3).map(|_| TlsNode::start(d)).collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let o = tls_cli(d)
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(
+        o.status.success(),
+        "cluster create over TLS failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    wait_for("cluster_state:ok", Duration::from_secs(30), || {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    });
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let url_with = |ca: &str| {
+        format!(
+            "rediss+cluster://{}/?tls_ca={}&tls_cert={}&tls_key={}",
+            addrs.join(","),
+            p(ca),
+            p("client.pem"),
+            p("client.key")
+        )
+    };
+
+    let v = ClusterVolume::format(&url_with("ca.pem"), "tlsvol", &[]);
+    let a = v.mount();
+    let b = v.mount_with(&LONG_TTLS);
+    let body = pattern(300_000, 11);
+    write_closed(&a.p("over-tls"), &body);
+    assert_eq!(fs::read(a.p("over-tls")).unwrap(), body);
+    assert_eq!(
+        fs::metadata(b.p("over-tls")).unwrap().len(),
+        body.len() as u64
+    );
+    assert_eq!(fs::read(b.p("over-tls")).unwrap(), body);
+    // B caches for 60 s: a change shows there through the change events,
+    // received over TLS.
+    fs::write(a.p("over-tls"), b"short").unwrap();
+    wait_for("B sees the new size", SOON, || {
+        fs::metadata(b.p("over-tls")).map(|m| m.len()).ok() == Some(5)
+    });
+    // The volume's keys went to its slot's owner, over TLS.
+    let slot = nodes[0].cli(&["cluster", "keyslot", "{tlsvol}"]);
+    let held: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["cluster", "countkeysinslot", slot.trim()])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(held > 3, "keys in the volume's slot: {held}");
+    b.unmount();
+    a.unmount();
+
+    // A CA that did not sign the nodes' certificate.
+    let wrong = url_with("otherca.pem");
+    let store = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let o = vecfs(
+        &[
+            "format",
+            &wrong,
+            "othervol",
+            "--storage",
+            "file",
+            "--bucket",
+            store.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let e = stderr(&o);
+    println!("format with a wrong CA: {}", e.trim());
+    assert!(!o.status.success(), "format with a wrong CA succeeded");
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(
+        e.contains("TLS") && e.contains("certificate") && e.contains("tls_ca"),
+        "unclear error: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "format took {:?}",
+        t.elapsed()
+    );
+    // Mount, under `timeout`: should it wrongly succeed, it serves in the
+    // foreground until then.
+    let mp = store.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let t = Instant::now();
+    let o = Command::new("timeout")
+        .args(["30", VECFS, "mount", &wrong])
+        .arg(&mp)
+        .args(["--name", "tlsvol", "--metrics", "none", "--cache-dir"])
+        .arg(store.path().join("cache"))
+        .output()
+        .expect("run vecfs");
+    let e = stderr(&o);
+    println!("mount with a wrong CA: {}", e.trim());
+    assert!(
+        !o.status.success() && o.status.code() != Some(124),
+        "mounted with a wrong CA: {e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(
+        e.contains("TLS") && e.contains("certificate") && e.contains("tls_ca"),
+        "unclear error: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "mount took {:?}",
+        t.elapsed()
+    );
 }
