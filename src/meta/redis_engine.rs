@@ -279,7 +279,13 @@ fn retryable(e: &redis::RedisError) -> bool {
     // A reconnect to a Redis still loading its data fails in SELECT, as a
     // plain response error whose detail says LOADING.
     let loading = e.detail().is_some_and(|d| d.contains("LOADING"));
+    // A WAIT sent to a cluster slot's master by a slot map that lags a
+    // failover can reach the old master, back as a replica of the new one.
+    let replica = e
+        .detail()
+        .is_some_and(|d| d.contains("WAIT cannot be used with replica"));
     loading
+        || replica
         // A cluster whose slot map is being rebuilt (a node gone or moved).
         // MOVED/ASK reach here when the client's own few redirects ran out:
         // in a failover, the other nodes name the dead master until its
@@ -2359,6 +2365,19 @@ mod tests {
         // An empty tag hashes the whole key.
         assert_eq!(key_slot(b"{}foo"), key_slot(b"{}foo"));
         assert_ne!(key_slot(b"{}foo"), key_slot(b"foo"));
+    }
+
+    #[test]
+    fn cluster_failover_answers_are_retried() {
+        let e = |k, d: &str| redis::RedisError::from((k, "server error", d.to_string()));
+        use redis::ErrorKind::{Ask, Moved, ResponseError};
+        assert!(retryable(&e(Moved, "13137 127.0.0.1:7000")));
+        assert!(retryable(&e(Ask, "13137 127.0.0.1:7000")));
+        assert!(retryable(&e(
+            ResponseError,
+            "WAIT cannot be used with replica instances. Please also note..."
+        )));
+        assert!(!retryable(&e(ResponseError, "wrong number of arguments")));
     }
 
     #[test]
