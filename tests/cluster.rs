@@ -14,9 +14,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use common::tls::{make_ca, make_leaf};
 use common::*;
 
 const SOON: Duration = Duration::from_secs(5);
@@ -420,7 +424,7 @@ fn gc_fsck_dump_and_destroy_on_a_cluster_volume() {
 fn meta_wait_replicas_on_a_cluster() {
     let c = Cluster::start(3);
     let owner = c.owner(c.keyslot("{waitvol}"));
-    let replica = Redis::start_with(&Cluster::NODE_ARGS);
+    let replica = Cluster::node(&[]);
     let id = c.nodes[owner].cli(&["cluster", "myid"]).trim().to_string();
     let o = std::process::Command::new("redis-cli")
         .args(["--cluster", "add-node"])
@@ -511,4 +515,453 @@ fn bad_cluster_urls_are_clear_errors() {
         locked.port
     ));
     assert!(e.contains("password") || e.contains("credentials"), "{e}");
+}
+
+/// Kernel caches (and so a second mount's view) longer than any wait here:
+/// a change shows on another mount in time only through its change events.
+const LONG_TTLS: [&str; 6] = [
+    "--attr-cache",
+    "60",
+    "--entry-cache",
+    "60",
+    "--dir-entry-cache",
+    "60",
+];
+
+/// `redis+cluster://` naming `nodes` (indices into `c.nodes`) in that order.
+fn url_of(c: &Cluster, nodes: &[usize]) -> String {
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|i| format!("127.0.0.1:{}", c.nodes[*i].port))
+        .collect();
+    format!("redis+cluster://{}/", hosts.join(","))
+}
+
+/// Pub/sub clients (subscribed connections) of one node; 0 if it is down.
+fn pubsub_clients(r: &Redis) -> usize {
+    r.cli(&["client", "list", "type", "pubsub"])
+        .lines()
+        .filter(|l| l.contains("sub="))
+        .count()
+}
+
+/// One close() the writer saw: the file, and whether it returned 0.
+struct Done {
+    i: u64,
+    ok: bool,
+    at: Instant,
+}
+
+fn content(i: u64) -> Vec<u8> {
+    pattern(500 + (i as usize % 5) * 2000, i)
+}
+
+/// The master that owns the volume's slot is killed (SIGKILL) under a
+/// writer loop; its replica is promoted by the cluster and the same
+/// mount goes on writing there, with no remount. With
+/// `--meta-wait-replicas 1` every close() that returned 0 is on the
+/// replica, so no such file is lost. A second mount whose pub/sub
+/// connection was on the killed node (its URL lists that node first)
+/// reconnects to another listed node and still sees changes.
+#[test]
+fn failover_of_the_volume_master_under_a_writer() {
+    let c = Cluster::start_with(3, 1, &["--cluster-node-timeout", "2000"]);
+    let name = "failvol";
+    let slot = c.keyslot("{failvol}");
+    let owner = c.owner(slot);
+    let replicas = c.replicas_of(owner);
+    assert_eq!(replicas.len(), 1, "{}", c.view());
+    let replica = replicas[0];
+    let masters = c.masters();
+    assert_eq!(masters.len(), 3, "{}", c.view());
+    // The URLs list the masters only: the promoted replica is known to the
+    // client through the slot map alone. A's starts with another master,
+    // B's with the owner, so B's change events come from the node killed.
+    let others: Vec<usize> = masters.iter().copied().filter(|m| *m != owner).collect();
+    let url_a = url_of(&c, &[others[0], owner, others[1]]);
+    let url_b = url_of(&c, &[owner, others[0], others[1]]);
+    let v = ClusterVolume::format(&url_a, name, &[]);
+    let a = v.mount_with(&[
+        "--meta-wait-replicas",
+        "1",
+        "--meta-timeout",
+        "40",
+        "--heartbeat",
+        "2",
+    ]);
+    let mut b_args = vec!["--name", name, "--heartbeat", "2"];
+    b_args.extend_from_slice(&LONG_TTLS);
+    let b = mount_at(&[], &url_b, &[], &b_args);
+    fs::create_dir(a.p("w")).unwrap();
+    fs::write(a.p("probe"), b"before").unwrap();
+    assert_eq!(fs::metadata(b.p("probe")).unwrap().len(), 6);
+    wait_for("B subscribed on the owner", SOON, || {
+        pubsub_clients(&c.nodes[owner]) >= 1
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::<Done>::new()));
+    let writer = {
+        let (stop, log, dir) = (stop.clone(), log.clone(), a.p("w"));
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let ok = File::create(dir.join(format!("f{i}")))
+                    .and_then(|mut f| {
+                        f.write_all(&content(i))?;
+                        close(f)
+                    })
+                    .is_ok();
+                log.lock().unwrap().push(Done {
+                    i,
+                    ok,
+                    at: Instant::now(),
+                });
+            }
+        })
+    };
+    let ok_after = |t: Instant| -> Vec<u64> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.ok && d.at > t)
+            .map(|d| d.i)
+            .collect()
+    };
+    let t0 = Instant::now();
+    wait_for("writes before the kill", Duration::from_secs(30), || {
+        ok_after(t0).len() >= 100
+    });
+
+    let before_kill = Instant::now();
+    c.nodes[owner].kill9();
+    let killed = Instant::now();
+    wait_for(
+        "the cluster promotes the replica",
+        Duration::from_secs(30),
+        || c.nodes[replica].cli(&["role"]).starts_with("master") && c.owner(slot) == replica,
+    );
+    let promoted = killed.elapsed();
+    // The old master comes back (empty: no persistence, but its
+    // nodes.conf) and the cluster makes it a replica of the new one: a
+    // replica for WAIT again.
+    c.nodes[owner].restart();
+    wait_for(
+        "the old master rejoins as a replica",
+        Duration::from_secs(30),
+        || {
+            c.nodes[owner].cli(&["role"]).starts_with("slave")
+                && c.nodes[replica]
+                    .cli(&["info", "replication"])
+                    .contains("connected_slaves:1")
+        },
+    );
+    let left = Duration::from_secs(30).saturating_sub(killed.elapsed());
+    let resumed = poll_until(left, || ok_after(killed).len() >= 50);
+    let resumed_after = killed.elapsed();
+    if !resumed {
+        stop.store(true, Ordering::Relaxed);
+    }
+    assert!(
+        resumed,
+        "writes did not resume within 30 s of the kill ({} after it); log:\n{}",
+        ok_after(killed).len(),
+        a.log_text()
+    );
+    // Files made after the failover read back, on A and on B.
+    let fresh = ok_after(killed);
+    for i in fresh.iter().take(20) {
+        let p = format!("w/f{i}");
+        assert_eq!(fs::read(a.p(&p)).unwrap(), content(*i), "{p} on A");
+        assert_eq!(fs::read(b.p(&p)).unwrap(), content(*i), "{p} on B");
+    }
+
+    // B's subscription was on the killed node: it is now on another listed
+    // node (A's too), and a change A makes reaches B's 60 s caches.
+    wait_for("both mounts subscribed again", SOON, || {
+        others
+            .iter()
+            .map(|i| pubsub_clients(&c.nodes[*i]))
+            .sum::<usize>()
+            >= 2
+    });
+    // Changes made before B resubscribed may not have been announced:
+    // change the probe until one change shows on B within a second.
+    let mut len = 6;
+    let followed = poll_until(Duration::from_secs(15), || {
+        len += 1;
+        fs::write(a.p("probe"), vec![b'x'; len]).unwrap();
+        poll_until(Duration::from_secs(1), || {
+            fs::metadata(b.p("probe")).map(|m| m.len()).ok() == Some(len as u64)
+        })
+    });
+    assert!(
+        followed,
+        "B's change events did not come back after the failover; its log:\n{}",
+        b.log_text()
+    );
+    fs::write(a.p("after-failover"), b"new").unwrap();
+    wait_for("a new file on A shows on B", SOON, || {
+        fs::read(b.p("after-failover")).ok().as_deref() == Some(&b"new"[..])
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let failed = log.iter().filter(|d| !d.ok).count();
+    let a_log = a.log_text();
+    b.unmount();
+    a.unmount();
+
+    // A fresh mount on the promoted master: every acknowledged file.
+    let m = v.mount();
+    let lost: Vec<u64> = log
+        .iter()
+        .filter(|d| d.ok)
+        .filter(|d| fs::read(m.p(&format!("w/f{}", d.i))).ok() != Some(content(d.i)))
+        .map(|d| d.i)
+        .collect();
+    let acked_before = log.iter().filter(|d| d.ok && d.at < before_kill).count();
+    println!(
+        "promoted {:.1}s and writes resumed {:.1}s after the kill; {acked_before} closes \
+         returned 0 before it, {} in all, {failed} failed; {} lost",
+        promoted.as_secs_f64(),
+        resumed_after.as_secs_f64(),
+        log.iter().filter(|d| d.ok).count(),
+        lost.len()
+    );
+    assert!(acked_before >= 100);
+    assert!(
+        lost.is_empty(),
+        "files whose close() returned 0 were lost: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+    // The README's promise: a failover is retried like an outage, up to
+    // --meta-timeout (40 s here), so no request fails meanwhile.
+    let failures: Vec<&str> = a_log
+        .lines()
+        .filter(|l| l.contains("metadata failure"))
+        .collect();
+    assert!(
+        failed == 0 && failures.is_empty(),
+        "{failed} closes failed during the failover; A's failed requests:\n{}",
+        failures.join("\n")
+    );
+    m.unmount();
+}
+
+/// A node of a TLS-only cluster: no plaintext port (`port 0`); clients,
+/// the cluster bus and replication all speak TLS, and clients must show a
+/// certificate of the test's CA (`certs` holds `ca`, `server`, `client`).
+struct TlsNode {
+    child: Child,
+    port: u16,
+    certs: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// redis-cli over TLS with the test's CA and client certificate.
+fn tls_cli(certs: &Path) -> Command {
+    let mut c = Command::new("redis-cli");
+    c.arg("--tls")
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client.key"));
+    c
+}
+
+impl TlsNode {
+    fn start(certs: &Path) -> TlsNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, bus) = (free_port(), free_port());
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(Cluster::NODE_ARGS)
+            .args(["--cluster-port", &bus.to_string()])
+            .arg("--tls-cert-file")
+            .arg(certs.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(certs.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.join("ca.pem"))
+            .args(["--tls-auth-clients", "yes"])
+            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let n = TlsNode {
+            child,
+            port,
+            certs: certs.to_path_buf(),
+            _dir: dir,
+        };
+        wait_for("TLS redis-server", Duration::from_secs(20), || {
+            n.cli(&["ping"]).contains("PONG")
+        });
+        n
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let o = tls_cli(&self.certs)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// A cluster reachable over TLS only (`rediss+cluster://` with the test's
+/// CA in `tls_ca`, a client certificate in `tls_cert`/`tls_key`, as for
+/// `rediss://`): format, two mounts, data and change events; a CA that did
+/// not sign the nodes' certificate is a clear one-line error at format and
+/// at mount, at once.
+#[test]
+fn tls_only_cluster() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    make_ca(d, "ca");
+    make_leaf(d, "ca", "server");
+    make_leaf(d, "ca", "client");
+    make_ca(d, "otherca");
+    let nodes: Vec<TlsNode> = (0..3).map(|_| TlsNode::start(d)).collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let o = tls_cli(d)
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(
+        o.status.success(),
+        "cluster create over TLS failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    wait_for("cluster_state:ok", Duration::from_secs(30), || {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    });
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let url_with = |ca: &str| {
+        format!(
+            "rediss+cluster://{}/?tls_ca={}&tls_cert={}&tls_key={}",
+            addrs.join(","),
+            p(ca),
+            p("client.pem"),
+            p("client.key")
+        )
+    };
+
+    let v = ClusterVolume::format(&url_with("ca.pem"), "tlsvol", &[]);
+    let a = v.mount();
+    let b = v.mount_with(&LONG_TTLS);
+    let body = pattern(300_000, 11);
+    write_closed(&a.p("over-tls"), &body);
+    assert_eq!(fs::read(a.p("over-tls")).unwrap(), body);
+    assert_eq!(
+        fs::metadata(b.p("over-tls")).unwrap().len(),
+        body.len() as u64
+    );
+    assert_eq!(fs::read(b.p("over-tls")).unwrap(), body);
+    // B caches for 60 s: a change shows there through the change events,
+    // received over TLS.
+    fs::write(a.p("over-tls"), b"short").unwrap();
+    wait_for("B sees the new size", SOON, || {
+        fs::metadata(b.p("over-tls")).map(|m| m.len()).ok() == Some(5)
+    });
+    // The volume's keys went to its slot's owner, over TLS.
+    let slot = nodes[0].cli(&["cluster", "keyslot", "{tlsvol}"]);
+    let held: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["cluster", "countkeysinslot", slot.trim()])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(held > 3, "keys in the volume's slot: {held}");
+    b.unmount();
+    a.unmount();
+
+    // A CA that did not sign the nodes' certificate.
+    let wrong = url_with("otherca.pem");
+    let store = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let o = vecfs(
+        &[
+            "format",
+            &wrong,
+            "othervol",
+            "--storage",
+            "file",
+            "--bucket",
+            store.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let e = stderr(&o);
+    println!("format with a wrong CA: {}", e.trim());
+    assert!(!o.status.success(), "format with a wrong CA succeeded");
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(
+        e.contains("TLS") && e.contains("certificate") && e.contains("tls_ca"),
+        "unclear error: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "format took {:?}",
+        t.elapsed()
+    );
+    // Mount, under `timeout`: should it wrongly succeed, it serves in the
+    // foreground until then.
+    let mp = store.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let t = Instant::now();
+    let o = Command::new("timeout")
+        .args(["30", VECFS, "mount", &wrong])
+        .arg(&mp)
+        .args(["--name", "tlsvol", "--metrics", "none", "--cache-dir"])
+        .arg(store.path().join("cache"))
+        .output()
+        .expect("run vecfs");
+    let e = stderr(&o);
+    println!("mount with a wrong CA: {}", e.trim());
+    assert!(
+        !o.status.success() && o.status.code() != Some(124),
+        "mounted with a wrong CA: {e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(
+        e.contains("TLS") && e.contains("certificate") && e.contains("tls_ca"),
+        "unclear error: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "mount took {:?}",
+        t.elapsed()
+    );
 }

@@ -279,13 +279,25 @@ fn retryable(e: &redis::RedisError) -> bool {
     // A reconnect to a Redis still loading its data fails in SELECT, as a
     // plain response error whose detail says LOADING.
     let loading = e.detail().is_some_and(|d| d.contains("LOADING"));
+    // A WAIT sent to a cluster slot's master by a slot map that lags a
+    // failover can reach the old master, back as a replica of the new one.
+    let replica = e
+        .detail()
+        .is_some_and(|d| d.contains("WAIT cannot be used with replica"));
     loading
+        || replica
         // A cluster whose slot map is being rebuilt (a node gone or moved).
+        // MOVED/ASK reach here when the client's own few redirects ran out:
+        // in a failover, the other nodes name the dead master until its
+        // replica takes over. The command did not run; the client has
+        // asked for a new slot map meanwhile.
         || matches!(
             e.kind(),
             redis::ErrorKind::ClusterConnectionNotFound
                 | redis::ErrorKind::ClusterDown
                 | redis::ErrorKind::TryAgain
+                | redis::ErrorKind::Moved
+                | redis::ErrorKind::Ask
         )
         || e.is_io_error()
         || e.is_timeout()
@@ -304,7 +316,14 @@ fn busy_answer(v: &Value) -> bool {
     match v {
         Value::ServerError(e) => matches!(
             e.code(),
-            "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
+            "LOADING"
+                | "TRYAGAIN"
+                | "BUSY"
+                | "MASTERDOWN"
+                | "READONLY"
+                | "CLUSTERDOWN"
+                | "MOVED"
+                | "ASK"
         ),
         Value::Array(items) => items.iter().any(busy_answer),
         _ => false,
@@ -346,6 +365,39 @@ impl TimedConn {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+impl TimedConn {
+    /// Runs a script (EVALSHA, and on NOSCRIPT a SCRIPT LOAD and EVALSHA
+    /// again, as `invoke_async` does), trying again while the answer stays
+    /// NOSCRIPT, within the retry budget. After a cluster failover the
+    /// promoted replica has none of the scripts (Redis does not replicate
+    /// SCRIPT LOAD), and until the client's slot map follows, the SCRIPT
+    /// LOAD (sent to the slot's master in that map, or to a random node
+    /// when that master cannot be reached: the cluster client's fallback)
+    /// can land on another node than the EVALSHA, which follows MOVED.
+    /// NOSCRIPT means the script did not run, so another attempt is safe.
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = inv.invoke_async(self).await;
+            match &r {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::NoScriptError
+                        && start.elapsed() + backoff < self.retry_for =>
+                {
+                    tracing::debug!("script missing after loading it; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                _ => return r,
+            }
         }
     }
 }
@@ -1262,7 +1314,7 @@ impl Meta {
         for a in args {
             inv.arg(a);
         }
-        let v = inv.invoke_async::<Value>(conn).await.map_err(redis_err);
+        let v = conn.invoke::<Value>(&inv).await.map_err(redis_err);
         if let (Some(mark), Ok(mut m)) = (mark, self.op_markers.lock()) {
             match &v {
                 // Success leaves a marker; an errno reply or a failure may not.
@@ -1335,13 +1387,9 @@ impl Meta {
             let new = change(&old);
             let json =
                 serde_json::to_string(&new).map_err(|e| MetaError::Corrupt(e.to_string()))?;
-            let done: i64 = cas
-                .key(self.key("setting"))
-                .arg(&raw)
-                .arg(&json)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(redis_err)?;
+            let mut inv = cas.key(self.key("setting"));
+            inv.arg(&raw).arg(&json);
+            let done: i64 = self.conn().invoke(&inv).await.map_err(redis_err)?;
             if done == 1 {
                 return Ok((old, new));
             }
@@ -1735,7 +1783,7 @@ impl Meta {
                 .arg(data.as_deref().unwrap_or(&[]));
         }
         let mut conn = self.conn();
-        let mut v = inv.invoke_async(&mut conn).await.map_err(redis_err);
+        let mut v = conn.invoke(&inv).await.map_err(redis_err);
         if v.is_ok() {
             if let Err(e) = self.await_replicas(&mut conn).await {
                 v = Err(e);
@@ -2317,6 +2365,19 @@ mod tests {
         // An empty tag hashes the whole key.
         assert_eq!(key_slot(b"{}foo"), key_slot(b"{}foo"));
         assert_ne!(key_slot(b"{}foo"), key_slot(b"foo"));
+    }
+
+    #[test]
+    fn cluster_failover_answers_are_retried() {
+        let e = |k, d: &str| redis::RedisError::from((k, "server error", d.to_string()));
+        use redis::ErrorKind::{Ask, Moved, ResponseError};
+        assert!(retryable(&e(Moved, "13137 127.0.0.1:7000")));
+        assert!(retryable(&e(Ask, "13137 127.0.0.1:7000")));
+        assert!(retryable(&e(
+            ResponseError,
+            "WAIT cannot be used with replica instances. Please also note..."
+        )));
+        assert!(!retryable(&e(ResponseError, "wrong number of arguments")));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod httpfault;
 pub mod proxy;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -477,9 +478,9 @@ pub fn mount_at(wrapper: &[&str], url: &str, env: &[(String, String)], extra: &[
     }
 }
 
-/// A Redis Cluster of masters (no replicas) on loopback ports, each with
-/// its own directory (and so its own `nodes.conf`), slots spread by
-/// `redis-cli --cluster create`. Torn down on drop.
+/// A Redis Cluster on loopback ports, each node with its own directory
+/// (and so its own `nodes.conf`), slots spread by `redis-cli --cluster
+/// create`. Torn down on drop.
 pub struct Cluster {
     pub nodes: Vec<Redis>,
 }
@@ -494,9 +495,31 @@ impl Cluster {
         "5000",
     ];
 
+    /// A cluster-enabled server, not yet in a cluster. Its bus port is a
+    /// free port too: the default, the client port + 10000, does not exist
+    /// for a client port above 55535 (a third of the ephemeral range) and
+    /// the server would exit at start. `extra` comes last, so it may
+    /// override NODE_ARGS (e.g. `--cluster-node-timeout`).
+    pub fn node(extra: &[&str]) -> Redis {
+        let bus = free_port().to_string();
+        let mut args: Vec<&str> = Self::NODE_ARGS.to_vec();
+        args.extend(["--cluster-port", &bus]);
+        args.extend_from_slice(extra);
+        Redis::start_with(&args)
+    }
+
+    /// `masters` masters, no replicas.
     pub fn start(masters: usize) -> Cluster {
-        let nodes: Vec<Redis> = (0..masters)
-            .map(|_| Redis::start_with(&Self::NODE_ARGS))
+        Self::start_with(masters, 0, &[])
+    }
+
+    /// `masters` masters with `replicas` replicas each (which nodes become
+    /// masters is `redis-cli`'s choice: see `masters()`), every node
+    /// started with `extra` too. Returns once the cluster is ok and every
+    /// replica is in sync with its master.
+    pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Cluster {
+        let nodes: Vec<Redis> = (0..masters * (1 + replicas))
+            .map(|_| Self::node(extra))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -505,7 +528,7 @@ impl Cluster {
         let o = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli --cluster create");
@@ -517,16 +540,82 @@ impl Cluster {
         );
         let c = Cluster { nodes };
         c.wait_ok();
+        if replicas > 0 {
+            wait_for("the replicas are in sync", Duration::from_secs(30), || {
+                let ms = c.masters();
+                ms.len() == masters
+                    && c.nodes.iter().enumerate().all(|(i, n)| {
+                        let info = n.cli(&["info", "replication"]);
+                        if ms.contains(&i) {
+                            info.contains(&format!("connected_slaves:{replicas}"))
+                        } else {
+                            info.contains("master_link_status:up")
+                        }
+                    })
+            });
+        }
         c
     }
 
-    /// Waits until every node says `cluster_state:ok`.
+    /// Waits until every running node says `cluster_state:ok`.
     pub fn wait_ok(&self) {
         wait_for("cluster_state:ok", Duration::from_secs(30), || {
             self.nodes
                 .iter()
+                .filter(|n| n.is_running())
                 .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
         });
+    }
+
+    /// CLUSTER NODES as the first running node that answers sees it.
+    pub fn view(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.cli(&["cluster", "nodes"]))
+            .find(|v| !v.trim().is_empty())
+            .unwrap_or_default()
+    }
+
+    /// The index in `nodes` of the node at `addr` (`ip:port@cport`).
+    fn index_of(&self, addr: &str) -> Option<usize> {
+        let port: u16 = addr
+            .split('@')
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())?;
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
+    /// The nodes a running node sees as healthy masters.
+    pub fn masters(&self) -> Vec<usize> {
+        let mut m: Vec<usize> = self
+            .view()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let flags = f.get(2)?;
+                (flags.split(',').any(|x| x == "master") && !flags.contains("fail"))
+                    .then(|| self.index_of(f.get(1)?))?
+            })
+            .collect();
+        m.sort();
+        m
+    }
+
+    /// The replicas of node `master` (by CLUSTER NODES' master-id field).
+    pub fn replicas_of(&self, master: usize) -> Vec<usize> {
+        let id = self.nodes[master]
+            .cli(&["cluster", "myid"])
+            .trim()
+            .to_string();
+        self.view()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(3) == Some(&id.as_str())).then(|| self.index_of(f.get(1)?))?
+            })
+            .collect()
     }
 
     /// `redis+cluster://` naming every node, starting with the node
@@ -541,17 +630,21 @@ impl Cluster {
 
     /// The hash slot of `key` (CLUSTER KEYSLOT).
     pub fn keyslot(&self, key: &str) -> u16 {
-        self.nodes[0]
-            .cli(&["cluster", "keyslot", key])
+        self.nodes
+            .iter()
+            .find(|n| n.is_running())
+            .map(|n| n.cli(&["cluster", "keyslot", key]))
+            .unwrap_or_default()
             .trim()
             .parse()
             .expect("CLUSTER KEYSLOT answers a number")
     }
 
     /// The index of the master that owns `slot` (from CLUSTER NODES:
-    /// `id ip:port@cport flags master ping pong epoch state slots...`).
+    /// `id ip:port@cport flags master ping pong epoch state slots...`, as
+    /// the first running node sees it).
     pub fn owner(&self, slot: u16) -> usize {
-        let map = self.nodes[0].cli(&["cluster", "nodes"]);
+        let map = self.view();
         let line = map
             .lines()
             .find(|l| {
@@ -565,15 +658,7 @@ impl Cluster {
             })
             .unwrap_or_else(|| panic!("no node owns slot {slot}:\n{map}"));
         let addr = line.split(' ').nth(1).unwrap_or("");
-        let port: u16 = addr
-            .split('@')
-            .next()
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        self.nodes
-            .iter()
-            .position(|n| n.port == port)
+        self.index_of(addr)
             .unwrap_or_else(|| panic!("slot {slot} owned by an unknown node {addr}"))
     }
 
