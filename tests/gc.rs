@@ -179,3 +179,39 @@ fn gc_deferred_deletions_and_bad_arguments() {
         "{out}"
     );
 }
+
+/// A walk of the volume's keys (gc's referenced slices, fsck, dump) that
+/// outlives its server, as in a failover or a restart, fails instead of
+/// ending early: the old cursor means nothing to the new server, and a walk
+/// that looked complete would let gc take every object it did not see named
+/// for leaked. Before, the walk simply ended with what it had.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_walk_across_a_server_change_fails_instead_of_ending_short() {
+    use vecfs::maintenance::scan::KeyScan;
+    let redis = Redis::start();
+    let fill = "for i = 1, 5000 do redis.call('SET', '{walk}c1_' .. i, 'x') end";
+    redis.cli(&["-n", "1", "EVAL", fill, "0"]);
+    let url = vecfs::meta::url::parse(&redis.url(1)).unwrap();
+    let meta = vecfs::meta::Meta::connect(&url, "walk").await.unwrap();
+    let mut walk = KeyScan::new(&meta, "c");
+    let mut seen = walk.next_batch().await.unwrap().unwrap().len();
+    redis.stop();
+    redis.restart();
+    // The restarted server has none of the keys (no persistence here), so
+    // a walk that went on would end at once, complete in appearance.
+    let end = loop {
+        match walk.next_batch().await {
+            Ok(Some(keys)) => seen += keys.len(),
+            other => break other,
+        }
+    };
+    let err = end.expect_err("the walk ended as if complete after its server changed");
+    assert!(
+        err.to_string().contains("changed during a walk"),
+        "unexpected error: {err}"
+    );
+    assert!(
+        seen < 5000,
+        "the walk saw every key before the restart: {seen}"
+    );
+}

@@ -6,6 +6,14 @@
 //! These are reads across many round trips, so they see no single instant
 //! of the volume: callers that act on what they saw (gc's deletions, fsck's
 //! repairs) guard each action with its own atomic check.
+//!
+//! What a walk must never do is end early and look complete: gc would take
+//! every object it did not see named for leaked. So each SCAN step runs in a
+//! script keyed by the volume's record (a plain SCAN has no key, and a
+//! cluster client that cannot reach the slot's master sends it to any node,
+//! which answers with nothing), and the walk fails when the server's run id
+//! changes under it (a failover or restart: a cursor means nothing to
+//! another server).
 
 use redis::Value;
 
@@ -14,6 +22,20 @@ use crate::meta::{is_inline, Attr, Meta, MetaError, Result, Slice, SLICE_LEN};
 
 /// Keys per SCAN call (a hint to Redis) and per pipelined batch.
 const SCAN_COUNT: usize = 1000;
+
+/// One SCAN step where the volume lives: KEYS[1] is the volume's record,
+/// so a cluster routes it to the slot's master (MOVED, never another node's
+/// empty answer); the server's run id comes back with the cursor.
+const SCAN_STEP: &str = r#"
+local r = redis.call("SCAN", ARGV[1], "MATCH", ARGV[2], "COUNT", ARGV[3])
+local id = string.match(redis.call("INFO", "server"), "run_id:(%x+)")
+return {r[1], r[2], id or ""}
+"#;
+
+fn scan_step() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    S.get_or_init(|| redis::Script::new(SCAN_STEP))
+}
 
 /// A walk over the volume's keys that start with `kind` followed by a digit
 /// (`c` for chunk lists, `i` for inodes, `d` for directories, ...), in
@@ -25,6 +47,8 @@ pub struct KeyScan<'a> {
     pattern: String,
     cursor: u64,
     done: bool,
+    /// The run id of the server the walk started on.
+    server: Option<String>,
 }
 
 impl<'a> KeyScan<'a> {
@@ -35,6 +59,7 @@ impl<'a> KeyScan<'a> {
             pattern: format!("{}{kind}[0-9]*", glob_escape(meta.prefix())),
             cursor: 0,
             done: false,
+            server: None,
         }
     }
 
@@ -43,15 +68,23 @@ impl<'a> KeyScan<'a> {
         if self.done {
             return Ok(None);
         }
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(self.cursor)
-            .arg("MATCH")
-            .arg(&self.pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(redis_err)?;
+        let mut step = scan_step().key(format!("{}setting", self.meta.prefix()));
+        step.arg(self.cursor).arg(&self.pattern).arg(SCAN_COUNT);
+        let (next, keys, server): (u64, Vec<String>, String) =
+            self.conn.invoke(&step).await.map_err(redis_err)?;
+        match &self.server {
+            None => self.server = Some(server),
+            Some(first) if *first != server => {
+                return Err(MetaError::Redis {
+                    msg: "the Redis server changed during a walk of the volume's keys \
+                          (a failover or restart): nothing was concluded from it; run the \
+                          command again"
+                        .into(),
+                    transient: true,
+                })
+            }
+            Some(_) => {}
+        }
         self.cursor = next;
         self.done = next == 0;
         let prefix = self.meta.prefix();

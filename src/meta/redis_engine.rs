@@ -379,7 +379,7 @@ impl TimedConn {
     /// when that master cannot be reached: the cluster client's fallback)
     /// can land on another node than the EVALSHA, which follows MOVED.
     /// NOSCRIPT means the script did not run, so another attempt is safe.
-    async fn invoke<T: redis::FromRedisValue>(
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &mut self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> redis::RedisResult<T> {
