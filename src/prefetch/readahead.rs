@@ -12,9 +12,13 @@
 //!   random reader of a 1 GiB file pulled several times the file.
 //! - The *window* is kept per inode, not per handle: a new handle on a file
 //!   this node read sequentially before starts with the window the last
-//!   reader grew. It starts at two blocks, doubles each time a sequential
-//!   read waited for the store and halves when the memory cache is nearly
-//!   full. Random reads leave it alone.
+//!   reader grew. It doubles each time a sequential read waited for the
+//!   store and halves when the memory cache is nearly full. Random reads
+//!   leave it alone. A file never read here starts with the window the
+//!   node's readers grew most recently (`START_MAX` at most, two blocks at
+//!   first): vector segments are new files read whole, one after another,
+//!   and each starting again at two blocks paid three or four round trips
+//!   to the store before the window covered the file.
 //! - A file whose random reads missed every cache `FILL_AFTER_MISSES` times
 //!   gets its remaining blocks fetched in the background (into the disk
 //!   cache, bounded by the caller), so later reads hit; after a fill the
@@ -38,6 +42,9 @@ pub const FILL_AFTER_MISSES: u32 = 8;
 /// Inodes whose read state is kept; past this, states unused for
 /// `STATE_IDLE` are dropped (and all of them if that is not enough).
 const MAX_INODES: usize = 65_536;
+
+/// The largest window (in blocks) a file never read here starts with.
+const START_MAX_BLOCKS: u64 = 8;
 const STATE_IDLE: Duration = Duration::from_secs(600);
 
 /// One handle's reading position.
@@ -79,6 +86,9 @@ pub struct ReadAhead {
     block: u64,
     max_window: u64,
     inodes: Mutex<HashMap<u64, InodeRead>>,
+    /// The window the node's sequential readers grew last (capped at
+    /// `START_MAX_BLOCKS`): where a file never read here starts.
+    learned: std::sync::atomic::AtomicU64,
 }
 
 impl ReadAhead {
@@ -89,12 +99,17 @@ impl ReadAhead {
             block: block.max(1),
             max_window,
             inodes: Mutex::new(HashMap::new()),
+            learned: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// The window a reader of a file never read here starts with.
+    /// The window a reader of a file never read here starts with: two
+    /// blocks, or what the node's readers grew since (see the header).
     pub fn initial_window(&self) -> u64 {
-        (2 * self.block).min(self.max_window.max(self.block))
+        let learned = self.learned.load(std::sync::atomic::Ordering::Relaxed);
+        (2 * self.block)
+            .max(learned.min(START_MAX_BLOCKS * self.block))
+            .min(self.max_window.max(self.block))
     }
 
     /// The current window of `ino`.
@@ -161,6 +176,10 @@ impl ReadAhead {
                     st.window = (st.window / 2).max(block);
                 } else if waited {
                     st.window = (st.window * 2).min(max);
+                }
+                if pressure || waited {
+                    self.learned
+                        .store(st.window, std::sync::atomic::Ordering::Relaxed);
                 }
                 st.window
             })
@@ -312,8 +331,32 @@ mod tests {
             r.after_sequential(7, &mut second, 1 << 20, 1 << 30, false, false),
             Some((1 << 20, (1 << 20) + 32 * B))
         );
-        // Another file still starts small.
-        assert_eq!(r.window(8), 2 * B);
+        // Another file starts with what the node learned, up to a cap.
+        assert_eq!(r.window(8), START_MAX_BLOCKS * B);
+    }
+
+    #[test]
+    fn a_new_file_starts_with_the_window_readers_grew_lately() {
+        let r = ra();
+        assert_eq!(r.window(1), 2 * B, "nothing learned yet");
+        let mut s = Stream::default();
+        r.after_sequential(1, &mut s, 1 << 20, 1 << 30, true, false);
+        assert_eq!(r.window(2), 4 * B, "grown once");
+        let mut s = Stream::default();
+        assert_eq!(
+            r.after_sequential(3, &mut s, 1 << 20, 1 << 30, false, false),
+            Some((1 << 20, (1 << 20) + 4 * B)),
+            "a new file prefetches that far at once"
+        );
+        for _ in 0..6 {
+            r.after_sequential(1, &mut s, 1 << 20, 1 << 30, true, false);
+        }
+        assert_eq!(r.window(4), START_MAX_BLOCKS * B, "capped");
+        // Memory pressure on any reader brings new files back down.
+        for _ in 0..10 {
+            r.after_sequential(1, &mut s, 1 << 20, 1 << 30, false, true);
+        }
+        assert_eq!(r.window(5), 2 * B);
     }
 
     #[test]
