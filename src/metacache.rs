@@ -28,8 +28,8 @@ type Names = HashMap<(u64, Vec<u8>), (u64, Instant)>;
 
 pub struct MetaCache {
     ttl: Duration,
-    /// The event channel is down: entries older than `DEGRADED_TTL` are
-    /// not used.
+    /// The event channel is down (or not up yet): entries older than
+    /// `DEGRADED_TTL` are not used.
     degraded: AtomicBool,
     generation: AtomicU64,
     names: Mutex<Names>,
@@ -45,7 +45,7 @@ impl MetaCache {
     pub fn new(ttl: Duration) -> MetaCache {
         MetaCache {
             ttl,
-            degraded: AtomicBool::new(false),
+            degraded: AtomicBool::new(true),
             generation: AtomicU64::new(0),
             names: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
@@ -289,6 +289,7 @@ mod tests {
     #[test]
     fn while_events_are_down_only_young_entries_are_used() {
         let c = MetaCache::new(Duration::from_secs(60));
+        c.set_degraded(false); // the channel is up
         c.put(c.generation(), None, 5, attr(1));
         c.put(c.generation(), None, 6, attr(2));
         let old = Instant::now() - DEGRADED_TTL - Duration::from_secs(1);
@@ -304,5 +305,12 @@ mod tests {
         assert_eq!(c.attr(6).map(|a| a.length), Some(2));
         c.set_degraded(false);
         assert_eq!(c.attr(5).map(|a| a.length), Some(1));
+        // Before the channel first comes up, the cache is degraded too.
+        let fresh = MetaCache::new(Duration::from_secs(60));
+        fresh.put(fresh.generation(), None, 5, attr(1));
+        if let Ok(mut a) = fresh.attrs.lock() {
+            a.entry(5).and_modify(|e| e.1 = old);
+        }
+        assert!(fresh.attr(5).is_none());
     }
 }

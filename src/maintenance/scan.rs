@@ -53,18 +53,41 @@ pub struct KeyScan<'a> {
 
 impl<'a> KeyScan<'a> {
     pub fn new(meta: &'a Meta, kind: &str) -> KeyScan<'a> {
+        let pattern = format!("{}{kind}[0-9]*", glob_escape(meta.prefix()));
+        KeyScan::matching(meta, pattern)
+    }
+
+    /// A walk over the volume's keys that start with the literal `start`
+    /// (every key of the volume for "").
+    pub fn starting(meta: &'a Meta, start: &str) -> KeyScan<'a> {
+        let pattern = format!("{}{}*", glob_escape(meta.prefix()), glob_escape(start));
+        KeyScan::matching(meta, pattern)
+    }
+
+    fn matching(meta: &'a Meta, pattern: String) -> KeyScan<'a> {
         KeyScan {
             meta,
             conn: meta.maintenance_conn(),
-            pattern: format!("{}{kind}[0-9]*", glob_escape(meta.prefix())),
+            pattern,
             cursor: 0,
             done: false,
             server: None,
         }
     }
 
-    /// The next batch (maybe empty), None at the end.
+    /// The next batch (maybe empty), None at the end; keys without the
+    /// volume prefix.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<String>>> {
+        let prefix = self.meta.prefix();
+        Ok(self.next_keys().await?.map(|keys| {
+            keys.into_iter()
+                .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+                .collect()
+        }))
+    }
+
+    /// As `next_batch`, with the keys whole.
+    pub async fn next_keys(&mut self) -> Result<Option<Vec<String>>> {
         if self.done {
             return Ok(None);
         }
@@ -87,12 +110,7 @@ impl<'a> KeyScan<'a> {
         }
         self.cursor = next;
         self.done = next == 0;
-        let prefix = self.meta.prefix();
-        Ok(Some(
-            keys.into_iter()
-                .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
-                .collect(),
-        ))
+        Ok(Some(keys))
     }
 }
 
@@ -179,32 +197,14 @@ pub async fn zset_members(meta: &Meta, zset: &str) -> Result<Vec<(Vec<u8>, f64)>
 /// Names of the volume's keys matching a literal prefix plus `*` (e.g.
 /// every session's upload journal `uploads*`), prefix-less.
 pub async fn keys_like(meta: &Meta, start: &str) -> Result<Vec<String>> {
-    let prefix = meta.prefix().to_string();
-    let pattern = format!("{}{}*", glob_escape(&prefix), glob_escape(start));
-    let mut conn = meta.maintenance_conn();
+    let mut walk = KeyScan::starting(meta, start);
     let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        out.extend(
-            keys.into_iter()
-                .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
-        );
-        if next == 0 {
-            out.sort();
-            out.dedup();
-            return Ok(out);
-        }
-        cursor = next;
+    while let Some(keys) = walk.next_batch().await? {
+        out.extend(keys);
     }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// Slice ids that hold objects, as a sorted, deduplicated list (8 bytes

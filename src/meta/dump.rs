@@ -376,7 +376,7 @@ pub async fn dump(
             }
         }
     }
-    d.pending_deletions(out).await?;
+    d.pending_deletions(meta, out).await?;
     let (ni, ns): (Option<u64>, Option<u64>) = redis::pipe()
         .get(format!("{}nextinode", d.p))
         .get(format!("{}nextslice", d.p))
@@ -555,7 +555,11 @@ impl Dumper {
 
     /// Deleted files and slices whose objects are not freed yet, and files
     /// unlinked while open (held by a session, which a dump does not carry).
-    async fn pending_deletions(&mut self, out: &mut dyn Write) -> Result<(), DumpError> {
+    async fn pending_deletions(
+        &mut self,
+        meta: &Meta,
+        out: &mut dyn Write,
+    ) -> Result<(), DumpError> {
         let mut files: Vec<(u64, u64, i64)> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -586,17 +590,8 @@ impl Dumper {
         }
         // Unlinked while open: their sessions' sets name them.
         let now = super::now().0;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}sustained*", self.p))
-                .arg("COUNT")
-                .arg(PAGE)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(redis_err)?;
+        let mut walk = crate::maintenance::scan::KeyScan::starting(meta, "sustained");
+        while let Some(keys) = walk.next_keys().await? {
             for k in keys {
                 let inos: Vec<u64> = redis::cmd("SMEMBERS")
                     .arg(&k)
@@ -617,10 +612,6 @@ impl Dumper {
                     }
                 }
                 self.delfiles(out, &mut files, PAGE).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
             }
         }
         self.delfiles(out, &mut files, 0).await?;
@@ -742,27 +733,15 @@ pub async fn check_empty(meta: &Meta, what: &str) -> Result<(), DumpError> {
             vols.join(", ")
         )));
     }
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}*", meta.prefix()))
-            .arg("COUNT")
-            .arg(BATCH)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+    let mut walk = crate::maintenance::scan::KeyScan::starting(meta, "");
+    while let Some(keys) = walk.next_keys().await? {
         if let Some(k) = keys.first() {
             return Err(DumpError::NotEmpty(format!(
                 "{what} already has keys of this volume (e.g. {k}): load only into an empty database"
             )));
         }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(());
-        }
     }
+    Ok(())
 }
 
 /// Loads a dump whose header was read already into `meta`'s database
@@ -991,17 +970,8 @@ pub async fn remove_keys(meta: &Meta, progress: &dyn Fn(u64)) -> Result<u64, Met
     let p = meta.prefix();
     let setting = format!("{p}setting");
     let mut n = 0u64;
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{p}*"))
-            .arg("COUNT")
-            .arg(BATCH)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+    let mut walk = crate::maintenance::scan::KeyScan::starting(meta, "");
+    while let Some(keys) = walk.next_keys().await? {
         let keys: Vec<String> = keys.into_iter().filter(|k| *k != setting).collect();
         if !keys.is_empty() {
             let _: i64 = redis::cmd("UNLINK")
@@ -1011,10 +981,6 @@ pub async fn remove_keys(meta: &Meta, progress: &dyn Fn(u64)) -> Result<u64, Met
                 .map_err(redis_err)?;
             n += keys.len() as u64;
             progress(n);
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
         }
     }
     // The name between the braces is the volume's.

@@ -14,11 +14,14 @@
 //!   this node read sequentially before starts with the window the last
 //!   reader grew. It doubles each time a sequential read waited for the
 //!   store and halves when the memory cache is nearly full. Random reads
-//!   leave it alone. A file never read here starts with the window the
-//!   node's readers grew most recently (`START_MAX` at most, two blocks at
-//!   first): vector segments are new files read whole, one after another,
-//!   and each starting again at two blocks paid three or four round trips
-//!   to the store before the window covered the file.
+//!   leave it alone. A file never read here starts at two blocks; from its
+//!   second sequential read (a reader past the header) it gets at least
+//!   the window the node's readers grew most recently (`START_MAX_BLOCKS`
+//!   at most): vector segments are new files read whole, one after another,
+//!   and each ramping up from two blocks paid three or four round trips to
+//!   the store before the window covered the file. A program that reads
+//!   only the first bytes of many files still gets what it got before (two
+//!   blocks, four once the first read waited), and teaches the node nothing.
 //! - A file whose random reads missed every cache `FILL_AFTER_MISSES` times
 //!   gets its remaining blocks fetched in the background (into the disk
 //!   cache, bounded by the caller), so later reads hit; after a fill the
@@ -74,6 +77,8 @@ impl Default for Stream {
 #[derive(Clone, Copy, Debug)]
 struct InodeRead {
     window: u64,
+    /// Sequential reads seen (saturating).
+    reads: u32,
     /// Random reads that went to the store since the last fill.
     misses: u32,
     /// A background fill of this file is running.
@@ -103,12 +108,17 @@ impl ReadAhead {
         }
     }
 
-    /// The window a reader of a file never read here starts with: two
-    /// blocks, or what the node's readers grew since (see the header).
+    /// The window a reader of a file never read here starts with.
     pub fn initial_window(&self) -> u64 {
-        let learned = self.learned.load(std::sync::atomic::Ordering::Relaxed);
-        (2 * self.block)
-            .max(learned.min(START_MAX_BLOCKS * self.block))
+        (2 * self.block).min(self.max_window.max(self.block))
+    }
+
+    /// The window the node's readers grew lately, as a file's second
+    /// sequential read may start from (see the header).
+    fn learned_window(&self) -> u64 {
+        self.learned
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(START_MAX_BLOCKS * self.block)
             .min(self.max_window.max(self.block))
     }
 
@@ -133,6 +143,7 @@ impl ReadAhead {
         let initial = self.initial_window();
         let s = m.entry(ino).or_insert(InodeRead {
             window: initial,
+            reads: 0,
             misses: 0,
             filling: false,
             used: Instant::now(),
@@ -172,12 +183,17 @@ impl ReadAhead {
         let (block, max) = (self.block, self.max_window.max(self.block));
         let window = self
             .with_inode(ino, |st| {
+                st.reads = st.reads.saturating_add(1);
+                if st.reads == 2 && !pressure {
+                    st.window = st.window.max(self.learned_window());
+                }
                 if pressure {
                     st.window = (st.window / 2).max(block);
                 } else if waited {
                     st.window = (st.window * 2).min(max);
                 }
-                if pressure || waited {
+                // A first read (maybe only a header) teaches the node nothing.
+                if st.reads > 1 && (pressure || waited) {
                     self.learned
                         .store(st.window, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -331,32 +347,50 @@ mod tests {
             r.after_sequential(7, &mut second, 1 << 20, 1 << 30, false, false),
             Some((1 << 20, (1 << 20) + 32 * B))
         );
-        // Another file starts with what the node learned, up to a cap.
-        assert_eq!(r.window(8), START_MAX_BLOCKS * B);
+        // Another file still starts small.
+        assert_eq!(r.window(8), 2 * B);
     }
 
     #[test]
     fn a_new_file_starts_with_the_window_readers_grew_lately() {
         let r = ra();
         assert_eq!(r.window(1), 2 * B, "nothing learned yet");
+        // A reader of file 1 past its header grows the window: 4, 8 blocks.
         let mut s = Stream::default();
+        r.after_sequential(1, &mut s, 8, 1 << 30, true, false);
+        assert_eq!(r.learned_window(), 0, "a first read teaches nothing");
         r.after_sequential(1, &mut s, 1 << 20, 1 << 30, true, false);
-        assert_eq!(r.window(2), 4 * B, "grown once");
+        assert_eq!(r.window(1), 8 * B);
+        // File 2: its first read (a header) still gets the small window...
         let mut s = Stream::default();
         assert_eq!(
-            r.after_sequential(3, &mut s, 1 << 20, 1 << 30, false, false),
-            Some((1 << 20, (1 << 20) + 4 * B)),
-            "a new file prefetches that far at once"
+            r.after_sequential(2, &mut s, 8, 1 << 30, false, false),
+            Some((8, 8 + 2 * B))
         );
+        // ...and its second starts from what the node learned.
+        assert_eq!(
+            r.after_sequential(2, &mut s, 1 << 20, 1 << 30, false, false),
+            Some((8 + 2 * B, (1 << 20) + 8 * B))
+        );
+        // Header-only readers of many files teach nothing.
+        for ino in 10..20 {
+            let mut s = Stream::default();
+            r.after_sequential(ino, &mut s, 8, 1 << 30, true, false);
+            assert!(r.window(ino) <= 4 * B);
+        }
         for _ in 0..6 {
             r.after_sequential(1, &mut s, 1 << 20, 1 << 30, true, false);
         }
-        assert_eq!(r.window(4), START_MAX_BLOCKS * B, "capped");
-        // Memory pressure on any reader brings new files back down.
+        assert_eq!(r.learned_window(), START_MAX_BLOCKS * B, "capped");
+        // Memory pressure on a reader brings new files back down.
         for _ in 0..10 {
             r.after_sequential(1, &mut s, 1 << 20, 1 << 30, false, true);
         }
-        assert_eq!(r.window(5), 2 * B);
+        assert_eq!(r.learned_window(), B);
+        let mut s = Stream::default();
+        r.after_sequential(3, &mut s, 8, 1 << 30, false, false);
+        r.after_sequential(3, &mut s, 1 << 20, 1 << 30, false, false);
+        assert_eq!(r.window(3), 2 * B);
     }
 
     #[test]
