@@ -182,6 +182,14 @@ fn warn_once(failing: &mut bool, e: &MetaError) {
     *failing = true;
 }
 
+/// How often a listener checks that its subscription still delivers, and
+/// how long its own probe may take to come back. A connection can die
+/// without closing (a host gone without a reset, a partition): without the
+/// probe, this node would keep long kernel and metadata-cache TTLs on a
+/// channel that delivers nothing.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
 /// Follows the volume's change channel and drops kernel caches for what
 /// other nodes changed. A lost connection is retried; meanwhile replies
 /// carry short TTLs, and once it is back the kernel drops everything it
@@ -189,28 +197,66 @@ fn warn_once(failing: &mut bool, e: &MetaError) {
 pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
     use futures::StreamExt;
     loop {
-        match vfs.meta.subscribe().await {
-            Ok(mut ps) => {
+        // A subscription whose answer never comes (a silent connection)
+        // must not hold the listener: it is tried again.
+        match tokio::time::timeout(PROBE_WAIT, vfs.meta.subscribe()).await {
+            Ok(Ok(mut ps)) => {
                 tracing::debug!("subscribed to change events");
                 vfs.events_resumed().await;
                 let mut stream = ps.on_message();
-                while let Some(msg) = stream.next().await {
-                    let Some(ev) = Event::parse(msg.get_payload_bytes()) else {
-                        continue;
-                    };
-                    tracing::trace!(?ev, "change event");
-                    if ev.sid() != vfs.sid() || vfs.sid() == 0 {
-                        // Kernel caches first: a warm-up must not read
-                        // through entries the change made stale.
-                        vfs.on_remote_change(ev.clone()).await;
-                        if let Some(w) = &warmer {
-                            w.on_event(&ev);
+                let mut tick = tokio::time::interval(PROBE_EVERY);
+                // When a probe went out that has not come back yet.
+                let mut probe_sent: Option<tokio::time::Instant> = None;
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => {
+                            let Some(msg) = msg else {
+                                tracing::warn!("change channel closed; resubscribing");
+                                break;
+                            };
+                            let Some(ev) = Event::parse(msg.get_payload_bytes()) else {
+                                continue;
+                            };
+                            tracing::trace!(?ev, "change event");
+                            if let Event::Probe { sid } = ev {
+                                if sid == vfs.sid() {
+                                    probe_sent = None;
+                                }
+                                continue;
+                            }
+                            if ev.sid() != vfs.sid() || vfs.sid() == 0 {
+                                // Kernel caches first: a warm-up must not read
+                                // through entries the change made stale.
+                                vfs.on_remote_change(ev.clone()).await;
+                                if let Some(w) = &warmer {
+                                    w.on_event(&ev);
+                                }
+                            }
+                        }
+                        _ = tick.tick() => {
+                            if probe_sent.is_some_and(|t| t.elapsed() > PROBE_WAIT) {
+                                tracing::warn!(
+                                    "change channel delivers nothing (this node's probe did not \
+                                     come back); resubscribing"
+                                );
+                                break;
+                            }
+                            // A probe that cannot be published proves nothing
+                            // either way (Redis down, or a user without the
+                            // right to publish): only one that went out counts.
+                            let sid = vfs.sid();
+                            if probe_sent.is_none()
+                                && sid != 0
+                                && vfs.meta.publish_probe(sid).await.is_ok()
+                            {
+                                probe_sent = Some(tokio::time::Instant::now());
+                            }
                         }
                     }
                 }
-                tracing::warn!("change channel closed; resubscribing");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot subscribe to change events"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to change events"),
+            Err(_) => tracing::warn!("subscribing to change events timed out; retrying"),
         }
         vfs.events_lost();
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -583,8 +583,12 @@ impl Vfs {
 
     /// Another node changed something: drop what this node cached about it.
     pub async fn on_remote_change(&self, ev: Event) {
+        if matches!(ev, Event::Probe { .. }) {
+            return; // changes nothing
+        }
         self.kernel.remote_change();
         match ev {
+            Event::Probe { .. } => {}
             Event::Inode { ino, .. } => {
                 self.mcache.drop_attr(ino);
                 self.recent.forget(ino);

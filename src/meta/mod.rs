@@ -369,6 +369,10 @@ pub enum Event {
     },
     /// Attributes or data of `ino` changed.
     Inode { sid: u64, ino: u64 },
+    /// A node checking that its subscription still delivers: it expects
+    /// its own probe back; every other node ignores it (nodes from before
+    /// it do not parse it).
+    Probe { sid: u64 },
 }
 
 impl Event {
@@ -395,13 +399,22 @@ impl Event {
                 sid,
                 ino: u64_at(9),
             }),
+            3 => Some(Event::Probe { sid }),
             _ => None,
         }
     }
 
+    /// The message of a probe from session `sid` (the layout `parse` reads).
+    pub fn probe(sid: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 17];
+        b[0] = 3;
+        b.extend_from_slice(format!("{sid}/").as_bytes());
+        b
+    }
+
     pub fn sid(&self) -> u64 {
         match self {
-            Event::Entry { sid, .. } | Event::Inode { sid, .. } => *sid,
+            Event::Entry { sid, .. } | Event::Inode { sid, .. } | Event::Probe { sid } => *sid,
         }
     }
 }
@@ -433,6 +446,13 @@ pub enum TimeSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_reads_back_as_one_and_names_its_session() {
+        let ev = Event::parse(&Event::probe(42));
+        assert_eq!(ev, Some(Event::Probe { sid: 42 }));
+        assert_eq!(ev.map(|e| e.sid()), Some(42));
+    }
 
     fn s(pos: u32, id: u64, len: u32) -> Slice {
         Slice {

@@ -2021,6 +2021,17 @@ impl Meta {
     // ---- change events ---------------------------------------------------
 
     /// Subscribes to the volume's change channel.
+    /// Publishes session `sid`'s liveness probe on the change channel.
+    pub async fn publish_probe(&self, sid: u64) -> Result<()> {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.key("events"))
+            .arg(super::Event::probe(sid))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
         let mut ps = self.pubsub().await?;
         ps.subscribe(self.key("events")).await.map_err(redis_err)?;
