@@ -1574,11 +1574,21 @@ impl Vfs {
 
     /// Reads the listing's next page (with attributes for readdirplus).
     async fn fetch_dir_page(&self, ino: u64, plus: bool, listing: &mut Listing) -> VResult<()> {
-        let (next, entries) = self
+        let (next, entries, server) = self
             .meta
             .readdir_page(ino, listing.cursor(), dir::PAGE)
             .await
             .map_err(|e| meta_errno("readdir", e))?;
+        if server.is_empty() {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                tracing::warn!(
+                    "the Redis user may not run INFO: a listing of a large directory that \
+                     spans a Redis failover or restart can miss names; grant +info \
+                     (README, ACL)"
+                )
+            });
+        }
         // An hour directory of the trash is only reached by a lookup in
         // `.trash`, which noted it: its files may then be opened.
         if ino == TRASH_INO || self.reached_via_trash(ino) {
@@ -1611,7 +1621,12 @@ impl Vfs {
                 volatile: false,
             });
         }
-        listing.add_page(next, page, ticket);
+        if listing.add_page(next, page, ticket, &server) {
+            tracing::info!(
+                "directory {ino}: Redis changed during the listing (failover or restart): \
+                 scanning it again from the start, names already given left out"
+            );
+        }
         Ok(())
     }
 

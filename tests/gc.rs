@@ -215,3 +215,33 @@ async fn a_key_walk_across_a_server_change_fails_instead_of_ending_short() {
         "the walk saw every key before the restart: {seen}"
     );
 }
+
+/// As above for a walk over one sorted set (gc's and fsck's read of the
+/// deletion queues, dump's too) or hash (dump's directories): ZSCAN and
+/// HSCAN cursors are as meaningless to another server as SCAN's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_walk_across_a_server_change_fails_instead_of_ending_short() {
+    use vecfs::maintenance::scan::MemberScan;
+    let redis = Redis::start();
+    let fill = "for i = 1, 5000 do redis.call('ZADD', '{walk}delslices', i, 'm' .. i) end";
+    redis.cli(&["-n", "1", "EVAL", fill, "0"]);
+    let url = vecfs::meta::url::parse(&redis.url(1)).unwrap();
+    let meta = vecfs::meta::Meta::connect(&url, "walk").await.unwrap();
+    let mut walk = MemberScan::zset(&meta, "delslices");
+    let mut seen = walk.next_page().await.unwrap().unwrap().len() / 2;
+    assert!(seen > 0, "the first page has members");
+    redis.stop();
+    redis.restart();
+    let end = loop {
+        match walk.next_page().await {
+            Ok(Some(flat)) => seen += flat.len() / 2,
+            other => break other,
+        }
+    };
+    let err = end.expect_err("the walk ended as if complete after its server changed");
+    assert!(
+        err.to_string().contains("changed during a walk"),
+        "unexpected error: {err}"
+    );
+    assert!(seen < 5000, "the walk saw every member before the restart");
+}

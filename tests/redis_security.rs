@@ -121,7 +121,7 @@ const ACL_RULE: &str = "resetkeys ~{testvol}* resetchannels &{testvol}events -@a
 +hget +hgetall +hkeys +hdel +zadd +zrem +zrange +del +lrange +multi +exec \
 +publish +subscribe +unsubscribe +wait +role \
 +decr +exists +hexists +hlen +hset +incr +lpush +ltrim +rpush +sadd +set +setnx \
-+smembers +srem +time +zrangebyscore +zscore +hscan +zcard";
++smembers +srem +time +zrangebyscore +zscore +hscan +zcard +info";
 
 fn acl(redis: &Redis, user: &str, pw: &str, rule: &str) {
     let mut args = vec!["acl", "setuser", user, "reset", "on"];

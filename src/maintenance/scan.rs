@@ -95,22 +95,90 @@ impl<'a> KeyScan<'a> {
         step.arg(self.cursor).arg(&self.pattern).arg(SCAN_COUNT);
         let (next, keys, server): (u64, Vec<String>, String) =
             self.conn.invoke(&step).await.map_err(redis_err)?;
-        match &self.server {
-            None => self.server = Some(server),
-            Some(first) if *first != server => {
-                return Err(MetaError::Redis {
-                    msg: "the Redis server changed during a walk of the volume's keys \
-                          (a failover or restart): nothing was concluded from it; run the \
-                          command again"
-                        .into(),
-                    transient: true,
-                })
-            }
-            Some(_) => {}
-        }
+        same_server(&mut self.server, server)?;
         self.cursor = next;
         self.done = next == 0;
         Ok(Some(keys))
+    }
+}
+
+/// Fails when `server` is not the run id the walk started on (kept in
+/// `first`).
+fn same_server(first: &mut Option<String>, server: String) -> Result<()> {
+    match first {
+        None => *first = Some(server),
+        Some(first) if *first != server => {
+            return Err(MetaError::Redis {
+                msg: "the Redis server changed during a walk of the volume's keys \
+                      (a failover or restart): nothing was concluded from it; run the \
+                      command again"
+                    .into(),
+                transient: true,
+            })
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// A walk over the members of one hash (HSCAN) or sorted set (ZSCAN) of the
+/// volume in pages, each page a flat field/value (member/score) list. As
+/// with `KeyScan`, a walk whose server changes midway fails instead of
+/// ending short.
+pub struct MemberScan {
+    conn: crate::meta::TimedConn,
+    cmd: &'static str,
+    key: String,
+    cursor: u64,
+    done: bool,
+    server: Option<String>,
+}
+
+impl MemberScan {
+    /// ZSCAN of the volume's sorted set `zset` (name without the prefix).
+    pub fn zset(meta: &Meta, zset: &str) -> MemberScan {
+        MemberScan::of(meta, "ZSCAN", format!("{}{zset}", meta.prefix()))
+    }
+
+    /// HSCAN of the volume's hash `hash` (name without the prefix).
+    pub fn hash(meta: &Meta, hash: &str) -> MemberScan {
+        MemberScan::of(meta, "HSCAN", format!("{}{hash}", meta.prefix()))
+    }
+
+    fn of(meta: &Meta, cmd: &'static str, key: String) -> MemberScan {
+        MemberScan {
+            conn: meta.maintenance_conn(),
+            cmd,
+            key,
+            cursor: 0,
+            done: false,
+            server: None,
+        }
+    }
+
+    /// The next page (maybe empty), None at the end.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Vec<u8>>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let (next, flat, server) = crate::meta::member_scan_step(
+            &mut self.conn,
+            self.cmd,
+            &self.key,
+            self.cursor,
+            SCAN_COUNT,
+        )
+        .await?;
+        same_server(&mut self.server, server)?;
+        if flat.len() % 2 != 0 {
+            return Err(MetaError::Corrupt(format!(
+                "{} of {}: reply of odd length",
+                self.cmd, self.key
+            )));
+        }
+        self.cursor = next;
+        self.done = next == 0;
+        Ok(Some(flat))
     }
 }
 
@@ -171,27 +239,19 @@ pub async fn read_raw(meta: &Meta, keys: &[String]) -> Result<Vec<Option<Vec<u8>
 
 /// Every member of a sorted set of the volume, in pages (ZSCAN), with scores.
 pub async fn zset_members(meta: &Meta, zset: &str) -> Result<Vec<(Vec<u8>, f64)>> {
-    let key = format!("{}{zset}", meta.prefix());
-    let mut conn = meta.maintenance_conn();
+    let mut walk = MemberScan::zset(meta, zset);
     let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let v: Value = redis::cmd("ZSCAN")
-            .arg(&key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        let (next, items): (u64, Vec<(Vec<u8>, f64)>) =
-            redis::FromRedisValue::from_redis_value(&v).map_err(redis_err)?;
-        out.extend(items);
-        if next == 0 {
-            return Ok(out);
+    while let Some(flat) = walk.next_page().await? {
+        let mut it = flat.into_iter();
+        while let (Some(member), Some(score)) = (it.next(), it.next()) {
+            let score = std::str::from_utf8(&score)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .ok_or_else(|| MetaError::Corrupt(format!("{zset}: score {score:?}")))?;
+            out.push((member, score));
         }
-        cursor = next;
     }
+    Ok(out)
 }
 
 /// Names of the volume's keys matching a literal prefix plus `*` (e.g.

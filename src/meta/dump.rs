@@ -306,16 +306,8 @@ pub async fn dump(
     let mut stack: Vec<u64> = tops.iter().map(|(ino, _)| *ino).collect();
     d.inodes(out, tops).await?;
     while let Some(dir) = stack.pop() {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-                .arg(format!("{}d{dir}", d.p))
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(PAGE)
-                .query_async(&mut d.conn)
-                .await
-                .map_err(redis_err)?;
+        let mut walk = crate::maintenance::scan::MemberScan::hash(meta, &format!("d{dir}"));
+        while let Some(flat) = walk.next_page().await? {
             let mut found = Vec::with_capacity(flat.len() / 2);
             for pair in flat.chunks(2) {
                 let [name, v] = pair else { continue };
@@ -370,10 +362,6 @@ pub async fn dump(
             }
             d.inodes(out, todo).await?;
             progress(d.end.inodes);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
         }
     }
     d.pending_deletions(meta, out).await?;
@@ -561,18 +549,11 @@ impl Dumper {
         out: &mut dyn Write,
     ) -> Result<(), DumpError> {
         let mut files: Vec<(u64, u64, i64)> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, flat): (u64, Vec<String>) = redis::cmd("ZSCAN")
-                .arg(format!("{}delfiles", self.p))
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(PAGE)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(redis_err)?;
+        let mut walk = crate::maintenance::scan::MemberScan::zset(meta, "delfiles");
+        while let Some(flat) = walk.next_page().await? {
             for pair in flat.chunks(2) {
                 let [m, score] = pair else { continue };
+                let (m, score) = (String::from_utf8_lossy(m), String::from_utf8_lossy(score));
                 let parsed = m
                     .split_once(':')
                     .and_then(|(i, l)| Some((i.parse().ok()?, l.parse().ok()?)));
@@ -583,10 +564,6 @@ impl Dumper {
                 files.push((ino, len, score.parse::<f64>().unwrap_or(0.0) as i64));
             }
             self.delfiles(out, &mut files, PAGE).await?;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
         }
         // Unlinked while open: their sessions' sets name them.
         let now = super::now().0;
@@ -615,16 +592,8 @@ impl Dumper {
             }
         }
         self.delfiles(out, &mut files, 0).await?;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
-                .arg(format!("{}delslices", self.p))
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(PAGE)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(redis_err)?;
+        let mut walk = crate::maintenance::scan::MemberScan::zset(meta, "delslices");
+        while let Some(flat) = walk.next_page().await? {
             let mut ids = Vec::new();
             for pair in flat.chunks(2) {
                 let [m, score] = pair else { continue };
@@ -645,10 +614,6 @@ impl Dumper {
                 )?;
             }
             self.inlines(out, ids).await?;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
         }
         Ok(())
     }

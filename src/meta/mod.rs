@@ -6,7 +6,7 @@ pub mod dump;
 mod redis_engine;
 pub mod url;
 
-pub(crate) use redis_engine::redis_err;
+pub(crate) use redis_engine::{member_scan_step, redis_err};
 pub use redis_engine::{Committed, Meta, SessionInfo, TimedConn, DEFAULT_META_TIMEOUT};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -515,6 +515,38 @@ const WAIT_ROUND_MS: u64 = 500;
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Turns a Redis failure into a message that says what to do, without secrets.
+/// One HSCAN or ZSCAN step in a script keyed by the scanned key, so a
+/// cluster routes it to that key's master (a plain command that cannot
+/// reach it may be sent to any node, which answers with nothing), with the
+/// server's run id: a cursor means nothing to another server (a promoted
+/// replica, or the same one restarted, hashes with another seed), so going
+/// on from it after a failover would skip members silently. The id is ""
+/// when the user may not run INFO.
+const MEMBER_SCAN_STEP: &str = r#"
+local r = redis.call(ARGV[1], KEYS[1], ARGV[2], "COUNT", ARGV[3])
+local info = redis.pcall("INFO", "server")
+local id = ""
+if type(info) == "string" then id = string.match(info, "run_id:(%x+)") or "" end
+return {r[1], r[2], id}
+"#;
+
+/// `cmd` ("HSCAN" or "ZSCAN") of `key` from `cursor`: the next cursor, the
+/// flat field/value (or member/score) list and the answering server's run
+/// id (see `MEMBER_SCAN_STEP`).
+pub(crate) async fn member_scan_step(
+    conn: &mut TimedConn,
+    cmd: &str,
+    key: &str,
+    cursor: u64,
+    count: usize,
+) -> Result<(u64, Vec<Vec<u8>>, String)> {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = S.get_or_init(|| redis::Script::new(MEMBER_SCAN_STEP));
+    let mut step = script.key(key);
+    step.arg(cmd).arg(cursor).arg(count);
+    conn.invoke(&step).await.map_err(redis_err)
+}
+
 pub(crate) fn redis_err(e: redis::RedisError) -> MetaError {
     let code = e.code().unwrap_or("");
     let denied = code == "WRONGPASS"
@@ -1592,23 +1624,26 @@ impl Meta {
     }
 
     /// One page of a directory (HSCAN from `cursor`, about `count`
-    /// entries): the cursor to go on from, 0 once the scan is complete.
-    /// A small directory comes back whole in one page. A page may repeat
-    /// an entry an earlier page gave if the hash was resized in between.
+    /// entries): the cursor to go on from (0 once the scan is complete) and
+    /// the run id of the server that answered ("" when the user may not run
+    /// INFO). A small directory comes back whole in one page. A page may
+    /// repeat an entry an earlier page gave if the hash was resized in
+    /// between; a cursor from another server (a failover or restart in
+    /// between) means nothing: the caller starts again from 0.
     pub async fn readdir_page(
         &self,
         ino: u64,
         cursor: u64,
         count: usize,
-    ) -> Result<(u64, Vec<DirEntry>)> {
-        let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-            .arg(self.ikey('d', ino))
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
+    ) -> Result<(u64, Vec<DirEntry>, String)> {
+        let (next, flat, server) = member_scan_step(
+            &mut self.conn(),
+            "HSCAN",
+            &self.ikey('d', ino),
+            cursor,
+            count,
+        )
+        .await?;
         if flat.len() % 2 != 0 {
             return Err(MetaError::Corrupt("HSCAN reply of odd length".into()));
         }
@@ -1617,7 +1652,7 @@ impl Meta {
         while let (Some(name), Some(v)) = (it.next(), it.next()) {
             out.push(decode_entry(name, &v)?);
         }
-        Ok((next, out))
+        Ok((next, out, server))
     }
 
     /// Attributes of many inodes in one round trip; missing ones are None.

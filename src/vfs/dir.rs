@@ -49,6 +49,8 @@ pub(super) struct Listing {
     /// HSCAN may repeat entries when the hash is resized during the scan.
     /// 16 bytes per name; a small directory keeps none.
     seen: Option<Seen>,
+    /// Run id of the Redis server the cursor belongs to ("" unknown).
+    server: String,
 }
 
 impl Listing {
@@ -61,6 +63,7 @@ impl Listing {
             done: false,
             pages: 0,
             seen: None,
+            server: String::new(),
         }
     }
 
@@ -95,17 +98,32 @@ impl Listing {
         self.cursor
     }
 
-    /// Appends a page read at `cursor()`; `next` is the cursor HSCAN
-    /// answered (0: the scan is complete).
-    pub(super) fn add_page(&mut self, next: u64, page: Vec<DirItem>, ticket: u64) {
+    /// Appends a page read at `cursor()` from the server with run id
+    /// `server`; `next` is the cursor HSCAN answered (0: the scan is
+    /// complete). True when the server changed since the last page (a
+    /// failover or restart): its cursor meant nothing there (the new server
+    /// hashes with another seed, so going on would skip names silently),
+    /// and the scan starts again from 0, the names already given kept out
+    /// by the name set.
+    pub(super) fn add_page(
+        &mut self,
+        next: u64,
+        page: Vec<DirItem>,
+        ticket: u64,
+        server: &str,
+    ) -> bool {
         let first = self.pages == 0;
         self.pages += 1;
-        self.cursor = next;
-        self.done = next == 0;
+        let moved = !first && !server.is_empty() && server != self.server;
+        if first || !server.is_empty() {
+            self.server = server.to_string();
+        }
+        self.cursor = if moved { 0 } else { next };
+        self.done = !moved && next == 0;
         if first && self.done {
             // The whole directory in one page: nothing can repeat.
             self.items.extend(page.into_iter().map(|it| (it, ticket)));
-            return;
+            return false;
         }
         let seen = self.seen.get_or_insert_with(Seen::default);
         for it in page {
@@ -113,6 +131,7 @@ impl Listing {
                 self.items.push_back((it, ticket));
             }
         }
+        moved
     }
 
     /// Up to `max` entries from the first kept one, each with the offset
@@ -151,7 +170,7 @@ mod tests {
     fn a_single_page_directory_is_given_whole_with_offsets_after_each_entry() {
         let mut l = Listing::new(vec![item("."), item("..")], 0);
         assert!(l.wants_more(0, 10));
-        l.add_page(0, vec![item("a"), item("b")], 1);
+        l.add_page(0, vec![item("a"), item("b")], 1, "s");
         assert!(!l.wants_more(0, 10));
         assert!(l.seen.is_none(), "one page keeps no name set");
         assert_eq!(
@@ -168,7 +187,7 @@ mod tests {
     #[test]
     fn consumed_entries_are_dropped_and_pages_fetched_only_when_needed() {
         let mut l = Listing::new(vec![item("."), item("..")], 0);
-        l.add_page(7, (0..5).map(|i| item(&format!("f{i}"))).collect(), 1);
+        l.add_page(7, (0..5).map(|i| item(&format!("f{i}"))).collect(), 1, "s");
         assert!(!l.wants_more(0, 3), "seven kept entries cover a reply of 3");
         assert!(l.wants_more(5, 3), "offset 5 + 3 needs more than seven");
         assert!(l.skip_to(5));
@@ -183,7 +202,7 @@ mod tests {
         let mut l = Listing::new(vec![item("."), item("..")], 0);
         assert!(l.skip_to(4));
         assert_eq!(l.base, 2);
-        l.add_page(3, vec![item("a"), item("b"), item("c")], 1);
+        l.add_page(3, vec![item("a"), item("b"), item("c")], 1, "s");
         assert!(l.skip_to(4));
         assert_eq!(names(&l, 10), vec![(5, "c".into())]);
     }
@@ -191,12 +210,17 @@ mod tests {
     #[test]
     fn a_page_is_read_ahead_once_fewer_than_a_page_remain_beyond_the_reply() {
         let mut l = Listing::new(vec![], 0);
-        l.add_page(5, (0..PAGE).map(|i| item(&format!("f{i}"))).collect(), 1);
+        l.add_page(
+            5,
+            (0..PAGE).map(|i| item(&format!("f{i}"))).collect(),
+            1,
+            "s",
+        );
         assert!(!l.wants_ahead(0), "a whole page kept beyond offset 0");
         assert!(l.wants_ahead(1), "one entry given: less than a page left");
         assert!(l.skip_to(800));
         assert!(l.wants_ahead(800));
-        l.add_page(0, (0..10).map(|i| item(&format!("g{i}"))).collect(), 2);
+        l.add_page(0, (0..10).map(|i| item(&format!("g{i}"))).collect(), 2, "s");
         assert!(!l.wants_ahead(805), "the scan is complete");
         assert!(
             !l.wants_ahead(700),
@@ -217,9 +241,9 @@ mod tests {
     #[test]
     fn entries_a_resized_hash_repeats_are_given_once() {
         let mut l = Listing::new(vec![], 0);
-        l.add_page(9, vec![item("a"), item("b")], 1);
-        l.add_page(4, vec![item("b"), item("c"), item("a")], 2);
-        l.add_page(0, vec![item("d")], 3);
+        l.add_page(9, vec![item("a"), item("b")], 1, "s");
+        l.add_page(4, vec![item("b"), item("c"), item("a")], 2, "s");
+        l.add_page(0, vec![item("d")], 3, "s");
         assert!(!l.wants_more(0, 100));
         let got: Vec<String> = names(&l, 100).into_iter().map(|(_, n)| n).collect();
         assert_eq!(got, vec!["a", "b", "c", "d"]);
@@ -228,6 +252,38 @@ mod tests {
             tickets,
             vec![1, 1, 2, 3],
             "each entry keeps its page's ticket"
+        );
+    }
+
+    #[test]
+    fn a_page_from_another_server_restarts_the_scan_without_repeating_names() {
+        let mut l = Listing::new(vec![], 0);
+        assert!(!l.add_page(9, vec![item("a"), item("b")], 1, "one"));
+        // A restart: the old cursor 9 meant nothing to the new server.
+        assert!(l.add_page(4, vec![item("c"), item("a")], 2, "two"));
+        assert_eq!(l.cursor(), 0, "the scan starts again from the beginning");
+        assert!(l.wants_more(0, 100), "not complete, whatever the page said");
+        assert!(!l.add_page(7, vec![item("b"), item("d")], 3, "two"));
+        assert_eq!(l.cursor(), 7);
+        assert!(!l.add_page(0, vec![item("e")], 4, "two"));
+        assert!(!l.wants_more(0, 100));
+        let got: Vec<String> = names(&l, 100).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(got, vec!["a", "b", "c", "d", "e"]);
+        // A server that will not tell its run id changes nothing.
+        let mut l = Listing::new(vec![], 0);
+        l.add_page(9, vec![item("a")], 1, "");
+        assert!(!l.add_page(0, vec![item("b")], 2, ""));
+        assert!(!l.wants_more(0, 100));
+    }
+
+    #[test]
+    fn a_restart_seen_on_the_last_page_still_scans_again() {
+        let mut l = Listing::new(vec![], 0);
+        l.add_page(9, vec![item("a")], 1, "one");
+        assert!(l.add_page(0, vec![item("b")], 2, "two"));
+        assert!(
+            l.wants_more(0, 100),
+            "cursor 0 from another server is no end"
         );
     }
 }
