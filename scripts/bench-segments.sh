@@ -98,7 +98,7 @@ if [[ -n $port_base ]]; then
   export BENCH_REDIS_PORT=$port_base BENCH_S3_PORT=$((port_base + 1))
 fi
 # shellcheck source=scripts/bench-servers.sh
-WORK_PREFIX=vecfs-seg BUCKETS="seg-vecfs seg-warm seg-rclone" source scripts/bench-servers.sh
+WORK_PREFIX=vecfs-seg BUCKETS="seg-vecfs seg-warm seg-rclone seg-raw" source scripts/bench-servers.sh
 vecfs=${VECFS_BIN:-$vecfs}
 all_cleanup() {
   local m
@@ -218,6 +218,17 @@ run_target() {
 }
 
 for t in "${targets[@]}"; do run_target "$t"; done
+
+# The store's own floor for a load without warm-up: one segment's bytes
+# (rows x dim x 4, in 4 MiB objects) fetched by 8 parallel GETs from a
+# client with no file system in between, three times, median.
+seg_mib=$(((rows * dim * 4 + (4 << 20) - 1) / (4 << 20) * 4))
+raws=()
+for _ in 1 2 3; do
+  raws+=("$(python3 scripts/s3raw.py "$endpoint" seg-raw --total-mib "$seg_mib" | awk '$2 == "get" {print $3}')")
+done
+raw_mid=$(printf '%s\n' "${raws[@]}" | sort -g | sed -n 2p)
+note "raw parallel GET of one segment ($seg_mib MiB, s3raw.py: 8 threads, 4 MiB objects): $(awk -v m="$seg_mib" -v r="$raw_mid" 'BEGIN {printf "%.3f s", m / r}') median at ${raws[*]} MiB/s, the floor of a read part without warm-up on this store"
 
 params=$(printf '{"batches": %s, "rows": %s, "dim": %s, "seed": %s, "interval": "%s", "reader_delay": %s, "readers": %s}' \
   "$batches" "$rows" "$dim" "$seed" "$interval" "$delay" "$readers")
