@@ -868,15 +868,29 @@ pub struct Metrics(pub u16);
 impl Metrics {
     /// The current value of counter `name`.
     pub fn get(&self, name: &str) -> u64 {
+        let body = self.body();
+        Self::find(&body, name).unwrap_or_else(|| panic!("{name} missing from metrics:\n{body}"))
+    }
+
+    /// The current value of counter `name`, 0 while it has no sample yet
+    /// (a labelled counter appears at its first count).
+    pub fn get_or_zero(&self, name: &str) -> u64 {
+        Self::find(&self.body(), name).unwrap_or(0)
+    }
+
+    fn body(&self) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.0)).expect("metrics endpoint");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
             .expect("request");
         let mut body = String::new();
         s.read_to_string(&mut body).expect("response");
+        body
+    }
+
+    fn find(body: &str, name: &str) -> Option<u64> {
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from metrics:\n{body}"))
     }
 }
 

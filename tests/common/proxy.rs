@@ -23,7 +23,18 @@ struct Shared {
     next: AtomicU64,
     /// Both ends of every forwarded connection, to cut them when going down.
     conns: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+    /// Per connection: whether it subscribed (a Redis SUBSCRIBE went
+    /// through it), and whether it is muted.
+    flags: Mutex<HashMap<u64, Arc<ConnFlags>>>,
     upstream: SocketAddr,
+}
+
+#[derive(Default)]
+struct ConnFlags {
+    subscriber: AtomicBool,
+    /// Silently dead: bytes either way are read and dropped, and the
+    /// connection stays open (no FIN, no reset), as across a partition.
+    muted: AtomicBool,
 }
 
 pub struct Proxy {
@@ -51,12 +62,18 @@ pub fn reset_on_close(s: &TcpStream) {
     }
 }
 
-fn pump(sh: &Shared, mut from: TcpStream, mut to: TcpStream, replies: bool) {
+fn pump(sh: &Shared, mut from: TcpStream, mut to: TcpStream, replies: bool, fl: &ConnFlags) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if fl.muted.load(Ordering::Acquire) {
+                    continue;
+                }
+                if !replies && contains_ignore_case(&buf[..n], b"SUBSCRIBE") {
+                    fl.subscriber.store(true, Ordering::Release);
+                }
                 let held = |sh: &Shared| {
                     sh.frozen.load(Ordering::Acquire)
                         || (replies && sh.replies_frozen.load(Ordering::Acquire))
@@ -77,6 +94,11 @@ fn pump(sh: &Shared, mut from: TcpStream, mut to: TcpStream, replies: bool) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 impl Proxy {
     /// Listens on a free loopback port, forwarding to 127.0.0.1:`upstream`.
     pub fn start(upstream: u16) -> Proxy {
@@ -90,6 +112,7 @@ impl Proxy {
             stop: AtomicBool::new(false),
             next: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
+            flags: Mutex::new(HashMap::new()),
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream)),
         });
         let sh = shared.clone();
@@ -145,11 +168,15 @@ impl Proxy {
             }
             conns.insert(id, (c2, s2));
         }
+        let fl = Arc::new(ConnFlags::default());
+        sh.flags.lock().unwrap().insert(id, fl.clone());
         let sh2 = sh.clone();
-        let back = std::thread::spawn(move || pump(&sh2, s1, c1, true));
-        pump(&sh, client, server, false);
+        let fl2 = fl.clone();
+        let back = std::thread::spawn(move || pump(&sh2, s1, c1, true, &fl2));
+        pump(&sh, client, server, false, &fl);
         let _ = back.join();
         sh.conns.lock().unwrap().remove(&id);
+        sh.flags.lock().unwrap().remove(&id);
     }
 
     /// Cuts every open connection and resets new ones until `up`.
@@ -182,6 +209,22 @@ impl Proxy {
     pub fn thaw(&self) {
         self.shared.frozen.store(false, Ordering::Release);
         self.shared.replies_frozen.store(false, Ordering::Release);
+    }
+
+    /// Every connection open now that subscribed (Redis pub/sub) goes
+    /// silent for good: what either end sends is dropped and nothing
+    /// closes, so the client finds out only by noticing the silence.
+    /// Connections opened later pass. Returns how many were muted.
+    pub fn mute_subscribers(&self) -> usize {
+        let flags = self.shared.flags.lock().unwrap();
+        let mut n = 0;
+        for f in flags.values() {
+            if f.subscriber.load(Ordering::Acquire) {
+                f.muted.store(true, Ordering::Release);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// How many connection directions are holding bytes right now.
