@@ -205,8 +205,8 @@ pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
                 vfs.events_resumed().await;
                 let mut stream = ps.on_message();
                 let mut tick = tokio::time::interval(PROBE_EVERY);
-                // When a probe went out that has not come back yet.
-                let mut probe_sent: Option<tokio::time::Instant> = None;
+                // By when a probe that went out must be back (None: none out).
+                let mut probe_due: Option<tokio::time::Instant> = None;
                 loop {
                     tokio::select! {
                         msg = stream.next() => {
@@ -220,7 +220,7 @@ pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
                             tracing::trace!(?ev, "change event");
                             if let Event::Probe { sid } = ev {
                                 if sid == vfs.sid() {
-                                    probe_sent = None;
+                                    probe_due = None;
                                 }
                                 continue;
                             }
@@ -233,23 +233,29 @@ pub async fn run_event_listener(vfs: Arc<Vfs>, warmer: Option<Arc<Warmer>>) {
                                 }
                             }
                         }
+                        // Its own timer, not the next tick: checked on ticks,
+                        // a probe was given up after 10 or 15 s by timer jitter.
+                        _ = tokio::time::sleep_until(
+                            probe_due.unwrap_or_else(tokio::time::Instant::now)
+                        ), if probe_due.is_some() => {
+                            tracing::warn!(
+                                "change channel delivers nothing (this node's probe did not \
+                                 come back); resubscribing"
+                            );
+                            break;
+                        }
                         _ = tick.tick() => {
-                            if probe_sent.is_some_and(|t| t.elapsed() > PROBE_WAIT) {
-                                tracing::warn!(
-                                    "change channel delivers nothing (this node's probe did not \
-                                     come back); resubscribing"
-                                );
-                                break;
-                            }
                             // A probe that cannot be published proves nothing
                             // either way (Redis down, or a user without the
                             // right to publish): only one that went out counts.
+                            // Its time runs from before the publish.
                             let sid = vfs.sid();
-                            if probe_sent.is_none()
+                            let due = tokio::time::Instant::now() + PROBE_WAIT;
+                            if probe_due.is_none()
                                 && sid != 0
                                 && vfs.meta.publish_probe(sid).await.is_ok()
                             {
-                                probe_sent = Some(tokio::time::Instant::now());
+                                probe_due = Some(due);
                             }
                         }
                     }

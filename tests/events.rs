@@ -26,8 +26,8 @@ const LONG: [&str; 8] = [
 ];
 
 /// The longest a node takes to notice a silent channel and make it good:
-/// its probe goes out every 5 s and must come back within 10 s (checked at
-/// the next 5 s tick), then 1 s before it resubscribes; plus a margin.
+/// its probe goes out every 5 s and must come back within 10 s, then 1 s
+/// before it resubscribes (16 s at most); plus a margin for a loaded machine.
 const NOTICED: Duration = Duration::from_secs(25);
 
 const SOON: Duration = Duration::from_secs(5);

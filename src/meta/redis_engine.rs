@@ -2074,7 +2074,6 @@ impl Meta {
 
     // ---- change events ---------------------------------------------------
 
-    /// Subscribes to the volume's change channel.
     /// Publishes session `sid`'s liveness probe on the change channel.
     pub async fn publish_probe(&self, sid: u64) -> Result<()> {
         let _: i64 = redis::cmd("PUBLISH")
@@ -2086,6 +2085,7 @@ impl Meta {
         Ok(())
     }
 
+    /// Subscribes to the volume's change channel.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
         let mut ps = self.pubsub().await?;
         ps.subscribe(self.key("events")).await.map_err(redis_err)?;
