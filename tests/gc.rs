@@ -222,7 +222,8 @@ async fn a_key_walk_across_a_server_change_fails_instead_of_ending_short() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_walk_across_a_server_change_fails_instead_of_ending_short() {
     use vecfs::maintenance::scan::MemberScan;
-    let redis = Redis::start();
+    // Kept across the restart: the old cursor meets a full set again.
+    let redis = Redis::start_aof();
     let fill = "for i = 1, 5000 do redis.call('ZADD', '{walk}delslices', i, 'm' .. i) end";
     redis.cli(&["-n", "1", "EVAL", fill, "0"]);
     let url = vecfs::meta::url::parse(&redis.url(1)).unwrap();

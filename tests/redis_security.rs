@@ -210,3 +210,36 @@ fn restricted_acl_user_works_and_missing_channel_is_refused() {
     m2.unmount();
     m.unmount();
 }
+
+/// The README promises a mount whose user may not run INFO lists as
+/// before (a directory of several HSCAN pages whole), warning once that a
+/// listing spanning a failover could then miss names.
+#[test]
+fn a_user_without_info_lists_large_directories_and_is_warned() {
+    let redis = Redis::start();
+    let rule = ACL_RULE.replace(" +info", "");
+    assert_ne!(rule, ACL_RULE, "the README rule has +info");
+    acl(&redis, "noinfo", "noinfo-pw", &rule);
+    let url = format!("redis://noinfo@127.0.0.1:{}/1", redis.port);
+    let env = [("META_PASSWORD", "noinfo-pw")];
+    let vol = file_volume(redis, &url, &env, &[]);
+    let m = vol.mount_with(&["--name", "testvol"]);
+    let d = m.p("many");
+    std::fs::create_dir(&d).unwrap();
+    const N: usize = 2_500; // three pages of 1,000
+    for i in 0..N {
+        std::fs::File::create(d.join(format!("f{i:05}"))).unwrap();
+    }
+    let names: std::collections::HashSet<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), N, "every name listed once");
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("may not run INFO").count(),
+        1,
+        "warned once:\n{log}"
+    );
+    m.unmount();
+}

@@ -109,7 +109,7 @@ fn same_server(first: &mut Option<String>, server: String) -> Result<()> {
         None => *first = Some(server),
         Some(first) if *first != server => {
             return Err(MetaError::Redis {
-                msg: "the Redis server changed during a walk of the volume's keys \
+                msg: "the Redis server changed during a walk of the volume's metadata \
                       (a failover or restart): nothing was concluded from it; run the \
                       command again"
                     .into(),
@@ -169,6 +169,16 @@ impl MemberScan {
             SCAN_COUNT,
         )
         .await?;
+        if server.is_empty() {
+            return Err(MetaError::Redis {
+                msg: format!(
+                    "the Redis user may not run INFO, so a walk of {} cannot tell a \
+                     failover from a complete answer: grant +info (README, ACL)",
+                    self.key
+                ),
+                transient: false,
+            });
+        }
         same_server(&mut self.server, server)?;
         if flat.len() % 2 != 0 {
             return Err(MetaError::Corrupt(format!(

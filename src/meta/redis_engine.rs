@@ -514,10 +514,10 @@ const WAIT_ROUND_MS: u64 = 500;
 /// about a second.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Turns a Redis failure into a message that says what to do, without secrets.
-/// The server's run id ("" when the user may not run INFO), in a script
-/// keyed by the key it is asked beside, so a cluster sends it to the node
-/// that answers for that key.
+/// The server's run id ("" when the user may not run INFO). Keyless: it
+/// goes wherever the pipeline it rides in goes, and a cluster never
+/// redirects it (keyed, it bounced between the two nodes of a slot under
+/// migration, where ASKING covers only the command after it).
 const RUN_ID: &str = r#"
 local info = redis.pcall("INFO", "server")
 if type(info) ~= "string" then return "" end
@@ -529,11 +529,11 @@ return string.match(info, "run_id:(%x+)") or ""
 /// id. A cursor means nothing to another server (a promoted replica, or
 /// the same one restarted, hashes with another seed), so going on from it
 /// after a failover would skip members silently: callers compare the ids.
-/// The id is asked in the same pipeline right after the scan, on the same
-/// connection, so it names the server that answered the scan; if the
-/// connection broke in between, the id comes from the new server, which
-/// only makes the caller start over. (Running the scan inside a script
-/// instead cost Redis half as much again per entry.)
+/// The id is asked right after the scan in one pipeline, which goes to one
+/// server on one connection (a cluster sends it to the volume's slot, and
+/// on a redirect sends it whole again), so it names the server that
+/// answered the scan. (Running the scan inside a script instead cost Redis
+/// half as much again per entry.)
 pub(crate) async fn member_scan_step(
     conn: &mut TimedConn,
     cmd: &str,
@@ -545,7 +545,7 @@ pub(crate) async fn member_scan_step(
     let run_id = S.get_or_init(|| redis::Script::new(RUN_ID));
     let mut pipe = redis::pipe();
     pipe.cmd(cmd).arg(key).arg(cursor).arg("COUNT").arg(count);
-    pipe.cmd("EVALSHA").arg(run_id.get_hash()).arg(1).arg(key);
+    pipe.cmd("EVALSHA").arg(run_id.get_hash()).arg(0);
     for _ in 0..3 {
         match pipe
             .query_async::<((u64, Vec<Vec<u8>>), String)>(conn)
@@ -553,9 +553,14 @@ pub(crate) async fn member_scan_step(
         {
             Ok(((next, flat), server)) => return Ok((next, flat, server)),
             Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                // Loads it where the key lives (a restart or failover
-                // forgets scripts).
-                let _: String = conn.invoke(&run_id.key(key)).await.map_err(redis_err)?;
+                // A restart or failover forgets scripts. SCRIPT goes where
+                // the volume lives in a cluster, as the pipeline does.
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(RUN_ID)
+                    .query_async(conn)
+                    .await
+                    .map_err(redis_err)?;
             }
             Err(e) => return Err(redis_err(e)),
         }
@@ -566,6 +571,7 @@ pub(crate) async fn member_scan_step(
     })
 }
 
+/// Turns a Redis failure into a message that says what to do, without secrets.
 pub(crate) fn redis_err(e: redis::RedisError) -> MetaError {
     let code = e.code().unwrap_or("");
     let denied = code == "WRONGPASS"

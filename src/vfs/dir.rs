@@ -114,8 +114,10 @@ impl Listing {
     ) -> bool {
         let first = self.pages == 0;
         self.pages += 1;
-        let moved = !first && !server.is_empty() && server != self.server;
-        if first || !server.is_empty() {
+        // Exact, "" included: a failover to a server that will not tell its
+        // id (an ACL without +info there) is a change too.
+        let moved = !first && server != self.server;
+        if moved || first {
             self.server = server.to_string();
         }
         self.cursor = if moved { 0 } else { next };
@@ -269,11 +271,23 @@ mod tests {
         assert!(!l.wants_more(0, 100));
         let got: Vec<String> = names(&l, 100).into_iter().map(|(_, n)| n).collect();
         assert_eq!(got, vec!["a", "b", "c", "d", "e"]);
-        // A server that will not tell its run id changes nothing.
+        // A server that will not tell its run id changes nothing...
         let mut l = Listing::new(vec![], 0);
         l.add_page(9, vec![item("a")], 1, "");
         assert!(!l.add_page(0, vec![item("b")], 2, ""));
         assert!(!l.wants_more(0, 100));
+        // ...but a failover to one is a change, and back again too.
+        let mut l = Listing::new(vec![], 0);
+        l.add_page(9, vec![item("a")], 1, "one");
+        assert!(l.add_page(0, vec![item("b")], 2, ""), "one -> \"\"");
+        assert!(
+            l.wants_more(0, 100),
+            "cursor 0 from another server is no end"
+        );
+        assert!(l.add_page(5, vec![item("c")], 3, "one"), "\"\" -> one");
+        assert!(!l.add_page(0, vec![item("a"), item("d")], 4, "one"));
+        let got: Vec<String> = names(&l, 100).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(got, vec!["a", "b", "c", "d"]);
     }
 
     #[test]
