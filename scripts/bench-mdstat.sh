@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Metadata at kernel speed (issue 13): mdtest-style create/stat/restat/read/
-# remove of FILES 4 KiB files (scripts/mdtest.py --restat) on the local disk,
+# remove of FILES files of SIZE bytes (scripts/mdtest.py --restat; SIZE 0 is
+# mdtest's own default, -w 0) on the local disk,
 # on vecfs with its default TTLs (30 s, kept coherent by change events) and
 # on vecfs with the former 1 s TTLs, side by side in one run; then a reader
 # node's view: files another mount created, stat'ed twice through a second
@@ -8,12 +9,12 @@
 # cache with 30 s TTLs, the daemon again with 1 s TTLs).
 #
 # Usage: scripts/bench-mdstat.sh [BIN]   (default: target/release/vecfs)
-# Env: FILES (10000), PROCS (1).
+# Env: FILES (10000), PROCS (1), SIZE (4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-}
 [[ -n $bin ]] || { cargo build --release --quiet; bin=$PWD/target/release/vecfs; }
-files=${FILES:-10000}; procs=${PROCS:-1}
+files=${FILES:-10000}; procs=${PROCS:-1}; size=${SIZE:-4096}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(free_port)
 w=$(mktemp -d /var/tmp/vecfs-mdstat.XXXX)
@@ -37,7 +38,7 @@ mnt mntB1 --attr-cache 1 --entry-cache 1 --dir-entry-cache 1
 declare -A r
 run() {
   local t=$1 dir=$2
-  while read -r _ phase v; do r[$t,$phase]=$v; done < <(python3 scripts/mdtest.py "$dir" --files "$files" --procs "$procs" --restat)
+  while read -r _ phase v; do r[$t,$phase]=$v; done < <(python3 scripts/mdtest.py "$dir" --files "$files" --procs "$procs" --size "$size" --restat)
 }
 run local "$w/local"
 run vecfs "$w/mnt30"
