@@ -199,10 +199,17 @@ fn staged_data_survives_kill9_and_is_committed_in_order_after_restart() {
     let a = writeback_mount(&v, cache.path());
     let b = v.mount();
     for (name, data) in [("big", &big), ("small", &small), ("over", &over)] {
-        wait_for(
-            &format!("{name} committed by the restarted daemon"),
-            Duration::from_secs(90),
-            || reads_back(&b.p(name), data),
+        // A CI run once timed out here, under load, without a trace: the
+        // daemons' logs and what B sees go with any failure.
+        let seen = common::poll_until(Duration::from_secs(90), || reads_back(&b.p(name), data));
+        assert!(
+            seen,
+            "timed out waiting for {name} committed by the restarted daemon; \
+             B sees {:?} bytes, staged {:?}\nA's log:\n{}\nB's log:\n{}",
+            fs::metadata(b.p(name)).map(|m| m.len()),
+            staged(cache.path()),
+            a.log_text(),
+            b.log_text()
         );
     }
     wait_for("the staging area to empty", Duration::from_secs(30), || {
